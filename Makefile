@@ -1,0 +1,42 @@
+# The README's commands. `make setup` is idempotent: a stamp in the venv records that the
+# environment matches setup.py and tools/install_detectron2.py; a second run does nothing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.focal_setup.stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-all lint bench env clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): setup.py tools/install_detectron2.py Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch>=2.1,<=2.14.1" "torchvision>=0.16,<=0.29.1"
+	$(PY) tools/install_detectron2.py
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+	@echo "[setup] environment ready in $(VENV)"
+
+demo: setup
+	$(PY) -m focal_plugin.demo $(DEMO_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: setup lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+env: setup
+	$(PY) -m focal_plugin.collect_env
+
+bench: setup
+	$(PY) benchmarks/bench_loss.py
+	$(PY) benchmarks/bench_train_iter.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Provide detectron2 in the current Python environment, using only PyPI.
+
+Rule (see README and ../shared/DETECTRON2_NOTES.md):
+  * an importable detectron2 (e.g. built from upstream sources) is kept as it is;
+  * otherwise PyPI's ``pb1-detectron2==0.6`` sdist (upstream v0.6's Python tree, no C++ sources)
+    is downloaded, its sha256 verified, and installed as a pure-Python wheel built here, with
+    its runtime dependencies. The compiled extension ``detectron2._C`` is deliberately absent;
+    ``focal_plugin.compat`` makes that harmless and makes any call of a missing op fail loudly.
+
+Only the standard library is used, so this runs before anything else is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+
+SDIST_NAME = "pb1-detectron2-0.6.tar.gz"
+SDIST_URL = (
+    "https://files.pythonhosted.org/packages/60/26/"
+    "48f5bbb7ee492696a21da23303daeecdfe3942c498a70d34108acf63b2bd/" + SDIST_NAME
+)
+SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
+DIST_NAME = "pb1_detectron2"
+VERSION = "0.6"
+# The sdist's install_requires, minus what only packaging/caffe2 export/formatting needs
+# (future, pydot, black==21.4b2 — black is imported lazily by LazyConfig.save only).
+RUNTIME_REQUIRES = [
+    "Pillow>=7.1",
+    "matplotlib",
+    "pycocotools>=2.0.2",
+    "termcolor>=1.1",
+    "yacs>=0.1.8",
+    "tabulate",
+    "cloudpickle",
+    "tqdm>4.29.0",
+    "tensorboard",
+    "fvcore>=0.1.5,<0.1.6",
+    "iopath>=0.1.7,<0.1.10",
+    "omegaconf>=2.1",
+    "hydra-core>=1.1",
+]
+
+
+def detectron2_present() -> str | None:
+    """Location of an importable detectron2, or None."""
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def fetch_sdist(cache_dir: str) -> bytes:
+    path = os.path.join(cache_dir, SDIST_NAME)
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() == SDIST_SHA256:
+            return data
+        os.remove(path)  # a corrupt or foreign cached file: fetch again
+    print(f"[install_detectron2] downloading {SDIST_URL}", flush=True)
+    with urllib.request.urlopen(SDIST_URL, timeout=180) as r:
+        data = r.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SDIST_SHA256:
+        raise SystemExit(
+            f"[install_detectron2] sha256 mismatch for {SDIST_NAME}: got {digest}, "
+            f"expected {SDIST_SHA256}. Refusing to install."
+        )
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = path + ".part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)  # atomic: never leave a half-written cache file
+    return data
+
+
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def build_wheel(sdist: bytes, out_dir: str) -> str:
+    """Repackage the sdist's pure-Python ``detectron2/`` tree as a py3-none-any wheel."""
+    prefix = "pb1-detectron2-0.6/"
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(sdist), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            if not member.isfile() or not member.name.startswith(prefix + "detectron2/"):
+                continue
+            rel = member.name[len(prefix):]
+            if "__pycache__" in rel or rel.endswith(".pyc"):
+                continue
+            files[rel] = tar.extractfile(member).read()
+    if "detectron2/__init__.py" not in files:
+        raise SystemExit("[install_detectron2] the sdist has no detectron2/__init__.py")
+
+    dist_info = f"{DIST_NAME}-{VERSION}.dist-info"
+    metadata = "\n".join(
+        [
+            "Metadata-Version: 2.1",
+            "Name: pb1-detectron2",
+            f"Version: {VERSION}",
+            "Summary: detectron2 v0.6 Python tree (no compiled extension), "
+            "repackaged by focal_plugin's tools/install_detectron2.py",
+            "Home-page: https://github.com/facebookresearch/detectron2",
+            "License: Apache-2.0",
+            "Requires-Python: >=3.6",
+            *[f"Requires-Dist: {r}" for r in RUNTIME_REQUIRES],
+            "",
+        ]
+    )
+    wheel_meta = "Wheel-Version: 1.0\nGenerator: focal_plugin\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{dist_info}/METADATA"] = metadata.encode()
+    files[f"{dist_info}/WHEEL"] = wheel_meta.encode()
+    files[f"{dist_info}/top_level.txt"] = b"detectron2\n"
+    record = [_record_line(n, d) for n, d in sorted(files.items())]
+    record.append(f"{dist_info}/RECORD,,")
+    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
+
+    wheel_path = os.path.join(out_dir, f"{DIST_NAME}-{VERSION}-py3-none-any.whl")
+    with zipfile.ZipFile(wheel_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in sorted(files.items()):
+            zf.writestr(name, data)
+    return wheel_path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="reinstall even if detectron2 imports")
+    parser.add_argument(
+        "--cache-dir",
+        default=os.path.join(os.path.expanduser("~"), ".cache", "focal_plugin"),
+        help="where the verified sdist is cached",
+    )
+    args = parser.parse_args()
+
+    where = detectron2_present()
+    if where and not args.force:
+        print(f"[install_detectron2] keeping the detectron2 found at {where}")
+        return 0
+    sdist = fetch_sdist(args.cache_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = build_wheel(sdist, tmp)
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", wheel]
+        if args.force:
+            cmd.insert(4, "--force-reinstall")
+        print("[install_detectron2] " + " ".join(cmd[2:]), flush=True)
+        subprocess.check_call(cmd)
+    print("[install_detectron2] installed pb1-detectron2 0.6 (pure Python, no detectron2._C)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
