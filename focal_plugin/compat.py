@@ -138,6 +138,24 @@ def _ddp_on_cpu() -> None:
     APPLIED.append("create_ddp_model passes device_ids=None for CPU models")
 
 
+def _collect_env_without_compiled_ops() -> None:
+    # detectron2's collect_env_info (logged by default_setup) calls _C.get_compiler_version()
+    # whenever `import detectron2._C` succeeds, which our stand-in makes it do.
+    if has_compiled_ops():
+        return
+    from detectron2.engine import defaults
+    from detectron2.utils import collect_env as d2_collect_env
+
+    def collect_env_info() -> str:
+        from focal_plugin.collect_env import format_env_info
+
+        return format_env_info()
+
+    d2_collect_env.collect_env_info = collect_env_info
+    defaults.collect_env_info = collect_env_info
+    APPLIED.append("detectron2 collect_env_info reports without compiled ops")
+
+
 def gn_norm(num_groups: int = 32) -> Callable[[int], torch.nn.Module]:
     """A GroupNorm factory usable as ``norm`` of detectron2's RetinaNetHead on every version.
 
@@ -269,6 +287,7 @@ def apply() -> None:
     _numpy_aliases()
     _trusted_checkpoint_loading()
     _ddp_on_cpu()
+    _collect_env_without_compiled_ops()
     _applied_once = True
     if APPLIED:
         logger.debug("focal_plugin.compat applied: %s", "; ".join(APPLIED))

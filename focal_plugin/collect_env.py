@@ -1,0 +1,70 @@
+"""``python -m focal_plugin.collect_env``: what a bug report needs first."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from tabulate import tabulate
+
+
+def collect_env_info() -> list[tuple[str, str]]:
+    """Versions, locations and capabilities of the environment, as (name, value) rows."""
+    import numpy as np
+    import torch
+    import torchvision
+
+    import focal_plugin
+    from focal_plugin import compat
+
+    rows: list[tuple[str, str]] = [
+        ("sys.platform", sys.platform),
+        ("Python", sys.version.replace("\n", " ")),
+        ("platform", platform.platform()),
+        ("CPU cores", str(os.cpu_count())),
+        ("numpy", np.__version__),
+        ("torch", f"{torch.__version__} @ {os.path.dirname(torch.__file__)}"),
+        ("torchvision", f"{torchvision.__version__} @ {os.path.dirname(torchvision.__file__)}"),
+    ]
+    try:
+        import detectron2
+
+        rows.append(("detectron2", f"{detectron2.__version__} @ {os.path.dirname(detectron2.__file__)}"))
+    except ImportError as e:  # the report must still print what it can
+        rows.append(("detectron2", f"not importable: {e}"))
+    rows.append(("detectron2 compiled ops (_C)", "yes" if compat.has_compiled_ops() else
+                 "no (pure-Python install; ops needing _C raise MissingCompiledOpError)"))
+    rows.append(("compat workarounds applied", "\n".join(compat.APPLIED) or "none"))
+    for name in ("fvcore", "pycocotools", "cv2", "faster_coco_eval", "submitit"):
+        try:
+            module = __import__(name)
+            rows.append((name, str(getattr(module, "__version__", "installed"))))
+        except ImportError:
+            rows.append((name, "not installed"))
+    cuda = torch.cuda.is_available()
+    rows.append(("CUDA available", str(cuda)))
+    if cuda:
+        for i in range(torch.cuda.device_count()):
+            rows.append((f"GPU {i}", torch.cuda.get_device_name(i)))
+        rows.append(("CUDA (torch build)", str(torch.version.cuda)))
+    rows.append(("torch threads", str(torch.get_num_threads())))
+    rows.append(("distributed backends", ", ".join(
+        b for b, ok in (("gloo", torch.distributed.is_gloo_available()),
+                        ("nccl", torch.distributed.is_nccl_available())) if ok)))
+    rows.append(("DETECTRON2_DATASETS", os.environ.get("DETECTRON2_DATASETS", "(unset: ./datasets)")))
+    rows.append(("focal_plugin", f"{focal_plugin.__version__} @ {os.path.dirname(focal_plugin.__file__)}"))
+    return rows
+
+
+def format_env_info() -> str:
+    """The report as a table (also what detectron2's default_setup logs, see compat)."""
+    return tabulate(collect_env_info(), tablefmt="simple")
+
+
+def main() -> None:
+    print(format_env_info())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Training and evaluation, callable from code and from ``train_net.py``; results as plain dicts.
+
+``setup_cfg`` → ``train(cfg)`` / ``evaluate(cfg)``. Everything else is detectron2's engine:
+``DefaultTrainer`` (hooks, checkpoints, writers, ``SOLVER.REFERENCE_WORLD_SIZE`` rescaling) and
+``COCOEvaluator``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data.build import _train_loader_from_config
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+
+from focal_plugin import compat
+from focal_plugin.config import add_focal_config, validate_focal_config
+
+logger = logging.getLogger("focal_plugin")
+
+_D2_DEFAULT_ROI_SCORE_THRESH = 0.05
+RESULTS_FILE = "results.json"
+
+
+def get_focal_cfg() -> CfgNode:
+    """detectron2's default config plus ``MODEL.FOCAL``."""
+    return add_focal_config(get_cfg())
+
+
+def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:
+    """Load a YAML config and ``KEY VALUE`` overrides onto the focal defaults, and validate them.
+
+    Errors name the offending file or key.
+    """
+    cfg = get_focal_cfg()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file not found: {config_file}")
+        try:
+            cfg.merge_from_file(config_file)
+        except Exception as e:  # yacs' messages do not say which file
+            raise ValueError(f"cannot merge config file {config_file}: {e}") from e
+    if opts:
+        if len(opts) % 2:
+            raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd list: {list(opts)}")
+        cfg.merge_from_list(list(opts))
+    if cfg.MODEL.META_ARCHITECTURE == "FocalRetinaNet":
+        validate_focal_config(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def _dataset_num_classes(name: str) -> Optional[int]:
+    classes = MetadataCatalog.get(name).get("thing_classes", None)
+    return len(classes) if classes is not None else None
+
+
+def check_datasets(cfg: CfgNode) -> None:
+    """The datasets' class count must match ``MODEL.RETINANET.NUM_CLASSES``."""
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        n = _dataset_num_classes(name)
+        if n is not None and n != cfg.MODEL.RETINANET.NUM_CLASSES:
+            raise ValueError(
+                f"dataset '{name}' has {n} classes but cfg.MODEL.RETINANET.NUM_CLASSES = "
+                f"{cfg.MODEL.RETINANET.NUM_CLASSES}; set MODEL.RETINANET.NUM_CLASSES {n}"
+            )
+
+
+def log_inference_settings(cfg: CfgNode) -> None:
+    r = cfg.MODEL.RETINANET
+    logger.info(
+        "Inference: score_thresh=%g, topk_candidates/level=%d, nms_thresh=%g, detections/image=%d",
+        r.SCORE_THRESH_TEST, r.TOPK_CANDIDATES_TEST, r.NMS_THRESH_TEST, cfg.TEST.DETECTIONS_PER_IMAGE,
+    )
+    if cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST != _D2_DEFAULT_ROI_SCORE_THRESH:
+        logger.warning(
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST = %g has no effect on RetinaNet models: "
+            "set MODEL.RETINANET.SCORE_THRESH_TEST instead (now %g)",
+            cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, r.SCORE_THRESH_TEST,
+        )
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with COCO evaluation that works without compiled ops, and a log of the
+    effective schedule after ``SOLVER.REFERENCE_WORLD_SIZE`` rescaling."""
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__(cfg)  # rescales cfg by REFERENCE_WORLD_SIZE, builds model/optimizer/loader
+        self._log_schedule()
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        kwargs = _train_loader_from_config(cfg)
+        cls._last_train_set_size = len(kwargs["dataset"])
+        return build_detection_train_loader(**kwargs)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        # COCOeval_opt needs detectron2._C; pycocotools' COCOeval computes the same numbers.
+        return COCOEvaluator(
+            dataset_name, tasks=("bbox",), output_dir=output_folder,
+            use_fast_impl=compat.has_compiled_ops(),
+        )
+
+    def _log_schedule(self) -> None:
+        s = self.cfg.SOLVER
+        world = comm.get_world_size()
+        size = getattr(type(self), "_last_train_set_size", None)
+        epochs = f"{s.MAX_ITER * s.IMS_PER_BATCH / size:.2f}" if size else "?"
+        logger.info(
+            "Effective schedule: %d worker(s) x %d image(s) = batch %d, base lr %g, %d iterations, "
+            "lr steps %s, warmup %d, weight decay %g, momentum %g; %s training images = %s epochs "
+            "(REFERENCE_WORLD_SIZE=%d)",
+            world, s.IMS_PER_BATCH // max(world, 1), s.IMS_PER_BATCH, s.BASE_LR, s.MAX_ITER,
+            list(s.STEPS), s.WARMUP_ITERS, s.WEIGHT_DECAY, s.MOMENTUM, size, epochs,
+            s.REFERENCE_WORLD_SIZE,
+        )
+        log_inference_settings(self.cfg)
+
+
+def _flatten_results(results: Dict[str, Any]) -> Dict[str, Any]:
+    """COCOEvaluator's OrderedDicts (possibly one per test dataset) as plain, JSON-safe dicts."""
+    out: Dict[str, Any] = {}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            out[key] = _flatten_results(value)
+        else:
+            v = float(value) if isinstance(value, (int, float)) else value
+            out[key] = None if isinstance(v, float) and math.isnan(v) else v
+    return out
+
+
+def _write_results(cfg: CfgNode, payload: Dict[str, Any]) -> None:
+    if not comm.is_main_process():
+        return
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    path = os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)  # never leave a half-written results file
+
+
+def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
+    """Train ``cfg`` (resuming from ``OUTPUT_DIR``'s last checkpoint if ``resume``), evaluate on
+    ``DATASETS.TEST``, and return ``{"metrics": {dataset: {AP, AP50, ...}}, ...}``.
+
+    The same dict is written to ``OUTPUT_DIR/results.json`` by the main process.
+    """
+    check_datasets(cfg)
+    start = time.perf_counter()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    start_iter = trainer.start_iter
+    trainer.train()
+    eval_results = getattr(trainer, "_last_eval_results", None) or {}
+    payload = {
+        "metrics": _flatten_results(_by_dataset(cfg, eval_results)),
+        "iterations": trainer.max_iter - start_iter,
+        "max_iter": trainer.max_iter,
+        "resumed_from_iter": start_iter,
+        "train_wall_time_s": time.perf_counter() - start,
+        "output_dir": cfg.OUTPUT_DIR,
+        "world_size": comm.get_world_size(),
+    }
+    _write_results(cfg, payload)
+    return payload
+
+
+def _by_dataset(cfg: CfgNode, results: Dict[str, Any]) -> Dict[str, Any]:
+    # DefaultTrainer.test returns the bare task dict when there is a single test dataset.
+    if len(cfg.DATASETS.TEST) == 1 and "bbox" in results:
+        return {cfg.DATASETS.TEST[0]: results}
+    return dict(results)
+
+
+def evaluate(cfg: CfgNode, weights: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate ``weights`` (default ``cfg.MODEL.WEIGHTS``) on ``DATASETS.TEST``; plain dict."""
+    check_datasets(cfg)
+    log_inference_settings(cfg)
+    model = Trainer.build_model(cfg)
+    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        weights or cfg.MODEL.WEIGHTS, resume=False
+    )
+    start = time.perf_counter()
+    results = Trainer.test(cfg, model)
+    payload = {
+        "metrics": _flatten_results(_by_dataset(cfg, results)),
+        "weights": weights or cfg.MODEL.WEIGHTS,
+        "eval_wall_time_s": time.perf_counter() - start,
+        "output_dir": cfg.OUTPUT_DIR,
+    }
+    _write_results(cfg, payload)
+    return payload
+
+
+def main(args) -> Dict[str, Any]:
+    """Entry point of ``train_net.py`` (one worker); ``args`` from detectron2's argument parser."""
+    import focal_plugin  # noqa: F401  (spawned workers: registrations and compat)
+
+    cfg = setup_cfg(args.config_file, args.opts)
+    default_setup(cfg, args)
+    if args.eval_only:
+        return evaluate(cfg)
+    return train(cfg, resume=args.resume)
+
+
+def launch_main(args) -> None:
+    """Run ``main(args)`` on ``args.num_gpus`` workers per machine (gloo processes on CPU)."""
+    compat.launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+__all__: List[str] = ["Trainer", "setup_cfg", "get_focal_cfg", "train", "evaluate", "main", "launch_main"]

@@ -1,0 +1,259 @@
+"""``FocalRetinaNet``: detectron2's RetinaNet with the paper's loss, init, normalization and
+sampling chosen in ``cfg.MODEL.FOCAL``.
+
+Only what must change is overridden: construction (``from_config``), the classification loss
+(``losses``), and score computation at inference (sigmoid or softmax).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.modeling.backbone import build_backbone
+from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from focal_plugin.config import resolved_anchor_cfg, validate_focal_config
+from focal_plugin.losses import LOSS_REGISTRY, ClassificationLoss, build_classification_loss
+from focal_plugin.modeling.head import FocalRetinaNetHead
+from focal_plugin.modeling.sampler import AllAnchorsSampler, OhemSampler
+from focal_plugin.registry import register
+
+logger = logging.getLogger(__name__)
+
+# initial value and momentum of detectron2's EMA loss normalizer
+_EMA_START, _EMA_MOMENTUM = 100, 0.9
+
+
+def build_loss_from_cfg(cfg, name: Optional[str] = None, **overrides) -> ClassificationLoss:
+    """The classification loss named ``cfg.MODEL.FOCAL.LOSS`` with its hyperparameters from cfg."""
+    focal = cfg.MODEL.FOCAL
+    name = name or focal.LOSS
+    loss_cls = LOSS_REGISTRY.get(name)
+    params = {p: focal[p.upper()] for p in loss_cls.hyperparameters}
+    params.update(overrides)
+    try:
+        return build_classification_loss(name, fused=focal.FUSED_LOSS, **params)
+    except ValueError as e:  # name the config key, not only the function parameter
+        keys = ", ".join(f"cfg.MODEL.FOCAL.{p.upper()}={params[p]!r}" for p in params)
+        raise ValueError(f"invalid loss settings for {name} ({keys}): {e}") from e
+
+
+def _storage():
+    try:
+        return get_event_storage()
+    except AssertionError:  # called outside a trainer: nothing to log to
+        return None
+
+
+@register(META_ARCH_REGISTRY)
+class FocalRetinaNet(RetinaNet):
+    """RetinaNet (§4) with a registered classification loss, selectable loss normalizer and an
+    anchor sampler seam (all non-ignored anchors, or OHEM)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        classification_loss: ClassificationLoss,
+        normalizer: str = "num_pos",
+        anchor_sampler: Optional[Callable] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            classification_loss: a ``focal_plugin.losses.ClassificationLoss``; it returns the loss
+                per anchor (summed over classes) and turns logits into scores at inference.
+            normalizer: "num_pos" (the paper: positive anchors of the batch, summed over workers)
+                or "ema" (detectron2: EMA of that count, start 100, momentum 0.9).
+            anchor_sampler: callable(logits, deltas, anchors, gt_labels) -> (N, R) bool mask of
+                anchors entering the classification loss; default: all non-ignored anchors.
+            kwargs: everything detectron2's ``RetinaNet`` takes.
+        """
+        super().__init__(**kwargs)
+        if normalizer not in ("num_pos", "ema"):
+            raise ValueError(f"normalizer={normalizer!r}: expected 'num_pos' or 'ema'")
+        self.classification_loss = classification_loss
+        self.normalizer = normalizer
+        self.anchor_sampler = anchor_sampler or AllAnchorsSampler()
+        self.num_logits = classification_loss.num_logits(self.num_classes)
+
+    @classmethod
+    def from_config(cls, cfg):
+        validate_focal_config(cfg)
+        cfg = resolved_anchor_cfg(cfg)
+        focal, retina = cfg.MODEL.FOCAL, cfg.MODEL.RETINANET
+        if retina.NUM_CLASSES <= 0:
+            raise ValueError(f"cfg.MODEL.RETINANET.NUM_CLASSES = {retina.NUM_CLASSES}: expected > 0")
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        missing = [f for f in retina.IN_FEATURES if f not in backbone_shape]
+        if missing:
+            raise ValueError(
+                f"cfg.MODEL.RETINANET.IN_FEATURES names {missing}, which the backbone does not "
+                f"produce (it has {sorted(backbone_shape)})"
+            )
+        feature_shapes = [backbone_shape[f] for f in retina.IN_FEATURES]
+        classification_loss = build_loss_from_cfg(cfg)
+        box2box_transform = Box2BoxTransform(weights=retina.BBOX_REG_WEIGHTS)
+        sampler = None
+        if focal.OHEM.ENABLED:
+            # OHEM ranks anchors by plain CE (the paper's OHEM baseline), whatever LOSS trains.
+            scorer = (
+                build_loss_from_cfg(cfg, "softmax_focal", gamma=0.0, alpha=-1.0)
+                if classification_loss.is_softmax
+                else build_loss_from_cfg(cfg, "sigmoid_ce", alpha=-1.0)
+            )
+            sampler = OhemSampler(
+                scorer=scorer,
+                box2box_transform=box2box_transform,
+                num_classes=retina.NUM_CLASSES,
+                batch_size_per_image=focal.OHEM.BATCH_SIZE_PER_IMAGE,
+                nms_thresh=focal.OHEM.NMS_THRESH,
+                positive_fraction=focal.OHEM.POSITIVE_FRACTION,
+            )
+        return {
+            "backbone": backbone,
+            "head": FocalRetinaNetHead(cfg, feature_shapes),
+            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
+            "box2box_transform": box2box_transform,
+            "anchor_matcher": Matcher(
+                retina.IOU_THRESHOLDS,
+                retina.IOU_LABELS,
+                allow_low_quality_matches=focal.ALLOW_LOW_QUALITY_MATCHES,
+            ),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "num_classes": retina.NUM_CLASSES,
+            "head_in_features": retina.IN_FEATURES,
+            "focal_loss_alpha": focal.ALPHA,
+            "focal_loss_gamma": focal.GAMMA,
+            "smooth_l1_beta": retina.SMOOTH_L1_LOSS_BETA,
+            "box_reg_loss_type": retina.BBOX_REG_LOSS_TYPE,
+            "test_score_thresh": retina.SCORE_THRESH_TEST,
+            "test_topk_candidates": retina.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": retina.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "vis_period": cfg.VIS_PERIOD,
+            "input_format": cfg.INPUT.FORMAT,
+            "classification_loss": classification_loss,
+            "normalizer": focal.NORMALIZER,
+            "anchor_sampler": sampler,
+        }
+
+    # ----------------------------------------------------------------------------- training
+    def forward_training(self, images, features, predictions, gt_instances):
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_logits, 4]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+
+    def _loss_normalizer(self, num_pos: torch.Tensor):
+        if self.normalizer == "ema":
+            return self._ema_update("loss_normalizer", max(num_pos.item(), 1), _EMA_START, _EMA_MOMENTUM)
+        # The paper: positives of the whole batch. DDP averages gradients over workers, so each
+        # worker divides its sum by the mean count per worker.
+        total = num_pos.float()
+        world = comm.get_world_size()
+        if world > 1:
+            dist.all_reduce(total)
+            total = total / world
+        return total.clamp(min=1.0)
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+        """Same inputs and outputs as ``RetinaNet.losses``; see there.
+
+        The classification loss is summed over the anchors chosen by ``anchor_sampler`` and
+        divided, like the box loss, by the loss normalizer.
+        """
+        num_images = len(gt_labels)
+        gt_labels = torch.stack(gt_labels)  # (N, R), -1 ignore, K background
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        num_pos = pos_mask.sum()
+        normalizer = self._loss_normalizer(num_pos)
+
+        logits = cat(pred_logits, dim=1)  # (N, R, C)
+        mask = self.anchor_sampler(
+            logits=logits,
+            deltas=cat(pred_anchor_deltas, dim=1),
+            anchors=Boxes.cat(anchors),
+            gt_labels=gt_labels,
+        )
+        per_anchor = self.classification_loss(logits[mask], gt_labels[mask])  # (M,)
+        cls_sum = per_anchor.sum()
+        box_sum = _dense_box_regression_loss(
+            anchors,
+            self.box2box_transform,
+            pred_anchor_deltas,
+            gt_boxes,
+            pos_mask,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
+        )
+        losses = {"loss_cls": cls_sum / normalizer, "loss_box_reg": box_sum / normalizer}
+        self._log_and_check(losses, num_images, num_pos, normalizer, per_anchor, pos_mask[mask], mask)
+        return losses
+
+    def _log_and_check(self, losses, num_images, num_pos, normalizer, per_anchor, pos_kept, mask):
+        # One host sync for all statistics and the finiteness check.
+        stats = torch.stack(
+            [
+                num_pos.float(),
+                torch.as_tensor(normalizer, dtype=torch.float32, device=num_pos.device),
+                per_anchor.detach()[pos_kept].sum().float(),
+                per_anchor.detach().sum().float(),
+                mask.sum().float(),
+                losses["loss_cls"].detach().float(),
+                losses["loss_box_reg"].detach().float(),
+            ]
+        ).tolist()
+        n_pos, norm, pos_loss, all_loss, n_kept, loss_cls, loss_box = stats
+        storage = _storage()
+        for name, value in (("loss_cls", loss_cls), ("loss_box_reg", loss_box)):
+            if not torch.isfinite(torch.tensor(value)):
+                where = f"iteration {storage.iter}" if storage is not None else "this forward pass"
+                raise FloatingPointError(
+                    f"FocalRetinaNet: {name} = {value} at {where} ({self.classification_loss!r}, "
+                    f"normalizer={norm:g}, positive anchors={int(n_pos)}). Training stopped before "
+                    "this iteration's optimizer step; checkpoints already written are intact."
+                )
+        if storage is not None:
+            storage.put_scalar("num_pos_anchors", n_pos / num_images)
+            storage.put_scalar("loss_normalizer", norm)
+            storage.put_scalar("cls_anchors_per_image", n_kept / num_images)
+            storage.put_scalar("cls_loss_pos_share", pos_loss / all_loss if all_loss > 0 else 0.0)
+
+    # ---------------------------------------------------------------------------- inference
+    def forward_inference(self, images: ImageList, features: List[torch.Tensor], predictions):
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_logits, 4]
+        )
+        anchors = self.anchor_generator(features)
+        results: List[Instances] = []
+        for img_idx, image_size in enumerate(images.image_sizes):
+            scores = [self.classification_loss.scores(x[img_idx]) for x in pred_logits]
+            deltas = [x[img_idx] for x in pred_anchor_deltas]
+            results.append(self.inference_single_image(anchors, scores, deltas, image_size))
+        return results
+
+    def inference_settings(self) -> Dict[str, float]:
+        """The thresholds inference really uses (RetinaNet ignores ROI_HEADS.SCORE_THRESH_TEST)."""
+        return {
+            "score_thresh": self.test_score_thresh,
+            "topk_candidates_per_level": self.test_topk_candidates,
+            "nms_thresh": self.test_nms_thresh,
+            "max_detections_per_image": self.max_detections_per_image,
+        }

@@ -1,0 +1,71 @@
+"""Which anchors enter the classification loss: all non-ignored ones, or OHEM's selection.
+
+This is the seam between anchor labelling and the loss: a sampler returns a (N, R) bool mask;
+``FocalRetinaNet.losses`` applies the classification loss to the masked anchors only.
+"""
+
+from __future__ import annotations
+
+import torch
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.structures import Boxes
+
+from focal_plugin.losses import ClassificationLoss
+from focal_plugin.modeling.ohem import ohem_select
+
+
+class AllAnchorsSampler:
+    """The paper's focal-loss setting: every anchor that is not ignored (label >= 0)."""
+
+    def __call__(
+        self, *, logits: torch.Tensor, deltas: torch.Tensor, anchors: Boxes, gt_labels: torch.Tensor
+    ) -> torch.Tensor:
+        return gt_labels >= 0
+
+
+class OhemSampler:
+    """Online hard example mining for a one-stage detector (Table 1d).
+
+    Scores every non-ignored anchor by its CE loss summed over classes (``scorer``, no graph),
+    decodes its predicted box, and keeps per image the ``batch_size_per_image`` highest-loss
+    anchors that survive NMS at ``nms_thresh`` (with ``positive_fraction`` > 0: at most that
+    share of positives, "OHEM 1:3" being 0.25).
+    """
+
+    def __init__(
+        self,
+        *,
+        scorer: ClassificationLoss,
+        box2box_transform: Box2BoxTransform,
+        num_classes: int,
+        batch_size_per_image: int,
+        nms_thresh: float,
+        positive_fraction: float = -1.0,
+    ):
+        self.scorer = scorer
+        self.box2box_transform = box2box_transform
+        self.num_classes = num_classes
+        self.batch_size_per_image = batch_size_per_image
+        self.nms_thresh = nms_thresh
+        self.positive_fraction = positive_fraction
+
+    @torch.no_grad()
+    def __call__(
+        self, *, logits: torch.Tensor, deltas: torch.Tensor, anchors: Boxes, gt_labels: torch.Tensor
+    ) -> torch.Tensor:
+        n, r = gt_labels.shape
+        valid = gt_labels >= 0
+        losses = torch.zeros((n, r), dtype=torch.float32, device=logits.device)
+        losses[valid] = self.scorer(logits[valid].detach(), gt_labels[valid]).float()
+        boxes = self.box2box_transform.apply_deltas(
+            deltas.detach().reshape(n * r, 4), anchors.tensor.repeat(n, 1)
+        ).view(n, r, 4)
+        return ohem_select(
+            losses,
+            boxes,
+            gt_labels,
+            num_classes=self.num_classes,
+            batch_size_per_image=self.batch_size_per_image,
+            nms_thresh=self.nms_thresh,
+            positive_fraction=self.positive_fraction,
+        )
