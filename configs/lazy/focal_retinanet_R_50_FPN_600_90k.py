@@ -45,7 +45,9 @@ optimizer = model_zoo.get_config("common/optim.py").SGD
 optimizer.lr = 0.01
 
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[60000, 80000], num_updates=90000),
+    scheduler=L(MultiStepParamScheduler)(
+        values=[1.0, 0.1, 0.01], milestones=[60000, 80000], num_updates=90000
+    ),
     warmup_length=500 / 90000,
     warmup_factor=1.0 / 3,
 )
