@@ -10,6 +10,7 @@ import torch
 
 import focal_plugin
 from focal_plugin import compat
+
 from helpers import make_batch, tiny_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,14 +7,10 @@
 
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import focal_plugin  # noqa: E402,F401
-from focal_plugin.engine import setup_cfg  # noqa: E402
-from focal_plugin.predict import predict  # noqa: E402
+import focal_plugin  # noqa: F401
+from focal_plugin.engine import setup_cfg
+from focal_plugin.predict import predict
 
 
 def main() -> None:
