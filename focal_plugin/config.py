@@ -76,6 +76,11 @@ def validate_focal_config(cfg: CN) -> None:
         value = f[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             _fail(key, value, "a finite number")
+    if not 0.0 < f.PRIOR_PROB < 1.0:
+        _fail("PRIOR_PROB", f.PRIOR_PROB, "a probability in the open interval (0, 1)")
+    if LOSS_REGISTRY.get(f.LOSS).is_softmax and f.PRIOR_PROB * cfg.MODEL.RETINANET.NUM_CLASSES >= 1.0:
+        _fail("PRIOR_PROB", f.PRIOR_PROB, "PRIOR_PROB * MODEL.RETINANET.NUM_CLASSES < 1 for softmax_focal "
+              f"(K = {cfg.MODEL.RETINANET.NUM_CLASSES} foreground probabilities must sum below 1)")
     if f.NORMALIZER not in NORMALIZERS:
         _fail("NORMALIZER", f.NORMALIZER, f"one of {list(NORMALIZERS)}")
     for key in ("FUSED_LOSS", "ALLOW_LOW_QUALITY_MATCHES"):
