@@ -44,11 +44,12 @@ def _reference(losses, boxes, labels, B, thr, p=-1.0, topk=None):
         if not cand:
             continue
         iou = box_iou(boxes[i, cand].double(), boxes[i, cand].double())
+        suppressed = torch.zeros(len(cand), dtype=torch.bool)
         surv = []
-        for a in range(len(cand)):
-            if all(iou[a, b] <= thr for b in surv):
-                surv.append(a)
-        surv = [cand[a] for a in surv]
+        for a in range(len(cand)):  # literal greedy NMS in rank order
+            if not suppressed[a]:
+                surv.append(cand[a])
+                suppressed |= iou[a] > thr
         if quota is None:
             picked = surv[:B]
         else:
@@ -59,21 +60,31 @@ def _reference(losses, boxes, labels, B, thr, p=-1.0, topk=None):
     return out
 
 
-def _clustered_case(N, R, n_clusters, pos_rate=0.05, ign_rate=0.1, seed=0):
-    """Boxes jittered around a few centers (heavy overlap, few NMS survivors), random labels."""
+def _clustered_case(N, R, n_clusters, pos_rate=0.05, ign_rate=0.1, seed=0, jitter=8.0, size=(20, 60),
+                    easy_pos=False):
+    """Boxes jittered around a few centers (heavy overlap, few NMS survivors), random labels.
+
+    ``easy_pos``: positives get the lowest losses (they rank below every negative).
+    """
     g = torch.Generator().manual_seed(seed)
     centers = torch.rand(N, n_clusters, 2, generator=g) * 400
     which = torch.randint(0, n_clusters, (N, R), generator=g)
     c = torch.gather(centers, 1, which[..., None].expand(N, R, 2))
-    wh = 20 + 40 * torch.rand(N, R, 2, generator=g)
-    c = c + 8 * torch.randn(N, R, 2, generator=g)
+    wh = size[0] + (size[1] - size[0]) * torch.rand(N, R, 2, generator=g)
+    c = c + jitter * torch.randn(N, R, 2, generator=g)
     boxes = torch.cat([c - wh / 2, c + wh / 2], dim=-1)
     u = torch.rand(N, R, generator=g)
     labels = torch.full((N, R), BG, dtype=torch.long)
     labels[u < pos_rate] = torch.randint(0, K, (N, R), generator=g)[u < pos_rate]
     labels[(u >= pos_rate) & (u < pos_rate + ign_rate)] = IGN
     losses = torch.rand(N, R, generator=g) * 5
+    if easy_pos:
+        losses = torch.where(labels.ge(0) & labels.lt(K), losses * 0.01, losses + 1.0)
     return losses, boxes, labels
+
+
+def _cat(*cases):
+    return tuple(torch.cat(t) for t in zip(*cases))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,9 +183,9 @@ def test_ignored_never_selected_and_never_suppress():
     # Ignored anchor 0 has by far the highest loss and overlaps anchor 1 perfectly.
     boxes = [[0, 0, 10, 10], [0, 0, 10, 10], [100, 0, 110, 10]]
     for p in (-1.0, 0.25, 1.0):
-        m = _sel([100.0, 1.0, 0.5], boxes, [IGN, 0, BG], B=2, thr=0.5, p=p)
+        m = _sel([100.0, 1.0, 0.5], boxes, [IGN, 0, BG], B=4, thr=0.5, p=p)  # quota >= 1
         assert m.tolist() == [False, True, True]
-        m = _sel([100.0, 1.0, 0.5], boxes, [IGN, BG, BG], B=3, thr=0.5, p=p)
+        m = _sel([100.0, 1.0, 0.5], boxes, [IGN, BG, BG], B=4, thr=0.5, p=p)
         assert m.tolist() == [False, True, True]
 
 
@@ -182,7 +193,7 @@ def test_batch_images_are_independent():
     boxes = _disjoint_boxes(6)
     boxes[1] = boxes[0] + torch.tensor([0.0, 0, 0, 1])  # duplicate of anchor 0 inside the image
     losses0 = torch.tensor([6.0, 5, 4, 3, 2, 1])
-    losses1 = torch.tensor([1.0, 2, 3, 4, 5, 6])
+    losses1 = torch.tensor([1.0, 5.5, 3, 4, 9, 6])
     labels0 = torch.tensor([BG, BG, 0, BG, BG, BG])
     labels1 = torch.tensor([BG, 1, BG, BG, IGN, BG])
     batch = ohem_select(
@@ -201,6 +212,8 @@ def test_batch_images_are_independent():
 def test_ties_broken_by_anchor_index():
     m = _sel([1.0] * 6, _disjoint_boxes(6), [BG] * 6, B=3, thr=0.5)
     assert m.tolist() == [True, True, True, False, False, False]
+    m = _sel([0.0, -0.0, 0.0, -0.0], _disjoint_boxes(4), [BG] * 4, B=2, thr=0.5)  # -0.0 == 0.0
+    assert m.tolist() == [True, True, False, False]
 
 
 @pytest.mark.parametrize("p", [-1.0, 0.25])
@@ -213,10 +226,48 @@ def test_matches_brute_force_reference_exact(p, thr):
 
 
 @pytest.mark.parametrize("p", [-1.0, 0.25])
-def test_capped_prefix_is_exactly_the_procedure_on_the_top_k(p):
-    losses, boxes, labels = _clustered_case(2, 2500, 40, seed=3)
+def test_small_cap_is_exactly_the_procedure_on_the_top_k(p):
+    # Cap below the first prefix: NMS sees only each image's 600 highest-loss candidates.
+    losses, boxes, labels = _clustered_case(2, 2500, 40, seed=3, easy_pos=True)
     got = ohem_select(losses, boxes, labels, K, 64, 0.5, p, pre_nms_topk=600)
     assert torch.equal(got, _reference(losses, boxes, labels, 64, 0.5, p, topk=600))
+    if p > 0:  # the easy positives lie below the cap: none picked, negatives fill
+        assert not (got & (labels >= 0) & (labels < K)).any() and (got.sum(1) == 64).all()
+
+
+# Cases where the first prefix (max(4 B, 1024) anchors) cannot prove the answer, so the prefix
+# grows: few NMS survivors overall, one image of two needing it, easy positives ranked last.
+_GROWTH_CASES = {
+    "few_survivors": lambda: _clustered_case(2, 3000, 30, jitter=1.0, size=(40, 42), seed=11),
+    "one_image_grows": lambda: _cat(
+        _clustered_case(1, 3000, 2000, seed=12), _clustered_case(1, 3000, 30, jitter=1.0, size=(40, 42))
+    ),
+    "easy_positives": lambda: _clustered_case(2, 3000, 600, pos_rate=0.01, seed=13, easy_pos=True),
+}
+
+
+@pytest.mark.parametrize("p", [-1.0, 0.25])
+@pytest.mark.parametrize("case", sorted(_GROWTH_CASES))
+@pytest.mark.parametrize("topk", [None, 2000])
+def test_prefix_growth_matches_reference(case, p, topk, monkeypatch):
+    import focal_plugin.modeling.ohem as ohem_mod
+
+    sizes = []
+    orig = ohem_mod._select_on_prefix
+
+    def spy(idx, *args):
+        sizes.append(tuple(idx.shape))
+        return orig(idx, *args)
+
+    monkeypatch.setattr(ohem_mod, "_select_on_prefix", spy)
+    losses, boxes, labels = _GROWTH_CASES[case]()
+    B = 128
+    got = ohem_select(losses, boxes, labels, K, B, 0.5, p, pre_nms_topk=topk)
+    assert torch.equal(got, _reference(losses, boxes, labels, B, 0.5, p, topk=topk))
+    if case != "easy_positives" or p > 0:  # easy positives only matter with the ratio
+        assert len(sizes) > 1, sizes  # the growth path was exercised
+    if case == "one_image_grows":
+        assert sizes[1][0] == 1  # only the image that needed it was redone
 
 
 def test_gradients_flow_only_through_kept_anchors():

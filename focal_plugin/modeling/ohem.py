@@ -1,11 +1,11 @@
 """Online hard example mining (OHEM) for a one-stage detector: the baseline of Table 1d.
 
-The paper compares focal loss against OHEM adapted to a dense detector: "every example is scored
-by its loss, non-maximum suppression (NMS) is applied, and a minibatch is built from the
-highest-loss examples"; "OHEM 1:3" additionally enforces 1 positive : 3 negatives in the
-minibatch (the SSD variant). No maintained library offers this for a one-stage head
-(mmdetection's OHEM samples RoIs without NMS; torchvision's SSD mining has no NMS), hence this
-module.
+The paper compares focal loss against OHEM adapted to a dense detector: every example is scored
+by its loss, non-maximum suppression (NMS) is applied, and the minibatch is built from the
+highest-loss examples (batch size and NMS threshold tunable); "OHEM 1:3" additionally enforces
+1 positive : 3 negatives in the minibatch after NMS (the SSD variant). No maintained library
+offers this for a one-stage head (mmdetection's OHEM samples RoIs without NMS; torchvision's SSD
+mining has no NMS), hence this module.
 
 Two functions, both pure:
 
@@ -18,11 +18,12 @@ Design decisions (see :func:`ohem_select` for the exact semantics):
 - **Class-agnostic NMS, one NMS per image.** Examples are anchors, not (anchor, class) pairs:
   an anchor's score is its CE loss summed over the K classes, so there is exactly one box per
   anchor and NMS runs over all of an image's non-ignored anchors regardless of their label
-  (positives and negatives suppress each other, as in OHEM's NMS "over all examples"). Images
+  (positives and negatives suppress each other: OHEM ranks all examples together). Images
   never interact: ``torchvision.ops.batched_nms`` with the image index as the group runs the
   whole batch in one call.
-- **Deterministic order.** Anchors are ranked by loss, ties broken by anchor index (stable
-  sort); NMS is fed the rank, not the loss, so its internal sort reproduces that order exactly.
+- **Deterministic order.** Anchors are ranked by loss, ties broken by the lower anchor index
+  (distinct int64 keys, one ``torch.topk``); NMS is fed the rank, not the loss, so its internal
+  sort reproduces that order exactly.
 - **Pre-NMS top-k, exact within the cap.** Greedy NMS decides whether the anchor of rank r
   survives from the anchors ranked above r alone; hence NMS over an image's k highest-loss
   anchors yields exactly the full survivor set restricted to those k. The function starts with a
@@ -33,8 +34,9 @@ Design decisions (see :func:`ohem_select` for the exact semantics):
   when ``pre_nms_topk=None``. The default cap (8192 per image) only matters when even 8192
   highest-loss anchors do not contain enough survivors, which in practice means "OHEM 1:3" with
   fewer positives than the quota, some of them easy: positives ranked below the 8192nd anchor are
-  then not picked (the negatives fill their places). Exact NMS over ~100k anchors costs seconds
-  per image on a CPU and a ~2 GB suppression mask on a GPU, which is why the cap exists.
+  then not picked (the negatives fill their places). Exact NMS over ~117k anchors (a 600 px
+  image) costs 10-50 s per image on a 2-core CPU and a ~1.7 GB suppression mask per image on a
+  GPU, which is why the cap exists; on the CPU NMS over 1024 / 8192 boxes costs ~4 / ~230 ms.
 """
 
 from __future__ import annotations
@@ -85,16 +87,17 @@ def _validate(
             f"got {pre_nms_topk!r}"
         )
     if not isinstance(anchor_losses, torch.Tensor) or anchor_losses.dim() != 2:
-        raise ValueError(f"anchor_losses must be an (N, R) tensor, got {getattr(anchor_losses, 'shape', None)}")
+        shape = getattr(anchor_losses, "shape", None)
+        raise ValueError(f"anchor_losses must be an (N, R) tensor, got {shape}")
     if not anchor_losses.is_floating_point():
         raise ValueError(f"anchor_losses must be floating point, got {anchor_losses.dtype}")
     N, R = anchor_losses.shape
     if not isinstance(pred_boxes, torch.Tensor) or tuple(pred_boxes.shape) != (N, R, 4):
-        raise ValueError(
-            f"pred_boxes must be an (N, R, 4) = ({N}, {R}, 4) tensor, got {getattr(pred_boxes, 'shape', None)}"
-        )
+        shape = getattr(pred_boxes, "shape", None)
+        raise ValueError(f"pred_boxes must be an (N, R, 4) = ({N}, {R}, 4) tensor, got {shape}")
     if not isinstance(gt_labels, torch.Tensor) or tuple(gt_labels.shape) != (N, R):
-        raise ValueError(f"gt_labels must be an (N, R) = ({N}, {R}) tensor, got {getattr(gt_labels, 'shape', None)}")
+        shape = getattr(gt_labels, "shape", None)
+        raise ValueError(f"gt_labels must be an (N, R) = ({N}, {R}) tensor, got {shape}")
     if gt_labels.is_floating_point() or gt_labels.dtype == torch.bool or gt_labels.is_complex():
         raise ValueError(f"gt_labels must be an integer tensor, got {gt_labels.dtype}")
     if pred_boxes.device != anchor_losses.device or gt_labels.device != anchor_losses.device:
@@ -102,10 +105,28 @@ def _validate(
             "anchor_losses, pred_boxes and gt_labels must be on one device, got "
             f"{anchor_losses.device}, {pred_boxes.device}, {gt_labels.device}"
         )
-    if gt_labels.numel() and bool(((gt_labels < -1) | (gt_labels > num_classes)).any()):
+    if gt_labels.numel():
+        lo, hi = (int(v) for v in gt_labels.aminmax())
+    if gt_labels.numel() and (lo < -1 or hi > num_classes):
         raise ValueError(
             f"gt_labels must lie in [-1, num_classes={num_classes}] (-1 ignored, {num_classes} background)"
         )
+
+
+def _rank_key(losses: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(N, R) int64 keys, all distinct: larger key = higher rank = (higher loss, then lower index).
+
+    The float32 loss is mapped to an order-preserving int32 (IEEE-754 bits, negative values
+    flipped), shifted into the high 32 bits; the low 32 bits hold ``2**32 - 1 - index``. Unique
+    keys make ``torch.topk`` well defined under ties and let it replace a full stable sort
+    (~10x cheaper on CPU at R = 120k).
+    """
+    # `+ 0.0` turns -0.0 (e.g. -log(1)) into +0.0 so that equal losses have equal bits.
+    loss = (losses.detach().float() + 0.0).masked_fill(~valid, float("-inf"))
+    bits = loss.view(torch.int32)
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    index = torch.arange(loss.shape[1], device=loss.device, dtype=torch.int64)
+    return (bits << 32) | (0xFFFFFFFF - index)
 
 
 def _select_on_prefix(
@@ -235,11 +256,10 @@ def ohem_select(
         is_pos = valid & (gt_labels < num_classes)
         n_valid = valid.sum(1)
         n_pos = is_pos.sum(1)
-        # Ignored anchors sort last (-inf) and are additionally masked out via `valid`.
-        key = anchor_losses.detach().float().masked_fill(~valid, float("-inf"))
-        order = torch.sort(key, dim=1, descending=True, stable=True).indices
-
         cap = R if pre_nms_topk is None else min(int(pre_nms_topk), R)
+        # Each image's `cap` highest-ranked anchors, in rank order (ignored ones rank last and
+        # are masked out again through `valid`).
+        order = torch.topk(_rank_key(anchor_losses, valid), cap, dim=1, sorted=True).indices
         k = min(cap, max(_INITIAL_FACTOR * B, _INITIAL_MIN))
         rows = torch.arange(N, device=device)
         while rows.numel():
