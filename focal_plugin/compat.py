@@ -156,6 +156,23 @@ def _collect_env_without_compiled_ops() -> None:
     APPLIED.append("detectron2 collect_env_info reports without compiled ops")
 
 
+def _pkg_resources_stand_in() -> None:
+    # detectron2.model_zoo imports pkg_resources (for resource_filename), which setuptools >= 81
+    # no longer ships: model_zoo.get_config / get_config_file would fail to import.
+    if importlib.util.find_spec("pkg_resources") is not None:
+        return
+    from importlib import resources
+
+    module = types.ModuleType("pkg_resources", "stand-in installed by focal_plugin.compat")
+
+    def resource_filename(package: str, resource: str) -> str:
+        return str(resources.files(package).joinpath(resource))
+
+    module.resource_filename = resource_filename  # type: ignore[attr-defined]
+    sys.modules["pkg_resources"] = module
+    APPLIED.append("pkg_resources.resource_filename stand-in (setuptools >= 81)")
+
+
 def gn_norm(num_groups: int = 32) -> Callable[[int], torch.nn.Module]:
     """A GroupNorm factory usable as ``norm`` of detectron2's RetinaNetHead on every version.
 
@@ -283,6 +300,7 @@ def apply() -> None:
     if _applied_once:
         return
     _stub_missing_compiled_ops()
+    _pkg_resources_stand_in()
     _pil_linear_alias()
     _numpy_aliases()
     _trusted_checkpoint_loading()

@@ -21,6 +21,7 @@ from detectron2.data.build import _train_loader_from_config
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from focal_plugin import compat
 from focal_plugin.config import add_focal_config, validate_focal_config
@@ -211,6 +212,7 @@ def main(args) -> Dict[str, Any]:
 
     cfg = setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
     if args.eval_only:
         return evaluate(cfg)
     return train(cfg, resume=args.resume)

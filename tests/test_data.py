@@ -1,0 +1,346 @@
+"""focal_plugin.data: the dense_shapes generator, its on-disk cache, registration and imbalance."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import math
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+import focal_plugin.data as fdata
+from focal_plugin.data import catalog, synthetic
+from focal_plugin.data.imbalance import coco_reference, feature_sizes, imbalance_stats
+from focal_plugin.data.synthetic import SyntheticConfig
+
+TINY = SyntheticConfig(
+    name="tiny", seed=1, num_train=8, num_val=4, image_size=(96, 96), num_classes=5, mean_objects=6.0,
+    max_objects=12, empty_fraction=0.2, scale_range=(0.12, 0.5), mean_distractors=3.0,
+    distractor_weights=(1.0, 1.0, 1.0, 1.0),
+)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _make(root: Path, config: SyntheticConfig = TINY, **kw) -> Path:
+    return catalog.prepare_dataset(config, root, progress=False, **kw)
+
+
+@pytest.fixture
+def d2_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d2"))
+    return tmp_path / "d2"
+
+
+@pytest.fixture
+def tiny_registered(tmp_path):
+    names = {split: f"focal_test_tiny_{split}" for split in ("train", "val")}
+    for split, name in names.items():
+        catalog.register_dense_shapes(name, TINY, split, root=tmp_path / "root")
+    yield names
+    for name in names.values():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def _retinanet_cfg():
+    import detectron2
+    from detectron2.config import get_cfg
+
+    from focal_plugin.config import add_focal_config
+
+    cfg = get_cfg()
+    add_focal_config(cfg)
+    cfg.merge_from_file(str(Path(detectron2.__file__).parent / "model_zoo/configs/Base-RetinaNet.yaml"))
+    cfg.INPUT.MIN_SIZE_TEST = 0
+    return cfg
+
+
+# ------------------------------------------------------------------ determinism
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_same_seed_is_byte_identical_and_seeds_differ(tmp_path, fmt):
+    config = dataclasses.replace(TINY, image_format=fmt)
+    a = _files(_make(tmp_path / "a", config, workers=1))
+    b = _files(_make(tmp_path / "b", config, workers=3))  # threads do not change a byte
+    assert a.keys() == b.keys() and len(a) == 8 + 4 + 2 + 1
+    assert all(a[k] == b[k] for k in a)
+    c = _files(_make(tmp_path / "c", dataclasses.replace(config, seed=2)))
+    images = [k for k in a if k.endswith(fmt)]
+    assert sum(a[k] != c[k] for k in images) == len(images)
+    assert a["annotations/instances_train.json"] != c["annotations/instances_train.json"]
+
+
+def test_fingerprint_tracks_parameters_not_name():
+    assert dataclasses.replace(TINY, name="other").fingerprint() == TINY.fingerprint()
+    assert dataclasses.replace(TINY, num_classes=6).fingerprint() != TINY.fingerprint()
+    assert catalog.dataset_dir(TINY, "r").name == f"tiny-{TINY.fingerprint()}"
+    with pytest.raises(ValueError, match="num_classes"):
+        SyntheticConfig(num_classes=81)
+
+
+# ------------------------------------------------------------------ COCO validity
+def test_json_loads_in_pycocotools_and_boxes_are_tight_and_inside(tmp_path):
+    from pycocotools.coco import COCO
+
+    config = dataclasses.replace(TINY, num_train=40, empty_fraction=0.1)
+    d = _make(tmp_path, config)
+    coco = COCO(str(d / "annotations/instances_train.json"))
+    assert len(coco.getImgIds()) == 40 and len(coco.getCatIds()) == config.num_classes
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == config.thing_classes()
+    import cv2
+
+    n_layout = n_anns = 0
+    for img in coco.loadImgs(coco.getImgIds()):
+        pixels = cv2.imread(str(d / "train" / img["file_name"]))
+        assert pixels.shape[:2] == (img["height"], img["width"])
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
+        n_anns += len(anns)
+        n_layout += len(synthetic.sample_layout(config, "train", img["id"] - 1).objects)
+        for a in anns:
+            x, y, w, h = a["bbox"]
+            assert w > 0 and h > 0 and a["area"] == w * h
+            assert 0 <= x and 0 <= y and x + w <= img["width"] and y + h <= img["height"]
+            assert 1 <= a["category_id"] <= config.num_classes and a["iscrowd"] == 0
+            assert a["visible_fraction"] >= config.min_visible_fraction
+    assert 0.8 * n_layout <= n_anns <= n_layout  # occlusion drops only a few
+
+
+def test_rendered_boxes_are_tight_on_visible_pixels():
+    config = dataclasses.replace(TINY, mean_distractors=0.0, empty_fraction=0.0)
+    for i in range(20):
+        layout = synthetic.sample_layout(config, "val", i)
+        _, anns = synthetic.render_layout(config, layout, "val", i)
+        top = layout.items[-1]  # drawn last: fully visible, never dropped, last annotation
+        m = synthetic.shape_mask(top.shape, top.w, top.h)
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        tight = [top.x + int(cols[0]), top.y + int(rows[0]), int(cols[-1] - cols[0] + 1),
+                 int(rows[-1] - rows[0] + 1)]
+        assert anns[-1]["bbox"] == tight and anns[-1]["visible_fraction"] == 1.0
+        assert anns[-1]["category_id"] == top.class_id
+
+
+# ------------------------------------------------------------------ documented distributions
+def test_class_frequencies_sizes_and_counts_follow_parameters():
+    config = SyntheticConfig(
+        num_train=3000, image_size=(256, 256), num_classes=10, class_zipf_exponent=1.0,
+        mean_objects=4.0, max_objects=100, empty_fraction=0.1, scale_range=(0.05, 0.5), max_aspect=2.0,
+    )
+    s = synthetic.layout_statistics(config, "train")
+    n = len(s["class_id"])
+    freq = np.bincount(s["class_id"], minlength=10) / n
+    p = config.class_probabilities()
+    assert np.allclose(p, np.arange(1, 11) ** -1.0 / np.sum(np.arange(1, 11) ** -1.0))
+    assert np.all(np.abs(freq - p) < 5 * np.sqrt(p * (1 - p) / n))
+    assert freq[0] / freq[-1] > 6  # Zipf(1): 10x in expectation
+
+    # scale = sqrt(box area / image area) is log-uniform on scale_range (KS distance)
+    u = np.sort((np.log(s["scale"]) - math.log(0.05)) / (math.log(0.5) - math.log(0.05)))
+    assert u.min() > -0.03 and u.max() < 1.03  # boxes are whole pixels
+    assert np.max(np.abs(u - (np.arange(1, n + 1) - 0.5) / n)) < 0.03
+    side = s["scale"] * 256  # COCO's absolute ranges on 256 px images
+    expected_small = math.log(32 / 12.8) / math.log(10)  # 0.398
+    expected_large = math.log(128 / 96) / math.log(10)  # 0.125
+    assert abs(np.mean(side < 32) - expected_small) < 0.03
+    assert abs(np.mean(side > 96) - expected_large) < 0.03
+    la = np.log(s["aspect"])
+    assert abs(la.mean()) < 0.03 and la.max() < math.log(2) + 0.1 and la.min() > -math.log(2) - 0.1
+
+    counts = s["objects_per_image"]
+    assert abs(np.mean(counts == 0) - 0.1) < 0.02
+    assert abs(counts[counts > 0].mean() - 4.0) < 0.15
+
+
+# ------------------------------------------------------------------ cache integrity
+def _corrupt_manifest(d):
+    (d / catalog.MANIFEST).unlink()
+
+
+def _delete_image(d):
+    next((d / "val").iterdir()).unlink()
+
+
+def _truncate_json(d):
+    p = d / "annotations/instances_train.json"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", [_corrupt_manifest, _delete_image, _truncate_json])
+def test_corrupt_dataset_is_detected_and_regenerated(tmp_path, damage):
+    d = _make(tmp_path)
+    good = _files(d)
+    damage(d)
+    ok, reason = catalog.verify_dataset(d, TINY)
+    assert not ok and reason
+    assert _make(tmp_path) == d
+    assert _files(d) == good
+    assert not list(d.parent.glob(".tmp-*")) and not list(d.parent.glob(".trash-*"))
+
+
+def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = catalog.make_image
+
+    def dying(*args):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(catalog, "make_image", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _make(tmp_path, workers=1)
+    final = catalog.dataset_dir(TINY, tmp_path)
+    assert not final.exists()
+    # a SIGKILLed run leaves its temp dir behind: ignored, then cleaned up by the next run
+    stale = final.parent / f".tmp-{final.name}-99999"
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "000000.jpg").write_bytes(b"partial")
+    monkeypatch.setattr(catalog, "make_image", real)
+    assert _make(tmp_path) == final and catalog.verify_dataset(final, TINY)[0]
+    assert not stale.exists()
+
+
+def test_concurrent_prepare_generates_once(tmp_path, monkeypatch):
+    real = catalog.write_dataset
+    calls = []
+
+    def slow_write(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "write_dataset", slow_write)
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(_make(tmp_path))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(out) == 2 and out[0] == out[1]
+    assert catalog.verify_dataset(out[0], TINY)[0]
+
+
+def test_changed_parameters_get_their_own_directory(tmp_path):
+    a = _make(tmp_path)
+    b = _make(tmp_path, dataclasses.replace(TINY, num_train=9))
+    assert a != b and catalog.verify_dataset(a, TINY)[0]
+
+
+# ------------------------------------------------------------------ user files
+@pytest.mark.parametrize("text", ['{"images": [', "[]", '{"images": 3, "annotations": []}'])
+def test_malformed_user_json_fails_naming_the_file(tmp_path, text):
+    bad = tmp_path / "my_annotations.json"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match="my_annotations.json"):
+        catalog.load_coco_dicts(bad, tmp_path)
+    fdata.register_coco_json("focal_test_user_bad", bad, tmp_path)
+    try:
+        with pytest.raises(fdata.DatasetFormatError, match=str(bad)):
+            DatasetCatalog.get("focal_test_user_bad")
+    finally:
+        DatasetCatalog.remove("focal_test_user_bad")
+        MetadataCatalog.remove("focal_test_user_bad")
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        catalog.load_coco_dicts(tmp_path / "missing.json", tmp_path)
+
+
+# ------------------------------------------------------------------ registration
+def test_dataset_catalog_get_returns_detectron2_dicts(tiny_registered):
+    dicts = DatasetCatalog.get(tiny_registered["train"])
+    assert len(dicts) == TINY.num_train
+    assert sum(len(d["annotations"]) for d in dicts) > 0
+    for d in dicts:
+        assert os.path.isfile(d["file_name"]) and d["height"] == d["width"] == 96
+        for a in d["annotations"]:
+            assert a["bbox_mode"] == BoxMode.XYWH_ABS and 0 <= a["category_id"] < TINY.num_classes
+    meta = MetadataCatalog.get(tiny_registered["val"])
+    assert meta.thing_classes == TINY.thing_classes() and meta.evaluator_type == "coco"
+    assert os.path.isfile(meta.json_file) and os.path.isdir(meta.image_root)
+    info = fdata.dataset_info(tiny_registered["val"])
+    assert info["num_images"] == 4 and info["num_classes"] == 5 and info["prepared"]
+    assert json.loads(json.dumps(info)) == info  # plain data
+
+
+def test_builtin_names_are_registered_lazily(d2_root):
+    info = fdata.dataset_info("dense_shapes_train")
+    assert info["num_classes"] == 6 and info["num_images"] == fdata.PRESETS["demo"].num_train
+    assert info["json_file"].startswith(str(d2_root)) and not info["prepared"]
+    repro = fdata.dataset_info("dense_shapes_repro_val")
+    assert repro["num_classes"] == 80 and repro["preset"] == "repro"
+    assert MetadataCatalog.get("dense_shapes_val").image_root.startswith(str(d2_root))
+    assert len(MetadataCatalog.get("dense_shapes_repro_train").thing_classes) == 80
+    assert not d2_root.exists()  # nothing generated by registration or dataset_info
+    with pytest.raises(KeyError):
+        fdata.dataset_info("focal_test_not_registered")
+
+
+def test_registration_is_idempotent_and_protects_foreign_names(d2_root):
+    fdata.register_all()
+    fdata.register_all()
+    importlib.reload(catalog)
+    importlib.reload(fdata)
+    for name in fdata.BUILTIN_DATASETS:
+        assert name in DatasetCatalog.list()
+        assert MetadataCatalog.get(name).get("registered_by") == catalog._MARKER
+    assert not d2_root.exists()
+    DatasetCatalog.register("focal_test_foreign", lambda: [])
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            fdata.register_dense_shapes("focal_test_foreign", TINY, "train")
+    finally:
+        DatasetCatalog.remove("focal_test_foreign")
+
+
+# ------------------------------------------------------------------ imbalance
+def test_feature_sizes_and_coco_anchor_count():
+    sizes = feature_sizes(600, 899, [8, 16, 32, 64, 128], 32)
+    assert sizes == [(76, 116), (38, 58), (19, 29), (10, 15), (5, 8)]
+    assert 9 * sum(h * w for h, w in sizes) == coco_reference()["anchors_per_image"] == 105849
+
+
+def test_imbalance_stats_are_consistent(tiny_registered):
+    cfg = _retinanet_cfg()
+    s = imbalance_stats(cfg, tiny_registered["train"], max_images=0, with_coco=False)
+    # 96x96 at native size: 12^2 + 6^2 + 3^2 + 2^2 + 1^2 locations x 9 anchors
+    assert s["anchors_per_image"] == 9 * 194 and s["anchors_per_location"] == 9
+    assert s["positive_anchors_per_image"] > 0 and s["num_classes"] == TINY.num_classes
+    non_ignored = s["anchors_per_image"] - s["ignored_anchors_per_image"]
+    expected_neg = non_ignored * 5 - s["positive_anchors_per_image"]
+    assert s["binary_negatives_per_image"] == pytest.approx(expected_neg)
+    assert s["negatives_per_positive"] == pytest.approx(
+        s["binary_negatives_per_image"] / s["positive_anchors_per_image"])
+    assert s["positives_per_object"] >= 1.0  # low-quality matches give every object an anchor
+    cfg.INPUT.MIN_SIZE_TEST = 192
+    cfg.MODEL.FOCAL.ANCHOR_SCALES_PER_OCTAVE = 1  # Table-1c keys are honoured: 3 aspects only
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+    s2 = imbalance_stats(cfg, tiny_registered["train"], max_images=3, with_coco=False)
+    assert s2["anchors_per_image"] == 3 * (24 * 24 + 12 * 12 + 6 * 6 + 3 * 3 + 2 * 2)
+    assert s2["num_images_used"] == 3 and s2["test_size_mean"] == [192.0, 192.0]
+
+
+def test_coco_reference_estimate_is_reproducible_in_spirit():
+    fresh = coco_reference(recompute=True, num_images=12)
+    stored = coco_reference()
+    assert fresh["anchors_per_image"] == stored["anchors_per_image"]
+    assert 0.5 < fresh["positive_anchors_per_image"] / stored["positive_anchors_per_image"] < 2
+
+
+def test_cli_prints_table(tiny_registered, capsys):
+    spec = importlib.util.spec_from_file_location("dataset_stats", REPO / "tools/dataset_stats.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--dataset", tiny_registered["val"], "--max-images", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "negatives per positive" in out and "105,849" in out and tiny_registered["val"] in out
