@@ -11,9 +11,8 @@ compat.apply()
 
 __version__ = "0.1.0"
 
-# Registration on import (decorators in these modules); order: losses/initializers first.
-from focal_plugin import data, init, losses  # noqa: E402,F401
-from focal_plugin import modeling  # noqa: E402,F401
+# Registration on import (decorators in these modules): datasets, losses, initializers, models.
+from focal_plugin import data, init, losses, modeling  # noqa: E402,F401
 from focal_plugin.config import add_focal_config  # noqa: E402
 
 __all__ = ["add_focal_config", "compat", "data", "init", "losses", "modeling"]

@@ -67,7 +67,7 @@ def check_alpha(value: Any, owner: str) -> float:
     """alpha in [0, 1], or any negative number to disable alpha-weighting."""
     allowed = "a number in [0, 1], or negative to disable alpha-weighting"
     a = _number(owner, "alpha", value, allowed)
-    if a > 1 or math.isinf(a) and a > 0:
+    if a > 1:
         raise ValueError(f"{owner}: alpha = {value!r} is invalid: expected {allowed}")
     return a
 
