@@ -86,6 +86,7 @@ def validate_focal_config(cfg: CN) -> None:
     for key in ("FUSED_LOSS", "ALLOW_LOW_QUALITY_MATCHES"):
         if not isinstance(f[key], bool):
             _fail(key, f[key], "True or False")
+    build_loss_from_cfg(cfg)  # validates GAMMA / ALPHA / BETA for the chosen loss
     n = f.ANCHOR_SCALES_PER_OCTAVE
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         _fail("ANCHOR_SCALES_PER_OCTAVE", n, "an integer >= 0 (0 = use ANCHOR_GENERATOR.SIZES)")
@@ -108,6 +109,22 @@ def validate_focal_config(cfg: CN) -> None:
             f"cfg.MODEL.FOCAL.OHEM.POSITIVE_FRACTION = {p!r} is invalid: expected -1 (no ratio) "
             "or a number in (0, 1]"
         )
+
+
+def build_loss_from_cfg(cfg: CN, name: str | None = None, **overrides):
+    """The classification loss named ``cfg.MODEL.FOCAL.LOSS`` with its hyperparameters from cfg."""
+    from focal_plugin.losses import LOSS_REGISTRY, build_classification_loss
+
+    focal = cfg.MODEL.FOCAL
+    name = name or focal.LOSS
+    loss_cls = LOSS_REGISTRY.get(name)
+    params = {p: focal[p.upper()] for p in loss_cls.hyperparameters}
+    params.update(overrides)
+    try:
+        return build_classification_loss(name, fused=focal.FUSED_LOSS, **params)
+    except ValueError as e:  # name the config key, not only the function parameter
+        keys = ", ".join(f"cfg.MODEL.FOCAL.{p.upper()}={params[p]!r}" for p in params)
+        raise ValueError(f"invalid loss settings for {name} ({keys}): {e}") from e
 
 
 def anchor_settings(cfg: CN) -> tuple[list[list[float]], list[list[float]]]:

@@ -63,6 +63,8 @@ BUILTIN_DATASETS: Dict[str, Tuple[str, str]] = {
     "dense_shapes_val": ("demo", "val"),
     "dense_shapes_repro_train": ("repro", "train"),
     "dense_shapes_repro_val": ("repro", "val"),
+    "dense_shapes_tiny_train": ("tiny", "train"),
+    "dense_shapes_tiny_val": ("tiny", "val"),
 }
 
 _MARKER = "focal_plugin.data.dense_shapes"  # metadata attribute value identifying our registrations

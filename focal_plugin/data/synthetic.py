@@ -178,6 +178,13 @@ PRESETS: Dict[str, SyntheticConfig] = {
         scale_range=(0.03, 0.55), mean_distractors=4.0, max_distractors=16,
         distractor_weights=(0.3, 0.3, 0.4, 0.0),
     ),
+    # Smoke runs (tests, `--num-gpus 2` checks): the demo's classes and look, 24/12 images.
+    "tiny": SyntheticConfig(
+        name="tiny", seed=0, num_train=24, num_val=12, image_size=(96, 128), num_classes=6,
+        class_zipf_exponent=0.5, mean_objects=3.0, max_objects=6, empty_fraction=0.1,
+        scale_range=(0.15, 0.6), mean_distractors=1.0, max_distractors=3,
+        distractor_weights=(0.4, 0.4, 0.2, 0.0),
+    ),
 }
 
 

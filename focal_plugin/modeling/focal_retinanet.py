@@ -24,8 +24,8 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from focal_plugin.config import resolved_anchor_cfg, validate_focal_config
-from focal_plugin.losses import LOSS_REGISTRY, ClassificationLoss, build_classification_loss
+from focal_plugin.config import build_loss_from_cfg, resolved_anchor_cfg, validate_focal_config
+from focal_plugin.losses import ClassificationLoss
 from focal_plugin.modeling.head import FocalRetinaNetHead
 from focal_plugin.modeling.sampler import AllAnchorsSampler, OhemSampler
 from focal_plugin.registry import register
@@ -34,20 +34,6 @@ logger = logging.getLogger(__name__)
 
 # initial value and momentum of detectron2's EMA loss normalizer
 _EMA_START, _EMA_MOMENTUM = 100, 0.9
-
-
-def build_loss_from_cfg(cfg, name: Optional[str] = None, **overrides) -> ClassificationLoss:
-    """The classification loss named ``cfg.MODEL.FOCAL.LOSS`` with its hyperparameters from cfg."""
-    focal = cfg.MODEL.FOCAL
-    name = name or focal.LOSS
-    loss_cls = LOSS_REGISTRY.get(name)
-    params = {p: focal[p.upper()] for p in loss_cls.hyperparameters}
-    params.update(overrides)
-    try:
-        return build_classification_loss(name, fused=focal.FUSED_LOSS, **params)
-    except ValueError as e:  # name the config key, not only the function parameter
-        keys = ", ".join(f"cfg.MODEL.FOCAL.{p.upper()}={params[p]!r}" for p in params)
-        raise ValueError(f"invalid loss settings for {name} ({keys}): {e}") from e
 
 
 def _storage():

@@ -1,0 +1,126 @@
+"""train_net.py / focal_plugin.engine end to end on the tiny synthetic set (CPU, seconds)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.engine import HookBase, default_argument_parser
+
+from focal_plugin import engine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "configs", "mini", "smoke_tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    old = os.environ.get("DETECTRON2_DATASETS")
+    os.environ["DETECTRON2_DATASETS"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("DETECTRON2_DATASETS")
+    else:
+        os.environ["DETECTRON2_DATASETS"] = old
+
+
+def run_main(*argv):
+    args = default_argument_parser().parse_args(["--config-file", SMOKE, *argv])
+    return engine.main(args)
+
+
+def _ap(result):
+    return result["metrics"]["dense_shapes_tiny_val"]["bbox"]
+
+
+def test_train_eval_only_and_resume(data_root, tmp_path):
+    out = str(tmp_path / "run")
+    result = run_main("OUTPUT_DIR", out)
+    assert result["iterations"] == 4 and result["resumed_from_iter"] == 0
+    assert set(_ap(result)) >= {"AP", "AP50", "AP75"}
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f)["metrics"] == result["metrics"]
+
+    final = os.path.join(out, "model_final.pth")
+    evaluated = run_main("--eval-only", "OUTPUT_DIR", out, "MODEL.WEIGHTS", final)
+    assert _ap(evaluated)["AP"] == pytest.approx(_ap(result)["AP"], abs=1e-6)
+
+    resumed = run_main("--resume", "OUTPUT_DIR", out, "SOLVER.MAX_ITER", "6")
+    assert resumed["resumed_from_iter"] == 4 and resumed["iterations"] == 2
+
+
+@pytest.mark.parametrize("fraction", ["-1.0", "0.25"])
+def test_ohem_variants_train_and_evaluate(data_root, tmp_path, fraction):
+    result = run_main("OUTPUT_DIR", str(tmp_path), "MODEL.FOCAL.OHEM.ENABLED", "True",
+                      "MODEL.FOCAL.OHEM.BATCH_SIZE_PER_IMAGE", "32",
+                      "MODEL.FOCAL.OHEM.POSITIVE_FRACTION", fraction,
+                      "MODEL.FOCAL.LOSS", "sigmoid_ce", "MODEL.FOCAL.ALPHA", "-1.0")
+    assert "AP" in _ap(result)
+
+
+def test_wrong_class_count_names_the_key(data_root, tmp_path):
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        run_main("OUTPUT_DIR", str(tmp_path), "MODEL.RETINANET.NUM_CLASSES", "5")
+
+
+def test_bad_config_file_and_key_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        engine.setup_cfg(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ValueError, match="GAMMA"):
+        engine.setup_cfg(SMOKE, ["MODEL.FOCAL.GAMMA", "-2.0"])
+
+
+class _PoisonAfter(HookBase):
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            with torch.no_grad():
+                self.trainer.model.head.cls_score.bias.fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path):
+    cfg = engine.setup_cfg(SMOKE, ["OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "8",
+                                   "SOLVER.CHECKPOINT_PERIOD", "2"])
+    trainer = engine.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.register_hooks([_PoisonAfter(3)])  # after the checkpointer saved model_0000003
+    with pytest.raises(FloatingPointError, match=r"loss_cls .*iteration 4"):
+        trainer.train()
+    last = (tmp_path / "last_checkpoint").read_text().strip()
+    assert last == "model_0000003.pth"
+    assert not (tmp_path / "model_final.pth").exists()
+    state = torch.load(tmp_path / last, map_location="cpu", weights_only=False)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_cli_single_process(data_root, tmp_path):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(data_root))
+    out = subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", SMOKE, "--num-gpus", "1",
+         "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert "AP" in result["metrics"]["dense_shapes_tiny_val"]["bbox"]
+    assert "Effective schedule" in out.stderr + out.stdout
+
+
+@pytest.mark.slow
+def test_cli_two_cpu_processes(data_root, tmp_path):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(data_root))
+    out = subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", SMOKE, "--num-gpus", "2",
+         "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "4"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["world_size"] == 2
+    assert "AP" in result["metrics"]["dense_shapes_tiny_val"]["bbox"]
