@@ -1,0 +1,177 @@
+"""Registered classification losses: what ``FocalRetinaNet`` builds from ``cfg.MODEL.FOCAL.LOSS``.
+
+Each is a ``ClassificationLoss`` module: ``forward(logits (M, C), labels (M,)) -> (M,)`` gives the
+loss of every anchor summed over its classes (labels in [0, K], K = background), and
+``scores(logits)`` gives the per-class probabilities used at inference.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from fvcore.common.registry import Registry
+
+from focal_plugin.losses._common import check_alpha, check_beta, check_gamma, compute_dtype
+from focal_plugin.losses.functional import sigmoid_loss_per_anchor, softmax_focal_loss
+from focal_plugin.registry import register
+
+Tensor = torch.Tensor
+
+LOSS_REGISTRY = Registry("FOCAL_LOSS")
+LOSS_REGISTRY.__doc__ = """Classification losses by name (``cfg.MODEL.FOCAL.LOSS``); each entry is
+a ``ClassificationLoss`` subclass built by ``build_classification_loss(name, **params)``."""
+
+HYPERPARAMETERS = ("gamma", "alpha", "beta")
+
+
+class ClassificationLoss(torch.nn.Module):
+    """Base of the registered losses.
+
+    Class attributes: ``hyperparameters`` (the constructor's hyperparameter keywords, a subset of
+    ("gamma", "alpha", "beta")) and ``is_softmax`` (K+1 logits with background last, instead of
+    K sigmoid logits). ``fused=False`` forces the reference formulas for this module.
+    """
+
+    hyperparameters: Tuple[str, ...] = ()
+    is_softmax: bool = False
+
+    def __init__(self, *, fused: bool = True):
+        super().__init__()
+        if not isinstance(fused, bool):
+            raise ValueError(f"{type(self).__name__}: fused = {fused!r} is invalid: expected True or False")
+        self.fused = fused
+
+    def num_logits(self, num_classes: int) -> int:
+        """Logits per anchor for ``num_classes`` object classes: K (sigmoid) or K+1 (softmax)."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"{type(self).__name__}: num_classes = {num_classes!r} is invalid: "
+                             "expected an integer >= 1")
+        return num_classes + 1 if self.is_softmax else num_classes
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """(M, C) logits and (M,) labels in [0, K] -> (M,) loss per anchor summed over classes
+        (float32, or float64 for float64 logits), differentiable w.r.t. the logits."""
+        raise NotImplementedError
+
+    def scores(self, logits: Tensor) -> Tensor:
+        """(..., C) logits -> (..., K) class probabilities (float32 for half-precision logits)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        parts = [f"{name}={getattr(self, name)!r}" for name in self.hyperparameters]
+        return ", ".join(parts + [f"fused={self.fused}"])
+
+
+class _SigmoidLoss(ClassificationLoss):
+    kind = "focal"
+    is_softmax = False
+
+    def _params(self) -> Tuple[float, float, float]:
+        return self.alpha, self.gamma, 0.0
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        alpha, gamma, beta = self._params()
+        return sigmoid_loss_per_anchor(
+            self.kind, logits, labels, alpha, gamma, beta, fused=self.fused, owner=type(self).__name__
+        )
+
+    def scores(self, logits: Tensor) -> Tensor:
+        return torch.sigmoid(logits.to(compute_dtype(logits.dtype)))
+
+
+@register(LOSS_REGISTRY, "sigmoid_ce")
+class SigmoidCELoss(_SigmoidLoss):
+    """Sigmoid cross entropy, -alpha_t log p_t summed over the K classes; alpha < 0 (the default)
+    gives plain CE, alpha in [0, 1] the alpha-balanced CE of §3.1."""
+
+    hyperparameters = ("alpha",)
+
+    def __init__(self, *, alpha: float = -1.0, fused: bool = True):
+        super().__init__(fused=fused)
+        self.alpha = check_alpha(alpha, type(self).__name__)
+        self.gamma = 0.0
+
+
+@register(LOSS_REGISTRY, "sigmoid_focal")
+class SigmoidFocalLoss(_SigmoidLoss):
+    """The focal loss -alpha_t (1 - p_t)^gamma log p_t summed over the K classes (§3.2)."""
+
+    hyperparameters = ("gamma", "alpha")
+
+    def __init__(self, *, gamma: float = 2.0, alpha: float = 0.25, fused: bool = True):
+        super().__init__(fused=fused)
+        self.gamma = check_gamma(gamma, type(self).__name__)
+        self.alpha = check_alpha(alpha, type(self).__name__)
+
+
+@register(LOSS_REGISTRY, "sigmoid_focal_star")
+class SigmoidFocalStarLoss(_SigmoidLoss):
+    """FL* of Appendix A, -alpha_t log sigmoid(gamma x_t + beta) / gamma, summed over the K
+    classes. Defaults: Table 3's (gamma 2, beta 1) with alpha = 0.25 as in all FL* runs."""
+
+    kind = "star"
+    hyperparameters = ("gamma", "beta", "alpha")
+
+    def __init__(self, *, gamma: float = 2.0, beta: float = 1.0, alpha: float = 0.25, fused: bool = True):
+        super().__init__(fused=fused)
+        self.gamma = check_gamma(gamma, type(self).__name__, strictly_positive=True)
+        self.beta = check_beta(beta, type(self).__name__)
+        self.alpha = check_alpha(alpha, type(self).__name__)
+
+    def _params(self) -> Tuple[float, float, float]:
+        return self.alpha, self.gamma, self.beta
+
+
+@register(LOSS_REGISTRY, "softmax_focal")
+class SoftmaxFocalLoss(ClassificationLoss):
+    """Softmax focal loss over K+1 logits per anchor (background last); alpha_t = alpha for
+    foreground anchors and 1 - alpha for background ones."""
+
+    hyperparameters = ("gamma", "alpha")
+    is_softmax = True
+
+    def __init__(self, *, gamma: float = 2.0, alpha: float = 0.25, fused: bool = True):
+        super().__init__(fused=fused)
+        self.gamma = check_gamma(gamma, type(self).__name__)
+        self.alpha = check_alpha(alpha, type(self).__name__)
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if logits.dim() != 2:
+            raise ValueError(f"{type(self).__name__}: logits must be (M, K+1), got {tuple(logits.shape)}")
+        return softmax_focal_loss(logits, labels, self.alpha, self.gamma, "none", fused=self.fused)
+
+    def scores(self, logits: Tensor) -> Tensor:
+        return F.softmax(logits.to(compute_dtype(logits.dtype)), dim=-1)[..., :-1]
+
+
+def _accepted(cls: type) -> Tuple[str, ...]:
+    return tuple(cls.hyperparameters) + ("fused",)
+
+
+def build_classification_loss(name: str, **params: Any) -> ClassificationLoss:
+    """Build the registered loss ``name`` with hyperparameters ``params`` (validated).
+
+    Unknown names and unknown parameters raise ``ValueError`` listing what is accepted.
+    """
+    if name not in LOSS_REGISTRY:
+        raise ValueError(f"unknown classification loss {name!r}: registered losses are "
+                         f"{sorted(k for k, _ in LOSS_REGISTRY)}")
+    cls = LOSS_REGISTRY.get(name)
+    accepted = _accepted(cls)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"classification loss {name!r} got unknown parameter(s) {unknown}: "
+                         f"it accepts {list(accepted)}")
+    return cls(**params)
+
+
+def describe_losses() -> Dict[str, Dict[str, Any]]:
+    """name -> {hyperparameter: default} of every registered loss (for docs and CLIs)."""
+    out = {}
+    for name, cls in sorted(LOSS_REGISTRY):
+        sig = inspect.signature(cls.__init__)
+        out[name] = {p: sig.parameters[p].default for p in cls.hyperparameters}
+    return out

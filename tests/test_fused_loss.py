@@ -1,0 +1,306 @@
+"""The fused path (one-pass loss + gradient kernels) against the reference formulas (issue 3).
+
+Stated tolerances (both paths compute in float32 for float32/float16/bfloat16 inputs, which are
+cast to float32 first, and in float64 for float64 inputs):
+* values and gradients: rtol 1e-5 in float32 (the loss (1 - p_t)^gamma (-log p_t) has condition
+  number ~ gamma |log(1 - p_t)| in log(1 - p_t), whose float32 rounding alone is ~1e-6 relative
+  for gamma = 5; observed differences are <= 5e-6), 1e-11 in float64; atol 1e-7 x the largest
+  |gradient| for gradients and 1e-6 x |value| for reduced (summed / averaged) losses.
+"""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from focal_plugin.losses import (
+    _common,
+    build_classification_loss,
+    sigmoid_ce_loss,
+    sigmoid_focal_loss,
+    sigmoid_focal_loss_star,
+    softmax_focal_loss,
+)
+from focal_plugin.losses import fused as fused_mod
+
+GAMMAS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+ALPHAS = (-1.0, 0.25, 0.75)
+REDUCTIONS = ("none", "sum", "mean")
+IN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _logits(shape, dtype=torch.float32):
+    x = torch.randn(shape) * 4
+    flat = x.view(-1)
+    extremes = torch.tensor([-100.0, -60.0, -20.0, -1e-4, 0.0, 1e-4, 20.0, 60.0, 100.0])
+    flat[: extremes.numel()] = extremes
+    return x.to(dtype)
+
+
+def _close(a, b, *, f64=False, grad=False):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    scale = b.abs().max().item() if b.numel() else 0.0
+    if f64:
+        rtol, atol = 1e-11, 1e-13 * scale
+    elif grad:
+        rtol, atol = 1e-5, 1e-7 * scale
+    else:
+        rtol, atol = 1e-5, 1e-6 * scale if b.dim() == 0 else 1e-30
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+def _both(fn, x):
+    """(value, grad) of fused and reference calls fn(x, fused), with a random weight per output.
+
+    For float16/bfloat16 inputs the gradient compared is the float32 one (w.r.t. x.float()); the
+    gradient reaching the half-precision leaf is checked to be exactly that, rounded.
+    """
+    out = []
+    w = None
+    for fused in (True, False):
+        xi = x.detach().clone().requires_grad_()
+        half = x.dtype in (torch.float16, torch.bfloat16)
+        xf = xi.float() if half else xi
+        val = fn(xf, fused)
+        if w is None:
+            w = torch.rand(val.shape, dtype=val.dtype) if val.dim() else torch.tensor(1.0, dtype=val.dtype)
+        if half:
+            g_leaf, g = torch.autograd.grad((val * w).sum(), [xi, xf])
+            assert g_leaf.dtype == x.dtype
+            torch.testing.assert_close(g_leaf, g.to(x.dtype), rtol=0, atol=0)
+        else:
+            g, = torch.autograd.grad((val * w).sum(), xi)
+        out.append((val.detach(), g))
+    return out
+
+
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_sigmoid_fused_equals_reference(gamma):
+    x0 = _logits((64, 33))
+    t = (torch.rand(64, 33) < 0.2).float()
+    for dtype in IN_DTYPES:
+        x = x0.to(dtype)
+        for alpha in ALPHAS:
+            for red in REDUCTIONS:
+                calls = [lambda v, f, a=alpha, r=red: sigmoid_focal_loss(v, t, a, gamma, r, fused=f)]
+                if gamma == 0:
+                    calls.append(lambda v, f, a=alpha, r=red: sigmoid_ce_loss(v, t, a, r, fused=f))
+                else:
+                    for beta in (0.0, 1.0, -2.0):
+                        calls.append(
+                            lambda v, f, a=alpha, r=red, b=beta: sigmoid_focal_loss_star(
+                                v, t, a, gamma, r, b, fused=f)
+                        )
+                for call in calls:
+                    (vf, gf), (vr, gr) = _both(call, x)
+                    assert vf.dtype == torch.float32
+                    assert torch.isfinite(vf).all() and torch.isfinite(gf).all()
+                    _close(vf, vr)
+                    _close(gf, gr, grad=True)
+
+
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_per_anchor_and_softmax_fused_equal_reference(gamma):
+    K, M = 9, 200
+    labels = torch.randint(0, K + 1, (M,))
+    labels[:20] = K
+    for dtype in (torch.float32, torch.bfloat16):
+        for alpha in ALPHAS:
+            names = [("sigmoid_focal", {"gamma": gamma, "alpha": alpha}),
+                     ("softmax_focal", {"gamma": gamma, "alpha": alpha})]
+            if gamma == 0:
+                names.append(("sigmoid_ce", {"alpha": alpha}))
+            else:
+                names.append(("sigmoid_focal_star", {"gamma": gamma, "beta": 1.0, "alpha": alpha}))
+            for name, params in names:
+                mods = {f: build_classification_loss(name, fused=f, **params) for f in (True, False)}
+                x = _logits((M, mods[True].num_logits(K)), dtype)
+                (vf, gf), (vr, gr) = _both(lambda v, f, mods=mods: mods[f](v, labels), x)
+                assert vf.shape == (M,) and vf.dtype == torch.float32
+                _close(vf, vr)
+                _close(gf, gr, grad=True)
+
+
+@pytest.mark.parametrize("gamma", (0.0, 0.2, 2.0, 5.0))
+def test_float64_fused_equals_reference(gamma):
+    x = _logits((40, 7), torch.float64)
+    t = (torch.rand(40, 7) < 0.3).double()
+    labels = torch.randint(0, 8, (40,))
+    calls = [
+        lambda v, f: sigmoid_focal_loss(v, t, 0.25, gamma, "none", fused=f),
+        lambda v, f: sigmoid_focal_loss(v, t, 0.25, gamma, "sum", fused=f),
+        lambda v, f: sigmoid_focal_loss_star(v, t, 0.25, max(gamma, 0.5), "none", 1.0, fused=f),
+        lambda v, f: build_classification_loss("sigmoid_focal", gamma=gamma, fused=f)(v, labels),
+        lambda v, f: softmax_focal_loss(v, labels % 7, 0.25, gamma, fused=f),
+    ]
+    for call in calls:
+        (vf, gf), (vr, gr) = _both(call, x)
+        assert vf.dtype == torch.float64
+        _close(vf, vr, f64=True)
+        _close(gf, gr, f64=True)
+
+
+def test_fused_is_the_default_and_compiled():
+    assert fused_mod.kernel_mode(torch.device("cpu")) == "compiled"
+    x = torch.randn(10, 4, requires_grad=True)
+    out = sigmoid_focal_loss(x, torch.zeros(10, 4), reduction="sum")
+    assert type(out.grad_fn).__name__ == "_FusedLossBackward"
+    out = build_classification_loss("sigmoid_focal")(x, torch.zeros(10, dtype=torch.long))
+    assert type(out.grad_fn).__name__ == "_FusedLossBackward"
+
+
+def test_no_recompilation_for_new_hyperparameters_or_shapes():
+    from torch._dynamo.utils import counters
+
+    labels = torch.randint(0, 6, (50,))
+    build_classification_loss("sigmoid_focal", gamma=2.0, alpha=0.25)(torch.randn(50, 5, requires_grad=True),
+                                                                      labels).sum().backward()
+    before = sum(counters["frames"].values())
+    for gamma, alpha, m in ((0.5, 0.75, 70), (5.0, -1.0, 123), (0.0, 0.5, 31)):
+        mod = build_classification_loss("sigmoid_focal", gamma=gamma, alpha=alpha)
+        mod(torch.randn(m, 5, requires_grad=True), torch.randint(0, 6, (m,))).sum().backward()
+        mod(torch.randn(m, 11, requires_grad=True), torch.randint(0, 12, (m,))).sum().backward()
+    assert sum(counters["frames"].values()) == before
+
+
+def test_no_grad_uses_loss_only_kernels():
+    x = _logits((30, 6))
+    t = (torch.rand(30, 6) < 0.3).float()
+    labels = torch.randint(0, 7, (30,))
+    mods = [build_classification_loss(n) for n in ("sigmoid_focal", "sigmoid_focal_star", "softmax_focal")]
+    for fn in (
+        lambda v: sigmoid_focal_loss(v, t),
+        lambda v: sigmoid_focal_loss(v, t, reduction="sum"),
+        lambda v: sigmoid_focal_loss_star(v, t, 0.25, 2.0, "none", 1.0),
+        lambda v: sigmoid_focal_loss_star(v, t, 0.25, 2.0, "mean", 1.0),
+        *[lambda v, m=m: m(v if not m.is_softmax else torch.cat([v, v[:, :1]], 1), labels) for m in mods],
+    ):
+        with_grad = fn(x.clone().requires_grad_())
+        with torch.no_grad():
+            no_grad = fn(x.clone().requires_grad_())
+        assert no_grad.grad_fn is None
+        _close(no_grad, with_grad.detach())
+        _close(fn(x), with_grad.detach())  # x without requires_grad
+
+
+def test_backward_twice_with_retain_graph_and_no_double_backward():
+    x = torch.randn(8, 3, requires_grad=True)
+    loss = sigmoid_focal_loss(x, torch.zeros(8, 3), reduction="sum") * 3
+    g1, = torch.autograd.grad(loss, x, retain_graph=True)
+    g2, = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(g1, g2)
+    loss = sigmoid_focal_loss(x, torch.zeros(8, 3), reduction="sum")
+    g, = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), x)
+    # the reference path is twice differentiable
+    g, = torch.autograd.grad(sigmoid_focal_loss(x, torch.zeros(8, 3), reduction="sum", fused=False), x,
+                             create_graph=True)
+    torch.autograd.grad(g.sum(), x)
+
+
+def test_non_contiguous_and_broadcast_inputs():
+    x = _logits((12, 20)).t()  # (20, 12), non-contiguous
+    t = (torch.rand(20, 12) < 0.3).float()
+    (vf, gf), (vr, gr) = _both(lambda v, f: sigmoid_focal_loss(v, t, fused=f), x)
+    _close(vf, vr)
+    _close(gf, gr, grad=True)
+    row_t = (torch.rand(12) < 0.5).float()  # broadcast over rows
+    (vf, gf), (vr, gr) = _both(lambda v, f: sigmoid_focal_loss(v, row_t, 0.25, 2.0, "sum", fused=f), x)
+    _close(vf, vr)
+    _close(gf, gr, grad=True)
+    # targets that require grad fall back to the reference path (which differentiates them)
+    tt = t.clone().requires_grad_()
+    sigmoid_focal_loss(x, tt).sum().backward()
+    assert tt.grad is not None
+
+
+@pytest.mark.parametrize("chunk", (7, 1 << 17))
+def test_eager_fallback_equals_compiled(monkeypatch, chunk):
+    """FOCAL_PLUGIN_COMPILE=0 runs the same kernels eagerly (in chunks of rows)."""
+    monkeypatch.setattr(fused_mod, "EAGER_CHUNK", chunk)
+    x = _logits((50, 9))
+    t = (torch.rand(50, 9) < 0.3).float()
+    labels = torch.randint(0, 10, (50,))
+    calls = [
+        lambda v: sigmoid_focal_loss(v, t, 0.25, 0.5),
+        lambda v: sigmoid_focal_loss(v, t, 0.25, 2.0, "sum"),
+        lambda v: sigmoid_focal_loss_star(v, t, 0.25, 2.0, "mean", 1.0),
+        lambda v: build_classification_loss("sigmoid_focal")(v, labels),
+        lambda v: build_classification_loss("sigmoid_focal_star")(v, labels),
+        lambda v: softmax_focal_loss(v, labels % 9, 0.25, 2.0),
+    ]
+    results = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("FOCAL_PLUGIN_COMPILE", mode)
+        results[mode] = _both(lambda v, f, mode=mode: [c(v) for c in calls][0], x)  # warm
+        outs = []
+        for c in calls:
+            xi = x.clone().requires_grad_()
+            v = c(xi)
+            g, = torch.autograd.grad(v.sum(), xi)
+            outs.append((v.detach(), g))
+        results[mode] = outs
+    for (vc, gc), (ve, ge) in zip(results["1"], results["0"]):
+        _close(ve, vc)
+        _close(ge, gc, grad=True)
+
+
+def test_eager_fallback_gradcheck(monkeypatch):
+    monkeypatch.setenv("FOCAL_PLUGIN_COMPILE", "0")
+    monkeypatch.setattr(fused_mod, "EAGER_CHUNK", 8)
+    x = (torch.randn(6, 4, dtype=torch.float64) * 3).requires_grad_()
+    t = (torch.rand(6, 4) < 0.4).double()
+    labels = torch.tensor([0, 4, 2, 4, 1, 3])
+    for fn in (
+        lambda v: sigmoid_focal_loss(v, t, 0.25, 0.5),
+        lambda v: sigmoid_focal_loss_star(v, t, 0.25, 2.0, "sum", 1.0),
+        lambda v: build_classification_loss("sigmoid_focal")(v, labels),
+        lambda v: softmax_focal_loss(v, labels % 4),
+    ):
+        assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_compile_failure_falls_back_eagerly_and_logs_once(monkeypatch, caplog):
+    def broken(name):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler here")
+
+        return fail
+
+    monkeypatch.setattr(fused_mod, "compiled_kernel", broken)
+    monkeypatch.setattr(fused_mod, "_broken", set())
+    monkeypatch.setattr(_common, "_logged", set())
+    x = _logits((20, 5))
+    t = (torch.rand(20, 5) < 0.3).float()
+    with caplog.at_level(logging.WARNING, logger="focal_plugin.losses"):
+        for _ in range(3):
+            (vf, gf), (vr, gr) = _both(lambda v, f: sigmoid_focal_loss(v, t, fused=f), x)
+            _close(vf, vr)
+            _close(gf, gr, grad=True)
+    warnings = [r for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert len(warnings) == 1 and "no C++ compiler here" in warnings[0].getMessage()
+    assert fused_mod.kernel_mode(torch.device("cpu")) == "eager"
+
+
+def test_reference_env_logs_once(monkeypatch, caplog):
+    monkeypatch.setattr(_common, "_logged", set())
+    monkeypatch.setenv("FOCAL_PLUGIN_REFERENCE_LOSS", "1")
+    x = torch.randn(4, 3, requires_grad=True)
+    with caplog.at_level(logging.INFO, logger="focal_plugin.losses"):
+        for _ in range(3):
+            out = sigmoid_focal_loss(x, torch.zeros(4, 3))
+    assert type(out.grad_fn).__name__ != "ViewBackward0"  # the fused "none" path ends in a view
+    assert "_FusedLoss" not in str(out.grad_fn.next_functions)
+    assert sum("FOCAL_PLUGIN_REFERENCE_LOSS" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_per_anchor_never_builds_one_hot(monkeypatch):
+    """The fused per-anchor path reads labels directly (F.one_hot is only used by the reference)."""
+    def no_one_hot(*a, **k):
+        raise AssertionError("one-hot targets built on the fused path")
+
+    monkeypatch.setattr(F, "one_hot", no_one_hot)
+    x = torch.randn(30, 4, requires_grad=True)
+    build_classification_loss("sigmoid_focal")(x, torch.randint(0, 5, (30,))).sum().backward()
