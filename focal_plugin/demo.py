@@ -46,6 +46,8 @@ def save_prediction_picture(cfg, output_path: str, num_images: int = 3, score_th
         left, right = pred.get_image(), gt.get_image()
         sep = np.full((left.shape[0], 8, 3), 255, dtype=np.uint8)
         rows.append(np.concatenate([left, sep, right], axis=1))
+    width = max(r.shape[1] for r in rows)  # images differ in size: pad rows to one width
+    rows = [np.pad(r, ((0, 8), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     canvas = np.concatenate(rows, axis=0)
     os.makedirs(os.path.dirname(output_path) or ".", exist_ok=True)
     cv2.imwrite(output_path, canvas[:, :, ::-1])
@@ -73,15 +75,17 @@ def main(argv=None) -> Dict[str, Any]:
     from detectron2.utils.logger import setup_logger
 
     import focal_plugin  # noqa: F401
-    from focal_plugin.data import prepare_dataset
+    from focal_plugin.data import BUILTIN_DATASETS, prepare_dataset
     from focal_plugin.engine import setup_cfg, train
 
     cfg = setup_cfg(args.config_file, args.opts)
     setup_logger(output=cfg.OUTPUT_DIR, name="detectron2")
     setup_logger(output=cfg.OUTPUT_DIR, name="focal_plugin")
     start = time.perf_counter()
-    for name in set(cfg.DATASETS.TRAIN) | set(cfg.DATASETS.TEST):
-        prepare_dataset(name)  # generates on first use, with a progress bar
+    presets = {BUILTIN_DATASETS[n][0] for n in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+               if n in BUILTIN_DATASETS}
+    for preset in sorted(presets):
+        prepare_dataset(preset)  # generates on first use, with a progress bar
     data_s = time.perf_counter() - start
     result = train(cfg)
     trained = cfg.clone()
