@@ -29,7 +29,8 @@ from focal_plugin.engine import get_focal_cfg
 
 SETTINGS = {
     "small": dict(depth=18, size=(128, 128), batch=4, classes=5, fpn=64, convs=2, norm="BN"),
-    "paper": dict(depth=50, size=(600, 904), batch=2, classes=80, fpn=256, convs=4, norm="FrozenBN"),
+    # BN, not the paper's FrozenBN: without ImageNet weights FrozenBN lets activations overflow
+    "paper": dict(depth=50, size=(600, 904), batch=2, classes=80, fpn=256, convs=4, norm="BN"),
 }
 
 

@@ -99,28 +99,26 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_cli_single_process(data_root, tmp_path):
+def _run_cli(data_root, out_dir, num_gpus, max_iter):
     env = dict(os.environ, DETECTRON2_DATASETS=str(data_root))
-    out = subprocess.run(
-        [sys.executable, "train_net.py", "--config-file", SMOKE, "--num-gpus", "1",
-         "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "2"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(
+        [sys.executable, "train_net.py", "--config-file", SMOKE, "--num-gpus", str(num_gpus),
+         "OUTPUT_DIR", str(out_dir), "SOLVER.MAX_ITER", str(max_iter)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads((tmp_path / "results.json").read_text())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out_dir / "results.json").read_text())
     assert "AP" in result["metrics"]["dense_shapes_tiny_val"]["bbox"]
-    assert "Effective schedule" in out.stderr + out.stdout
+    return proc, result
+
+
+def test_cli_single_process(data_root, tmp_path):
+    proc, result = _run_cli(data_root, tmp_path, 1, 2)
+    assert result["world_size"] == 1
+    assert "Effective schedule" in proc.stderr + proc.stdout
 
 
 @pytest.mark.slow
 def test_cli_two_cpu_processes(data_root, tmp_path):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(data_root))
-    out = subprocess.run(
-        [sys.executable, "train_net.py", "--config-file", SMOKE, "--num-gpus", "2",
-         "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "4"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads((tmp_path / "results.json").read_text())
+    _, result = _run_cli(data_root, tmp_path, 2, 4)
     assert result["world_size"] == 2
-    assert "AP" in result["metrics"]["dense_shapes_tiny_val"]["bbox"]
