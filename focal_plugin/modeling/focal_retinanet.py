@@ -8,6 +8,7 @@ Only what must change is overridden: construction (``from_config``), the classif
 from __future__ import annotations
 
 import logging
+import math
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -20,7 +21,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regr
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
@@ -63,7 +64,8 @@ class FocalRetinaNet(RetinaNet):
                 per anchor (summed over classes) and turns logits into scores at inference.
             normalizer: "num_pos" (the paper: positive anchors of the batch, summed over workers)
                 or "ema" (detectron2: EMA of that count, start 100, momentum 0.9).
-            anchor_sampler: callable(logits, deltas, anchors, gt_labels) -> (N, R) bool mask of
+            anchor_sampler: callable(logits (N, R, C), deltas (list of (N, Ri, 4) per level),
+                anchors (list of Boxes per level), gt_labels (N, R)) -> (N, R) bool mask of the
                 anchors entering the classification loss; default: all non-ignored anchors.
             kwargs: everything detectron2's ``RetinaNet`` takes.
         """
@@ -172,11 +174,9 @@ class FocalRetinaNet(RetinaNet):
         normalizer = self._loss_normalizer(num_pos)
 
         logits = cat(pred_logits, dim=1)  # (N, R, C)
+        # per-level deltas/anchors: only samplers that need them (OHEM) pay for concatenating
         mask = self.anchor_sampler(
-            logits=logits,
-            deltas=cat(pred_anchor_deltas, dim=1),
-            anchors=Boxes.cat(anchors),
-            gt_labels=gt_labels,
+            logits=logits, deltas=pred_anchor_deltas, anchors=anchors, gt_labels=gt_labels
         )
         per_anchor = self.classification_loss(logits[mask], gt_labels[mask])  # (M,)
         cls_sum = per_anchor.sum()
@@ -209,7 +209,7 @@ class FocalRetinaNet(RetinaNet):
         n_pos, norm, pos_loss, all_loss, n_kept, loss_cls, loss_box = stats
         storage = _storage()
         for name, value in (("loss_cls", loss_cls), ("loss_box_reg", loss_box)):
-            if not torch.isfinite(torch.tensor(value)):
+            if not math.isfinite(value):
                 where = f"iteration {storage.iter}" if storage is not None else "this forward pass"
                 raise FloatingPointError(
                     f"FocalRetinaNet: {name} = {value} at {where} ({self.classification_loss!r}, "

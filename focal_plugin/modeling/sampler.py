@@ -6,7 +6,10 @@ This is the seam between anchor labelling and the loss: a sampler returns a (N, 
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
+from detectron2.layers import cat
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes
 
@@ -18,7 +21,8 @@ class AllAnchorsSampler:
     """The paper's focal-loss setting: every anchor that is not ignored (label >= 0)."""
 
     def __call__(
-        self, *, logits: torch.Tensor, deltas: torch.Tensor, anchors: Boxes, gt_labels: torch.Tensor
+        self, *, logits: torch.Tensor, deltas: List[torch.Tensor], anchors: List[Boxes],
+        gt_labels: torch.Tensor,
     ) -> torch.Tensor:
         return gt_labels >= 0
 
@@ -51,14 +55,17 @@ class OhemSampler:
 
     @torch.no_grad()
     def __call__(
-        self, *, logits: torch.Tensor, deltas: torch.Tensor, anchors: Boxes, gt_labels: torch.Tensor
+        self, *, logits: torch.Tensor, deltas: List[torch.Tensor], anchors: List[Boxes],
+        gt_labels: torch.Tensor,
     ) -> torch.Tensor:
         n, r = gt_labels.shape
+        deltas_all = cat(deltas, dim=1)  # (N, R, 4)
+        anchors_all = Boxes.cat(anchors)
         valid = gt_labels >= 0
         losses = torch.zeros((n, r), dtype=torch.float32, device=logits.device)
         losses[valid] = self.scorer(logits[valid].detach(), gt_labels[valid]).float()
         boxes = self.box2box_transform.apply_deltas(
-            deltas.detach().reshape(n * r, 4), anchors.tensor.repeat(n, 1)
+            deltas_all.detach().reshape(n * r, 4), anchors_all.tensor.repeat(n, 1)
         ).view(n, r, 4)
         return ohem_select(
             losses,
