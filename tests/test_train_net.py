@@ -122,3 +122,27 @@ def test_cli_single_process(data_root, tmp_path):
 def test_cli_two_cpu_processes(data_root, tmp_path):
     _, result = _run_cli(data_root, tmp_path, 2, 4)
     assert result["world_size"] == 2
+
+
+def test_demo_and_predict_on_tiny_set(data_root, tmp_path):
+    from focal_plugin import demo
+    from focal_plugin.data import split_paths
+    from focal_plugin.predict import predict
+
+    out = tmp_path / "demo"
+    result = demo.main(["--config-file", SMOKE, "OUTPUT_DIR", str(out)])
+    assert "AP50" in result["metrics"]["dense_shapes_tiny_val"]["bbox"]
+    picture = out / "predictions_vs_gt.png"
+    assert picture.is_file() and picture.stat().st_size > 1000
+    assert json.loads((out / "demo_summary.json").read_text())["iterations"] == 4
+
+    cfg = engine.setup_cfg(SMOKE, ["MODEL.WEIGHTS", str(out / "model_final.pth"),
+                                   "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"])
+    image_root = split_paths("tiny", "val")[1]
+    summary = predict(cfg, [str(image_root)], str(tmp_path / "pred"), score_thresh=0.0, max_pictures=2)
+    assert summary["images"] == 12 and len(summary["pictures"]) == 2
+    records = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    assert len(records) == summary["detections"] > 0
+    assert {"image_id", "file_name", "category_id", "bbox", "score"} <= set(records[0])
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        predict(cfg, [str(tmp_path / "missing.jpg")], str(tmp_path / "pred2"))

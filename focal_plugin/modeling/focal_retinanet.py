@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -234,12 +234,3 @@ class FocalRetinaNet(RetinaNet):
             deltas = [x[img_idx] for x in pred_anchor_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
-
-    def inference_settings(self) -> Dict[str, float]:
-        """The thresholds inference really uses (RetinaNet ignores ROI_HEADS.SCORE_THRESH_TEST)."""
-        return {
-            "score_thresh": self.test_score_thresh,
-            "topk_candidates_per_level": self.test_topk_candidates,
-            "nms_thresh": self.test_nms_thresh,
-            "max_detections_per_image": self.max_detections_per_image,
-        }
