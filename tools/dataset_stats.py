@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Foreground/background imbalance of a dataset under a RetinaNet config, next to COCO's.
 
-    python tools/dataset_stats.py --config-file configs/mini/focal_R18_dense_shapes.yaml
+    python tools/dataset_stats.py --config-file configs/mini/demo_focal_R18_dense_shapes.yaml
     python tools/dataset_stats.py --config-file X --dataset dense_shapes_repro_train \\
         INPUT.MIN_SIZE_TEST 0 MODEL.FOCAL.ANCHOR_SCALES_PER_OCTAVE 1
 
@@ -17,27 +17,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import focal_plugin  # noqa: F401  (compat shims before detectron2.data/modeling)
 import focal_plugin.data  # noqa: F401  (registers the dense_shapes datasets)
-from focal_plugin.config import add_focal_config
 from focal_plugin.data.imbalance import coco_reference, format_table, imbalance_stats
 
 
 def build_cfg(config_file: str | None, opts: list[str]):
-    import detectron2
-    from detectron2.config import get_cfg
+    """The config (validated, errors naming file/key); default: detectron2's Base-RetinaNet."""
+    from detectron2 import model_zoo
 
-    cfg = get_cfg()
-    add_focal_config(cfg)
+    from focal_plugin.engine import setup_cfg
+
     if config_file:
-        cfg.merge_from_file(config_file)
-    else:
-        # detectron2.model_zoo needs pkg_resources; read the packaged yaml directly
-        cfg.merge_from_file(str(Path(detectron2.__file__).parent / "model_zoo/configs/Base-RetinaNet.yaml"))
-        cfg.DATASETS.TRAIN = ("dense_shapes_train",)
-        cfg.INPUT.MIN_SIZE_TEST = 0
+        return setup_cfg(config_file, opts, freeze=False)
+    cfg = setup_cfg(model_zoo.get_config_file("Base-RetinaNet.yaml"), freeze=False)
+    cfg.DATASETS.TRAIN = ("dense_shapes_train",)
+    cfg.INPUT.MIN_SIZE_TEST = 0
     cfg.merge_from_list(opts)
     return cfg
 
@@ -47,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", default=None, help="detectron2 yaml (default: Base-RetinaNet)")
-    parser.add_argument("--dataset", action="append", default=None,
-                        help="dataset name (repeatable); default: the config's DATASETS.TRAIN[0]")
+    parser.add_argument("--dataset", action="extend", nargs="+", default=None,
+                        help="dataset name(s); default: the config's DATASETS.TRAIN[0]")
     parser.add_argument("--max-images", type=int, default=200, help="images sampled per dataset (0 = all)")
     parser.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
