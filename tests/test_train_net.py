@@ -99,11 +99,11 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data_root, tmp_path):
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def _run_cli(data_root, out_dir, num_gpus, max_iter):
+def _run_cli(data_root, out_dir, num_gpus, max_iter, *opts):
     env = dict(os.environ, DETECTRON2_DATASETS=str(data_root))
     proc = subprocess.run(
         [sys.executable, "train_net.py", "--config-file", SMOKE, "--num-gpus", str(num_gpus),
-         "OUTPUT_DIR", str(out_dir), "SOLVER.MAX_ITER", str(max_iter)],
+         "OUTPUT_DIR", str(out_dir), "SOLVER.MAX_ITER", str(max_iter), *opts],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -112,10 +112,14 @@ def _run_cli(data_root, out_dir, num_gpus, max_iter):
     return proc, result
 
 
-def test_cli_single_process(data_root, tmp_path):
-    proc, result = _run_cli(data_root, tmp_path, 1, 2)
-    assert result["world_size"] == 1
-    assert "Effective schedule" in proc.stderr + proc.stdout
+def test_cli_single_process_rescales_reference_world_size(data_root, tmp_path):
+    # a schedule written for 2 workers, run on 1: detectron2 halves batch and lr, doubles iterations
+    proc, result = _run_cli(data_root, tmp_path, 1, 2, "SOLVER.REFERENCE_WORLD_SIZE", "2",
+                            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.3")
+    assert result["world_size"] == 1 and result["max_iter"] == 4
+    log = proc.stderr + proc.stdout
+    assert "Effective schedule: 1 worker(s) x 2 image(s) = batch 2, base lr 0.01, 4 iterations" in log
+    assert "ROI_HEADS.SCORE_THRESH_TEST = 0.3 has no effect" in log
 
 
 @pytest.mark.slow
