@@ -53,6 +53,9 @@ def add_focal_config(cfg: CN) -> CN:
     _C.MODEL.FOCAL.OHEM.NMS_THRESH = 0.5
     # -1 = no ratio (original OHEM); 0.25 = "OHEM 1:3" (at most 1 positive per 3 negatives).
     _C.MODEL.FOCAL.OHEM.POSITIVE_FRACTION = -1.0
+    # NMS sees at most this many highest-loss anchors per image (exact within the cap; 0 = no cap,
+    # exact but slow on ~100k anchors). See focal_plugin.modeling.ohem.
+    _C.MODEL.FOCAL.OHEM.PRE_NMS_TOPK = 8192
     return cfg
 
 
@@ -103,6 +106,12 @@ def validate_focal_config(cfg: CN) -> None:
     t = o.NMS_THRESH
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= 1.0:
         raise ValueError(f"cfg.MODEL.FOCAL.OHEM.NMS_THRESH = {t!r} is invalid: expected a number in (0, 1]")
+    k = o.PRE_NMS_TOPK
+    if isinstance(k, bool) or not isinstance(k, int) or (k != 0 and k < b):
+        raise ValueError(
+            f"cfg.MODEL.FOCAL.OHEM.PRE_NMS_TOPK = {k!r} is invalid: expected 0 (no cap) or an integer "
+            f">= OHEM.BATCH_SIZE_PER_IMAGE ({b})"
+        )
     p = o.POSITIVE_FRACTION
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not (p == -1 or 0.0 < p <= 1.0):
         raise ValueError(

@@ -157,6 +157,7 @@ def test_ohem_trains_and_limits_classification_anchors():
                                     "ALPHA": -1.0}))
     losses, storage = _train_losses(model, make_batch())
     assert storage.histories()["cls_anchors_per_image"].latest() <= 16
+    assert model.anchor_sampler.pre_nms_topk == 8192
     sum(losses.values()).backward()
     grads = model.head.cls_score.weight.grad
     assert grads is not None and torch.isfinite(grads).all()
@@ -177,6 +178,8 @@ BAD_VALUES = [
     ("OHEM.NMS_THRESH", 0.0),
     ("OHEM.POSITIVE_FRACTION", 0.0),
     ("OHEM.POSITIVE_FRACTION", -0.5),
+    ("OHEM.PRE_NMS_TOPK", 64),
+    ("OHEM.PRE_NMS_TOPK", -1),
     ("FUSED_LOSS", "yes"),
 ]
 

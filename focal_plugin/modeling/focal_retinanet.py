@@ -110,6 +110,7 @@ class FocalRetinaNet(RetinaNet):
                 batch_size_per_image=focal.OHEM.BATCH_SIZE_PER_IMAGE,
                 nms_thresh=focal.OHEM.NMS_THRESH,
                 positive_fraction=focal.OHEM.POSITIVE_FRACTION,
+                pre_nms_topk=focal.OHEM.PRE_NMS_TOPK or None,
             )
         return {
             "backbone": backbone,

@@ -14,7 +14,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes
 
 from focal_plugin.losses import ClassificationLoss
-from focal_plugin.modeling.ohem import ohem_select
+from focal_plugin.modeling.ohem import DEFAULT_PRE_NMS_TOPK, ohem_select
 
 
 class AllAnchorsSampler:
@@ -45,6 +45,7 @@ class OhemSampler:
         batch_size_per_image: int,
         nms_thresh: float,
         positive_fraction: float = -1.0,
+        pre_nms_topk: int | None = DEFAULT_PRE_NMS_TOPK,
     ):
         self.scorer = scorer
         self.box2box_transform = box2box_transform
@@ -52,6 +53,7 @@ class OhemSampler:
         self.batch_size_per_image = batch_size_per_image
         self.nms_thresh = nms_thresh
         self.positive_fraction = positive_fraction
+        self.pre_nms_topk = pre_nms_topk
 
     @torch.no_grad()
     def __call__(
@@ -75,4 +77,5 @@ class OhemSampler:
             batch_size_per_image=self.batch_size_per_image,
             nms_thresh=self.nms_thresh,
             positive_fraction=self.positive_fraction,
+            pre_nms_topk=self.pre_nms_topk,
         )
