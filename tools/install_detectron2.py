@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 import zipfile
 
@@ -69,9 +70,20 @@ def fetch_sdist(cache_dir: str) -> bytes:
         if hashlib.sha256(data).hexdigest() == SDIST_SHA256:
             return data
         os.remove(path)  # a corrupt or foreign cached file: fetch again
-    print(f"[install_detectron2] downloading {SDIST_URL}", flush=True)
-    with urllib.request.urlopen(SDIST_URL, timeout=180) as r:
-        data = r.read()
+    data = b""
+    for attempt in range(1, 4):  # a flaky network should not fail a fresh set-up
+        print(f"[install_detectron2] downloading {SDIST_URL} (attempt {attempt})", flush=True)
+        try:
+            with urllib.request.urlopen(SDIST_URL, timeout=180) as r:
+                data = r.read()
+            break
+        except OSError as e:
+            if attempt == 3:
+                raise SystemExit(
+                    f"[install_detectron2] cannot download {SDIST_URL}: {e}. Put the file at "
+                    f"{path} (sha256 {SDIST_SHA256}) and run again."
+                ) from e
+            time.sleep(5 * attempt)
     digest = hashlib.sha256(data).hexdigest()
     if digest != SDIST_SHA256:
         raise SystemExit(
