@@ -187,17 +187,6 @@ def gn_norm(num_groups: int = 32) -> Callable[[int], torch.nn.Module]:
     return make
 
 
-def decode_respects_arguments() -> bool:
-    """Upstream's ``_decode_multi_level_predictions`` uses its score/top-k arguments; v0.6 reads
-    ``self.test_score_thresh`` / ``self.test_topk_candidates`` instead."""
-    import inspect
-
-    from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-
-    src = inspect.getsource(DenseDetector._decode_multi_level_predictions)
-    return "self.test_score_thresh" not in src
-
-
 # ------------------------------------------------------------------ multi-process launch
 def _find_free_port() -> int:
     import socket

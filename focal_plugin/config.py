@@ -97,27 +97,19 @@ def validate_focal_config(cfg: CN) -> None:
         _fail("ANCHOR_ASPECTS", f.ANCHOR_ASPECTS, "0 (as given), 1 ({1}) or 3 ({0.5, 1, 2})")
     o = f.OHEM
     if not isinstance(o.ENABLED, bool):
-        raise ValueError(f"cfg.MODEL.FOCAL.OHEM.ENABLED = {o.ENABLED!r} is invalid: expected True or False")
+        _fail("OHEM.ENABLED", o.ENABLED, "True or False")
     b = o.BATCH_SIZE_PER_IMAGE
     if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
-        raise ValueError(
-            f"cfg.MODEL.FOCAL.OHEM.BATCH_SIZE_PER_IMAGE = {b!r} is invalid: expected an integer > 0"
-        )
+        _fail("OHEM.BATCH_SIZE_PER_IMAGE", b, "an integer > 0")
     t = o.NMS_THRESH
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= 1.0:
-        raise ValueError(f"cfg.MODEL.FOCAL.OHEM.NMS_THRESH = {t!r} is invalid: expected a number in (0, 1]")
+        _fail("OHEM.NMS_THRESH", t, "a number in (0, 1]")
     k = o.PRE_NMS_TOPK
     if isinstance(k, bool) or not isinstance(k, int) or (k != 0 and k < b):
-        raise ValueError(
-            f"cfg.MODEL.FOCAL.OHEM.PRE_NMS_TOPK = {k!r} is invalid: expected 0 (no cap) or an integer "
-            f">= OHEM.BATCH_SIZE_PER_IMAGE ({b})"
-        )
+        _fail("OHEM.PRE_NMS_TOPK", k, f"0 (no cap) or an integer >= OHEM.BATCH_SIZE_PER_IMAGE ({b})")
     p = o.POSITIVE_FRACTION
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not (p == -1 or 0.0 < p <= 1.0):
-        raise ValueError(
-            f"cfg.MODEL.FOCAL.OHEM.POSITIVE_FRACTION = {p!r} is invalid: expected -1 (no ratio) "
-            "or a number in (0, 1]"
-        )
+        _fail("OHEM.POSITIVE_FRACTION", p, "-1 (no ratio) or a number in (0, 1]")
 
 
 def build_loss_from_cfg(cfg: CN, name: str | None = None, **overrides):
