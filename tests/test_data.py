@@ -1,11 +1,9 @@
-"""focal_plugin.data: the dense_shapes generator, its on-disk cache, registration and imbalance."""
+"""focal_plugin.data: the dense_shapes generator, its on-disk cache and registration."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.util
-import json
 import math
 import os
 import threading
@@ -14,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 import focal_plugin.data as fdata
-from focal_plugin.data import catalog, synthetic
-from focal_plugin.data.imbalance import coco_reference, feature_sizes, imbalance_stats
+from focal_plugin.data import catalog, render, synthetic
 from focal_plugin.data.synthetic import SyntheticConfig
 
 TINY = SyntheticConfig(
@@ -27,7 +25,6 @@ TINY = SyntheticConfig(
     max_objects=12, empty_fraction=0.2, scale_range=(0.12, 0.5), mean_distractors=3.0,
     distractor_weights=(1.0, 1.0, 1.0, 1.0),
 )
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _files(root: Path) -> dict:
@@ -53,19 +50,6 @@ def tiny_registered(tmp_path):
     for name in names.values():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-
-
-def _retinanet_cfg():
-    import detectron2
-    from detectron2.config import get_cfg
-
-    from focal_plugin.config import add_focal_config
-
-    cfg = get_cfg()
-    add_focal_config(cfg)
-    cfg.merge_from_file(str(Path(detectron2.__file__).parent / "model_zoo/configs/Base-RetinaNet.yaml"))
-    cfg.INPUT.MIN_SIZE_TEST = 0
-    return cfg
 
 
 # ------------------------------------------------------------------ determinism
@@ -121,9 +105,9 @@ def test_rendered_boxes_are_tight_on_visible_pixels():
     config = dataclasses.replace(TINY, mean_distractors=0.0, empty_fraction=0.0)
     for i in range(20):
         layout = synthetic.sample_layout(config, "val", i)
-        _, anns = synthetic.render_layout(config, layout, "val", i)
+        _, anns = render.render_layout(config, layout, "val", i)
         top = layout.items[-1]  # drawn last: fully visible, never dropped, last annotation
-        m = synthetic.shape_mask(top.shape, top.w, top.h)
+        m = render.shape_mask(top.shape, top.w, top.h)
         rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
         tight = [top.x + int(cols[0]), top.y + int(rows[0]), int(cols[-1] - cols[0] + 1),
                  int(rows[-1] - rows[0] + 1)]
@@ -132,12 +116,27 @@ def test_rendered_boxes_are_tight_on_visible_pixels():
 
 
 # ------------------------------------------------------------------ documented distributions
+def _layout_statistics(config: SyntheticConfig, split: str) -> dict:
+    """Per-object class ids, scales (sqrt(w*h/(W*H))) and aspects, and per-image object counts,
+    from layouts only (nothing is drawn)."""
+    cls, scale, aspect, counts = [], [], [], []
+    for i in range(config.num_images(split)):
+        lay = synthetic.sample_layout(config, split, i)
+        counts.append(len(lay.objects))
+        for o in lay.objects:
+            cls.append(o.class_id)
+            scale.append(math.sqrt(o.w * o.h / (lay.width * lay.height)))
+            aspect.append(o.w / o.h)
+    return {"class_id": np.asarray(cls, np.int64), "scale": np.asarray(scale),
+            "aspect": np.asarray(aspect), "objects_per_image": np.asarray(counts, np.int64)}
+
+
 def test_class_frequencies_sizes_and_counts_follow_parameters():
     config = SyntheticConfig(
         num_train=3000, image_size=(256, 256), num_classes=10, class_zipf_exponent=1.0,
         mean_objects=4.0, max_objects=100, empty_fraction=0.1, scale_range=(0.05, 0.5), max_aspect=2.0,
     )
-    s = synthetic.layout_statistics(config, "train")
+    s = _layout_statistics(config, "train")
     n = len(s["class_id"])
     freq = np.bincount(s["class_id"], minlength=10) / n
     p = config.class_probabilities()
@@ -176,7 +175,12 @@ def _truncate_json(d):
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("damage", [_corrupt_manifest, _delete_image, _truncate_json])
+def _edit_json(d):  # same size: only the manifest's sha256 notices
+    p = d / "annotations/instances_val.json"
+    p.write_bytes(p.read_bytes().replace(b'"iscrowd":0', b'"iscrowd":1', 1))
+
+
+@pytest.mark.parametrize("damage", [_corrupt_manifest, _delete_image, _truncate_json, _edit_json])
 def test_corrupt_dataset_is_detected_and_regenerated(tmp_path, damage):
     d = _make(tmp_path)
     good = _files(d)
@@ -267,23 +271,38 @@ def test_dataset_catalog_get_returns_detectron2_dicts(tiny_registered):
             assert a["bbox_mode"] == BoxMode.XYWH_ABS and 0 <= a["category_id"] < TINY.num_classes
     meta = MetadataCatalog.get(tiny_registered["val"])
     assert meta.thing_classes == TINY.thing_classes() and meta.evaluator_type == "coco"
-    assert os.path.isfile(meta.json_file) and os.path.isdir(meta.image_root)
-    info = fdata.dataset_info(tiny_registered["val"])
-    assert info["num_images"] == 4 and info["num_classes"] == 5 and info["prepared"]
-    assert json.loads(json.dumps(info)) == info  # plain data
+    assert meta.thing_dataset_id_to_contiguous_id == {k + 1: k for k in range(TINY.num_classes)}
+    assert (meta.preset, meta.split) == ("tiny", "val")
+
+
+def test_coco_evaluator_converts_and_generates_on_first_use(tiny_registered, tmp_path):
+    """No json_file in the metadata: detectron2's COCOEvaluator writes the COCO file from the
+    registered dicts (generating the dataset first); the ground truth scores AP 100."""
+    from detectron2.evaluation import COCOEvaluator
+    from detectron2.structures import Boxes, Instances
+
+    name = tiny_registered["val"]
+    assert not MetadataCatalog.get(name).get("json_file") and not (tmp_path / "root").exists()
+    evaluator = COCOEvaluator(name, tasks=("bbox",), output_dir=str(tmp_path / "eval"), use_fast_impl=False)
+    assert catalog.verify_dataset(catalog.dataset_dir(TINY, tmp_path / "root"), TINY)[0]
+    evaluator.reset()
+    for d in DatasetCatalog.get(name):
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d["annotations"]]
+        inst = Instances((d["height"], d["width"]), pred_boxes=Boxes(torch.tensor(boxes).reshape(-1, 4)),
+                         scores=torch.ones(len(boxes)),
+                         pred_classes=torch.tensor([a["category_id"] for a in d["annotations"]]).long())
+        evaluator.process([d], [{"instances": inst}])
+    assert evaluator.evaluate()["bbox"]["AP"] == pytest.approx(100.0)
 
 
 def test_builtin_names_are_registered_lazily(d2_root):
-    info = fdata.dataset_info("dense_shapes_train")
-    assert info["num_classes"] == 6 and info["num_images"] == fdata.PRESETS["demo"].num_train
-    assert info["json_file"].startswith(str(d2_root)) and not info["prepared"]
-    repro = fdata.dataset_info("dense_shapes_repro_val")
-    assert repro["num_classes"] == 80 and repro["preset"] == "repro"
-    assert MetadataCatalog.get("dense_shapes_val").image_root.startswith(str(d2_root))
+    assert len(MetadataCatalog.get("dense_shapes_train").thing_classes) == 6
     assert len(MetadataCatalog.get("dense_shapes_repro_train").thing_classes) == 80
-    assert not d2_root.exists()  # nothing generated by registration or dataset_info
-    with pytest.raises(KeyError):
-        fdata.dataset_info("focal_test_not_registered")
+    assert MetadataCatalog.get("dense_shapes_repro_val").preset == "repro"
+    assert str(fdata.split_paths("demo", "train")[0]).startswith(str(d2_root))
+    assert not catalog.verify_dataset(fdata.dataset_dir("demo"), fdata.PRESETS["demo"])[0]
+    assert set(fdata.BUILTIN_DATASETS) <= set(DatasetCatalog.list())
+    assert not d2_root.exists()  # nothing generated by registration or by reading metadata
 
 
 def test_registration_is_idempotent_and_protects_foreign_names(d2_root):
@@ -301,46 +320,3 @@ def test_registration_is_idempotent_and_protects_foreign_names(d2_root):
             fdata.register_dense_shapes("focal_test_foreign", TINY, "train")
     finally:
         DatasetCatalog.remove("focal_test_foreign")
-
-
-# ------------------------------------------------------------------ imbalance
-def test_feature_sizes_and_coco_anchor_count():
-    sizes = feature_sizes(600, 899, [8, 16, 32, 64, 128], 32)
-    assert sizes == [(76, 116), (38, 58), (19, 29), (10, 15), (5, 8)]
-    assert 9 * sum(h * w for h, w in sizes) == coco_reference()["anchors_per_image"] == 105849
-
-
-def test_imbalance_stats_are_consistent(tiny_registered):
-    cfg = _retinanet_cfg()
-    s = imbalance_stats(cfg, tiny_registered["train"], max_images=0, with_coco=False)
-    # 96x96 at native size: 12^2 + 6^2 + 3^2 + 2^2 + 1^2 locations x 9 anchors
-    assert s["anchors_per_image"] == 9 * 194 and s["anchors_per_location"] == 9
-    assert s["positive_anchors_per_image"] > 0 and s["num_classes"] == TINY.num_classes
-    non_ignored = s["anchors_per_image"] - s["ignored_anchors_per_image"]
-    expected_neg = non_ignored * 5 - s["positive_anchors_per_image"]
-    assert s["binary_negatives_per_image"] == pytest.approx(expected_neg)
-    assert s["negatives_per_positive"] == pytest.approx(
-        s["binary_negatives_per_image"] / s["positive_anchors_per_image"])
-    assert s["positives_per_object"] >= 1.0  # low-quality matches give every object an anchor
-    cfg.INPUT.MIN_SIZE_TEST = 192
-    cfg.MODEL.FOCAL.ANCHOR_SCALES_PER_OCTAVE = 1  # Table-1c keys are honoured: 3 aspects only
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
-    s2 = imbalance_stats(cfg, tiny_registered["train"], max_images=3, with_coco=False)
-    assert s2["anchors_per_image"] == 3 * (24 * 24 + 12 * 12 + 6 * 6 + 3 * 3 + 2 * 2)
-    assert s2["num_images_used"] == 3 and s2["test_size_mean"] == [192.0, 192.0]
-
-
-def test_coco_reference_estimate_is_reproducible_in_spirit():
-    fresh = coco_reference(recompute=True, num_images=12)
-    stored = coco_reference()
-    assert fresh["anchors_per_image"] == stored["anchors_per_image"]
-    assert 0.5 < fresh["positive_anchors_per_image"] / stored["positive_anchors_per_image"] < 2
-
-
-def test_cli_prints_table(tiny_registered, capsys):
-    spec = importlib.util.spec_from_file_location("dataset_stats", REPO / "tools/dataset_stats.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.main(["--dataset", tiny_registered["val"], "--max-images", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "negatives per positive" in out and "105,849" in out and tiny_registered["val"] in out

@@ -3,12 +3,12 @@
 
     python tools/dataset_stats.py --config-file configs/mini/demo_focal_R18_dense_shapes.yaml
     python tools/dataset_stats.py --config-file X --dataset dense_shapes_repro_train \\
-        INPUT.MIN_SIZE_TEST 0 MODEL.FOCAL.ANCHOR_SCALES_PER_OCTAVE 1
+        INPUT.MIN_SIZE_TEST 0 MODEL.ANCHOR_GENERATOR.SIZES "[[32], [64], [128], [256], [512]]"
 
-Prints, per dataset, the mean positive anchors per image (detectron2's anchor generator and
-Matcher at the test-time size), anchors per image, binary negatives per image (non-ignored
-anchors x classes - positives) and negatives per positive, and COCO's at the paper's setting
-(anchors exact, positives an estimate). Without --config-file, detectron2's Base-RetinaNet
+Prints, per dataset, the mean positive anchors per image (the config's backbone strides, anchor
+generator and Matcher at the test-time size), anchors per image, binary negatives per image
+(non-ignored anchors x classes - positives) and negatives per positive, and COCO's at the paper's
+setting (anchors exact, positives an estimate). Without --config-file, detectron2's Base-RetinaNet
 settings are used at the images' native size (INPUT.MIN_SIZE_TEST 0).
 """
 
@@ -18,9 +18,8 @@ import argparse
 import json
 import sys
 
-import focal_plugin  # noqa: F401  (compat shims before detectron2.data/modeling)
-import focal_plugin.data  # noqa: F401  (registers the dense_shapes datasets)
-from focal_plugin.data.imbalance import coco_reference, format_table, imbalance_stats
+import focal_plugin  # noqa: F401  (compat shims; registers the dense_shapes datasets)
+from focal_plugin.analysis.imbalance import coco_reference, format_table, imbalance_stats
 
 
 def build_cfg(config_file: str | None, opts: list[str]):
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(stats))
     print("\nbinary negatives = (anchors - ignored) x classes - positives; COCO: anchors exact for a "
           "640x427 image at 600 px,\npositives estimated from simulated COCO-like boxes "
-          "(see focal_plugin/data/imbalance.py).")
+          "(see focal_plugin/analysis/imbalance.py).")
     return 0
 
 

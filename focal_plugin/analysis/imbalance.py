@@ -1,11 +1,11 @@
 """Foreground/background imbalance of a dataset under a RetinaNet config, next to COCO's.
 
-Counts are those of RetinaNet's classification loss at the test-time image size: detectron2's
-own anchor generator (after ``MODEL.FOCAL.ANCHOR_SCALES_PER_OCTAVE``/``ANCHOR_ASPECTS``) on the
-FPN levels of ``MODEL.RETINANET.IN_FEATURES`` ("p3".."p7" -> strides 8..128), feature maps of the
-image padded to the backbone's size divisibility (32 for ResNet-FPN, then ceil-halved per extra
-level, as the stride-2 P6/P7 convs do), and detectron2's ``Matcher`` with
-``MODEL.RETINANET.IOU_THRESHOLDS/IOU_LABELS`` and ``MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES``.
+Counts are those of RetinaNet's classification loss at the test-time image size, made with the
+model's own parts: the backbone of ``cfg`` (``build_backbone``) gives the strides of
+``MODEL.RETINANET.IN_FEATURES`` (``output_shape()``) and the padding (``size_divisibility``);
+detectron2's anchor generator is built from ``MODEL.ANCHOR_GENERATOR`` for those features; and
+detectron2's ``Matcher`` labels the anchors with ``MODEL.RETINANET.IOU_THRESHOLDS/IOU_LABELS`` and
+``MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES``, as ``FocalRetinaNet`` does.
 
 Per image: positives = anchors labeled 1; binary negatives = every (anchor, class) sigmoid target
 that is 0 and not ignored = (anchors - ignored) * K - positives, K = the dataset's class count.
@@ -24,13 +24,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import re
 import warnings
 from functools import lru_cache
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.modeling import build_anchor_generator, build_backbone
+from detectron2.modeling.matcher import Matcher
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
+from tabulate import tabulate
+
+from focal_plugin.anchors import anchor_sizes, aspect_ratios
 
 COCO_OBJECTS_PER_IMAGE = 7.3
 COCO_SIZE_MIX = (0.41, 0.34, 0.24)  # small / medium / large (cocodataset.org detection eval page)
@@ -52,64 +60,35 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def _strides(cfg) -> List[int]:
-    strides = []
-    for name in cfg.MODEL.RETINANET.IN_FEATURES:
-        m = re.fullmatch(r"p(\d+)", name)
-        if m is None:
-            raise ValueError(f"cannot derive a stride from RetinaNet feature {name!r} (expected 'p<k>')")
-        strides.append(2 ** int(m.group(1)))
-    return strides
-
-
-def _size_divisibility(cfg) -> int:
-    feats = list(cfg.MODEL.FPN.IN_FEATURES) if "FPN" in cfg.MODEL else []
-    m = re.fullmatch(r"res(\d+)", feats[-1]) if feats else None
-    return 2 ** int(m.group(1)) if m else 32
-
-
-def feature_sizes(height: int, width: int, strides: Sequence[int], size_divisibility: int = 32
+def feature_sizes(height: int, width: int, strides: Sequence[int], size_divisibility: int
                   ) -> List[Tuple[int, int]]:
-    """Feature-map sizes of a ResNet-FPN for an image, as detectron2 computes them."""
+    """Feature-map (h, w) per stride for an image padded to ``size_divisibility``, as detectron2's
+    ResNet-FPN computes them: ``ceil(padded / stride)`` (stride-2 convs with padding round up)."""
     div = max(1, size_divisibility)
     ph, pw = math.ceil(height / div) * div, math.ceil(width / div) * div
-    out = []
-    for s in strides:
-        base = min(s, div)
-        h, w = ph // base, pw // base
-        while base < s:  # P6/P7: 3x3 stride-2 convs with padding 1
-            h, w, base = (h + 1) // 2, (w + 1) // 2, base * 2
-        out.append((h, w))
-    return out
+    return [(math.ceil(ph / s), math.ceil(pw / s)) for s in strides]
 
 
-class _AnchorCounter:
-    """Anchors for an image size (cached per size) and the matcher of a cfg."""
+class AnchorCounter:
+    """Anchors (cached per image size) and matcher of ``cfg``'s RetinaNet; :meth:`count` labels them."""
 
-    def __init__(self, cfg):
-        from detectron2.layers import ShapeSpec
-        from detectron2.modeling.anchor_generator import build_anchor_generator
-        from detectron2.modeling.matcher import Matcher
-
-        from focal_plugin.config import resolved_anchor_cfg
-
-        self.strides = _strides(cfg)
-        self.size_div = _size_divisibility(cfg)
-        acfg = resolved_anchor_cfg(cfg)
-        self.generator = build_anchor_generator(acfg, [ShapeSpec(stride=s) for s in self.strides])
-        per_level = self.generator.num_anchors  # a list per level in detectron2 v0.6
-        self.anchors_per_location = per_level[0] if isinstance(per_level, (list, tuple)) else per_level
+    def __init__(self, cfg: CfgNode):
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        features = [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
+        self.strides = [s.stride for s in features]
+        self.size_divisibility = backbone.size_divisibility
+        self.generator = build_anchor_generator(cfg, features)
+        self.anchors_per_location = self.generator.num_cell_anchors[0]
         r = cfg.MODEL.RETINANET
         self.matcher = Matcher(list(r.IOU_THRESHOLDS), list(r.IOU_LABELS),
-                               allow_low_quality_matches=bool(cfg.MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES))
+                               allow_low_quality_matches=cfg.MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES)
         self.fg_threshold = float(max(r.IOU_THRESHOLDS))
-        self._cache: Dict[Tuple[int, int], Any] = {}
+        self._cache: Dict[Tuple[Tuple[int, int], ...], Boxes] = {}
 
-    def anchors(self, height: int, width: int):
-        key = tuple(feature_sizes(height, width, self.strides, self.size_div))
+    def anchors(self, height: int, width: int) -> Boxes:
+        key = tuple(feature_sizes(height, width, self.strides, self.size_divisibility))
         if key not in self._cache:
-            from detectron2.structures import Boxes
-
             feats = [torch.empty((1, 0, h, w)) for h, w in key]
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # torch.meshgrid indexing notice
@@ -118,9 +97,9 @@ class _AnchorCounter:
                 self._cache.pop(next(iter(self._cache)))
         return self._cache[key]
 
-    def count(self, height: int, width: int, gt_xyxy: torch.Tensor) -> Dict[str, float]:
-        from detectron2.structures import Boxes, pairwise_iou
-
+    def count(self, height: int, width: int, gt_xyxy: torch.Tensor) -> Dict[str, int]:
+        """Anchors, positives, ignored, negatives, objects and objects whose best anchor IoU is
+        below the foreground threshold, for one image with ground-truth boxes ``gt_xyxy`` (N, 4)."""
         anchors = self.anchors(height, width)
         n = len(anchors)
         if gt_xyxy.numel() == 0:
@@ -128,24 +107,21 @@ class _AnchorCounter:
                     "low_quality_only": 0}
         iou = pairwise_iou(Boxes(gt_xyxy), anchors)
         _, labels = self.matcher(iou)
-        best = iou.max(dim=1).values
         return {
             "anchors": n, "positives": int((labels == 1).sum()), "ignored": int((labels == -1).sum()),
             "negatives": int((labels == 0).sum()), "objects": int(gt_xyxy.shape[0]),
-            "low_quality_only": int((best < self.fg_threshold).sum()),
+            "low_quality_only": int((iou.max(dim=1).values < self.fg_threshold).sum()),
         }
 
 
-def _test_size(cfg, height: int, width: int) -> Tuple[int, int]:
-    from detectron2.data.transforms import ResizeShortestEdge
-
+def _test_size(cfg: CfgNode, height: int, width: int) -> Tuple[int, int]:
     short = cfg.INPUT.MIN_SIZE_TEST
     if not short:
         return height, width
     return ResizeShortestEdge.get_output_shape(height, width, short, cfg.INPUT.MAX_SIZE_TEST)
 
 
-def _summarize(per_image: List[Dict[str, float]], num_classes: int) -> Dict[str, float]:
+def _summarize(per_image: List[Dict[str, int]], num_classes: int) -> Dict[str, float]:
     keys = ("anchors", "positives", "ignored", "negatives", "objects", "low_quality_only")
     tot = {k: float(sum(p[k] for p in per_image)) for k in keys}
     n = max(len(per_image), 1)
@@ -164,38 +140,35 @@ def _summarize(per_image: List[Dict[str, float]], num_classes: int) -> Dict[str,
     }
 
 
-def _count_image(cfg, counter: _AnchorCounter, d: Dict[str, Any], per_image: List, sizes: List,
-                 areas: List) -> None:
-    from detectron2.structures import BoxMode
-
-    h, w = int(d["height"]), int(d["width"])
-    th, tw = _test_size(cfg, h, w)
-    sizes.append((th, tw))
-    boxes = []
+def _boxes_and_areas(d: Dict[str, Any]) -> Tuple[List[List[float]], List[float]]:
+    """XYXY boxes and areas (the annotation's ``area``, else the box's) of a dataset dict, no crowds."""
+    boxes, areas = [], []
     for a in d.get("annotations", []):
-        if a.get("iscrowd", 0):
-            continue
-        boxes.append(BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS))
-        x0, y0, x1, y1 = boxes[-1]
-        areas.append(float(a.get("area", (x1 - x0) * (y1 - y0))))
+        if not a.get("iscrowd", 0):
+            boxes.append(BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS))
+            x0, y0, x1, y1 = boxes[-1]
+            areas.append(float(a.get("area", (x1 - x0) * (y1 - y0))))
+    return boxes, areas
+
+
+def _scaled(boxes: Any, native: Tuple[int, int], test: Tuple[int, int]) -> torch.Tensor:
+    """XYXY boxes of an image of size ``native`` (h, w) resized to ``test``, as an (N, 4) tensor."""
+    (h, w), (th, tw) = native, test
     gt = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    gt *= torch.tensor([tw / w, th / h, tw / w, th / h])
-    per_image.append(counter.count(th, tw, gt))
+    return gt * torch.tensor([tw / w, th / h, tw / w, th / h])
 
 
-def imbalance_stats(cfg, dataset_name: str, max_images: Optional[int] = 200,
+def imbalance_stats(cfg: CfgNode, dataset_name: str, max_images: Optional[int] = 200,
                     with_coco: bool = True) -> Dict[str, Any]:
     """Anchors, positive anchors and binary negatives per image of ``dataset_name`` under ``cfg``.
 
-    ``cfg`` needs ``focal_plugin.add_focal_config``. Uses ``max_images`` images evenly spread over
-    the dataset (all when None or <= 0), resized by ``INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST``
-    (0 = native size). Returns a plain dict (see the keys of :func:`_summarize`, plus
-    ``dataset``, ``num_classes``, ``num_images_used``, ``empty_images``, ``test_size_mean``,
-    ``anchors_per_location``, ``area_fractions`` (COCO's small/medium/large by the annotation
-    ``area`` at native size) and ``coco`` (:func:`coco_reference`) when ``with_coco``).
+    ``cfg`` needs ``focal_plugin.add_focal_config`` (raises ``ValueError`` otherwise). Uses
+    ``max_images`` images evenly spread over the dataset (all when None or <= 0), resized by
+    ``INPUT.MIN_SIZE_TEST/MAX_SIZE_TEST`` (0 = native size). Returns a plain dict: the keys of
+    :func:`_summarize`, plus ``dataset``, ``num_classes``, ``num_images_used``, ``empty_images``,
+    ``test_size_mean``, ``anchors_per_location``, ``area_fractions`` (COCO's small/medium/large by
+    the annotation ``area`` at native size) and ``coco`` (:func:`coco_reference`) when ``with_coco``.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     if "FOCAL" not in cfg.MODEL:
         raise ValueError("cfg.MODEL.FOCAL is missing: call focal_plugin.add_focal_config(cfg)")
     dicts = DatasetCatalog.get(dataset_name)
@@ -204,17 +177,22 @@ def imbalance_stats(cfg, dataset_name: str, max_images: Optional[int] = 200,
     if max_images and 0 < max_images < len(dicts):
         idx = np.unique(np.linspace(0, len(dicts) - 1, max_images).round().astype(int))
         dicts = [dicts[i] for i in idx]
-    counter = _AnchorCounter(cfg)
+    counter = AnchorCounter(cfg)
     per_image, sizes, areas = [], [], []
     with _single_thread():
         for d in dicts:
-            _count_image(cfg, counter, d, per_image, sizes, areas)
-    out: Dict[str, Any] = {"dataset": dataset_name, "num_classes": num_classes,
-                           "num_images_used": len(per_image),
-                           "empty_images": sum(1 for p in per_image if p["objects"] == 0),
-                           "test_size_mean": [float(np.mean([s[0] for s in sizes])) if sizes else 0.0,
-                                              float(np.mean([s[1] for s in sizes])) if sizes else 0.0],
-                           "anchors_per_location": counter.anchors_per_location}
+            native = (int(d["height"]), int(d["width"]))
+            test = _test_size(cfg, *native)
+            boxes, box_areas = _boxes_and_areas(d)
+            per_image.append(counter.count(*test, _scaled(boxes, native, test)))
+            sizes.append(test)
+            areas += box_areas
+    mean_size = np.mean(sizes, axis=0).tolist() if sizes else [0.0, 0.0]
+    out: Dict[str, Any] = {
+        "dataset": dataset_name, "num_classes": num_classes, "num_images_used": len(per_image),
+        "empty_images": sum(1 for p in per_image if p["objects"] == 0),
+        "test_size_mean": [float(v) for v in mean_size], "anchors_per_location": counter.anchors_per_location,
+    }
     out.update(_summarize(per_image, num_classes))
     arr = np.asarray(areas)
     out["area_fractions"] = {k: float(((arr >= lo) & (arr < hi)).mean()) if arr.size else 0.0
@@ -224,31 +202,28 @@ def imbalance_stats(cfg, dataset_name: str, max_images: Optional[int] = 200,
     return out
 
 
-def paper_cfg():
-    """A cfg with the paper's RetinaNet settings (600 px, 9 anchors on P3-P7, IoU 0.4/0.5)."""
+def paper_cfg() -> CfgNode:
+    """detectron2's Base-RetinaNet (ResNet-50-FPN, P3-P7, IoU 0.4/0.5) with the paper's 9 anchors
+    per location, 80 classes and 600 px test images."""
+    from detectron2 import model_zoo
     from detectron2.config import get_cfg
 
     from focal_plugin.config import add_focal_config
 
     cfg = get_cfg()
     add_focal_config(cfg)
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[float(s)] for s in (32, 64, 128, 256, 512)]
-    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
-    cfg.MODEL.FOCAL.ANCHOR_SCALES_PER_OCTAVE = 3
-    cfg.MODEL.FOCAL.ANCHOR_ASPECTS = 3
-    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
-    cfg.MODEL.RETINANET.IOU_THRESHOLDS = [0.4, 0.5]
-    cfg.MODEL.RETINANET.IOU_LABELS = [0, -1, 1]
+    cfg.merge_from_file(model_zoo.get_config_file("Base-RetinaNet.yaml"))
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = anchor_sizes(3)
+    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = aspect_ratios(3)
     cfg.MODEL.RETINANET.NUM_CLASSES = COCO_NUM_CLASSES
-    cfg.INPUT.MIN_SIZE_TEST = 600
-    cfg.INPUT.MAX_SIZE_TEST = 1000
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 600, 1000
     return cfg
 
 
-def _simulate_coco(rng: np.random.Generator, counter: _AnchorCounter, num_images: int,
-                   native: Tuple[int, int], test: Tuple[int, int], per_image: List) -> None:
-    (h0, w0), (th, tw) = native, test
+def _simulate_coco(rng: np.random.Generator, num_images: int) -> List[np.ndarray]:
+    """XYXY boxes of ``num_images`` simulated COCO images at native size (see the module docstring)."""
+    h0, w0 = COCO_NATIVE_SIZE
+    out = []
     for _ in range(num_images):
         n = int(rng.poisson(COCO_OBJECTS_PER_IMAGE))
         bins = rng.choice(3, size=n, p=np.asarray(COCO_SIZE_MIX) / sum(COCO_SIZE_MIX))
@@ -260,9 +235,8 @@ def _simulate_coco(rng: np.random.Generator, counter: _AnchorCounter, num_images
         bh = np.minimum(side / np.sqrt(aspect), h0)
         x0 = rng.uniform(0, 1, n) * (w0 - bw)
         y0 = rng.uniform(0, 1, n) * (h0 - bh)
-        gt = torch.tensor(np.stack([x0, y0, x0 + bw, y0 + bh], axis=1), dtype=torch.float32).reshape(-1, 4)
-        gt *= torch.tensor([tw / w0, th / h0, tw / w0, th / h0])
-        per_image.append(counter.count(th, tw, gt))
+        out.append(np.stack([x0, y0, x0 + bw, y0 + bh], axis=1))
+    return out
 
 
 #: ``coco_reference(recompute=True, num_images=2000, seed=0)`` (about 3 minutes on 2 cores).
@@ -290,22 +264,20 @@ def _coco_header(test_size: Tuple[int, int], anchors_per_location: int) -> Dict[
 @lru_cache(maxsize=4)
 def _coco_reference(num_images: int, seed: int) -> Dict[str, Any]:
     cfg = paper_cfg()
-    counter = _AnchorCounter(cfg)
-    h0, w0 = COCO_NATIVE_SIZE
-    th, tw = _test_size(cfg, h0, w0)
-    rng = np.random.default_rng(seed)
-    per_image: List[Dict[str, float]] = []
+    counter = AnchorCounter(cfg)
+    test = _test_size(cfg, *COCO_NATIVE_SIZE)
     with _single_thread():
-        _simulate_coco(rng, counter, num_images, (h0, w0), (th, tw), per_image)
-    out = _coco_header((th, tw), counter.anchors_per_location)
+        per_image = [counter.count(*test, _scaled(b, COCO_NATIVE_SIZE, test))
+                     for b in _simulate_coco(np.random.default_rng(seed), num_images)]
+    out = _coco_header(test, counter.anchors_per_location)
     out["num_images_used"] = num_images
     out.update(_summarize(per_image, COCO_NUM_CLASSES))
     return out
 
 
 def coco_reference(recompute: bool = False, num_images: int = 2000, seed: int = 0) -> Dict[str, Any]:
-    """COCO's imbalance at the paper's setting (600x899 test size, 9 anchors/location on P3-P7,
-    80 classes, IoU 0.4/0.5, low-quality matches on).
+    """COCO's imbalance at the paper's setting (:func:`paper_cfg`: 600x899 test size, 9 anchors
+    per location on P3-P7, 80 classes, IoU 0.4/0.5, low-quality matches on).
 
     Anchors are exact. Positives are an ESTIMATE from simulated COCO-like boxes (see the module
     docstring); by default the stored result of ``recompute=True`` with 2000 images is returned.
@@ -352,9 +324,6 @@ def _fmt(value: Any, kind: str) -> str:
 
 def format_table(stats: Sequence[Dict[str, Any]]) -> str:
     """A Markdown table with one column per stats dict (e.g. datasets, then ``coco_reference()``)."""
-    header = ["", *[s["dataset"] for s in stats]]
     rows = [[label, *[_fmt(s.get(key), kind) for s in stats]] for label, key, kind in _ROWS]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *[line(r) for r in rows]])
+    return tabulate(rows, headers=["", *[s["dataset"] for s in stats]], tablefmt="github",
+                    disable_numparse=True)
