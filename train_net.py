@@ -9,15 +9,26 @@
 Without CUDA, ``--num-gpus N`` runs N CPU worker processes (gloo).
 """
 
-# focal_plugin first: it makes detectron2 importable without its compiled extension.
-import focal_plugin  # noqa: F401  (registers FocalRetinaNet, losses, datasets)
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-# isort: split
-from detectron2.engine import default_argument_parser
+import focal_plugin  # noqa: F401  (registers FocalRetinaNet, losses, initializers, datasets)
+from focal_plugin.compat import launch
+from focal_plugin.engine import evaluate, setup_cfg, train
 
-from focal_plugin.engine import launch_main
+
+def main(args):
+    cfg = setup_cfg(args.config_file, args.opts)
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
+    if args.eval_only:
+        return evaluate(cfg)
+    return train(cfg, resume=args.resume)
+
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch_main(args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))

@@ -1,18 +1,19 @@
-"""Every detectron2-version and environment difference the plugin works around, in one place.
+"""Every detectron2-version difference the plugin works around at run time, in one place.
 
-Each workaround is decided by feature detection (never by version strings: upstream builds also
-report ``detectron2.__version__ == "0.6"``), carries a one-line reason, and is applied once, on
-``import focal_plugin``, only when needed. ``APPLIED`` lists what was applied in this process.
+The ground floor of the package: it imports nothing of focal_plugin. Repairs of the installed
+detectron2 itself (a stand-in for the compiled extension, Pillow/numpy/setuptools removals) are
+made where the environment is made, by ``tools/install_detectron2.py``, so plain detectron2
+works without this package. What remains here is decided by feature detection (never by version
+strings: upstream builds also report ``__version__ == "0.6"``) and carries a one-line reason.
+``APPLIED`` lists the process-wide ones applied in this process.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import logging
-import sys
-import types
 from datetime import timedelta
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -21,66 +22,23 @@ logger = logging.getLogger(__name__)
 APPLIED: list[str] = []
 
 
-class MissingCompiledOpError(RuntimeError):
-    """Raised when code calls an op of detectron2's compiled extension, which is not installed."""
-
-
-class _MissingCompiledOps(types.ModuleType):
-    """Stand-in for ``detectron2._C``: importable, but every op raises a clear error."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def missing(*args: Any, **kwargs: Any) -> Any:
-            raise MissingCompiledOpError(
-                f"detectron2._C.{name} is unavailable: detectron2 was installed without its "
-                "compiled extension (detectron2._C). RetinaNet/FocalRetinaNet need none of these "
-                "ops; for this one, build detectron2 from source "
-                "(https://github.com/facebookresearch/detectron2)."
-            )
-
-        missing.__name__ = name
-        return missing
+def _compiled_ops_module() -> Any:
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return None
+    return _C
 
 
 def has_compiled_ops() -> bool:
-    """True when detectron2's compiled extension is really installed (not our stand-in)."""
-    module = sys.modules.get("detectron2._C")
-    if module is not None:
-        return not isinstance(module, _MissingCompiledOps)
-    return importlib.util.find_spec("detectron2._C") is not None
+    """True when detectron2's compiled extension is really installed (not the installer's
+    pure-Python stand-in, see tools/install_detectron2.py)."""
+    module = _compiled_ops_module()
+    return module is not None and not getattr(module, "STAND_IN", False)
 
 
-def _stub_missing_compiled_ops() -> None:
-    # pb1-detectron2 ships no C++ sources: detectron2.layers imports `_C` at module level.
-    if has_compiled_ops():
-        return
-    import detectron2
-
-    stub = _MissingCompiledOps("detectron2._C", "stand-in installed by focal_plugin.compat")
-    sys.modules["detectron2._C"] = stub
-    detectron2._C = stub
-    APPLIED.append("detectron2._C stand-in (compiled ops raise MissingCompiledOpError)")
-
-
-def _pil_linear_alias() -> None:
-    # detectron2 v0.6 uses PIL.Image.LINEAR as a default argument; Pillow >= 10 removed it.
-    from PIL import Image
-
-    if not hasattr(Image, "LINEAR"):
-        Image.LINEAR = Image.BILINEAR
-        APPLIED.append("PIL.Image.LINEAR = BILINEAR")
-
-
-def _numpy_aliases() -> None:
-    # detectron2 v0.6 uses np.bool/np.int/np.float, removed in numpy 1.24 (np.bool returned in 2.0).
-    import numpy as np
-
-    for name, typ in (("bool", bool), ("int", int), ("float", float)):
-        if name not in np.__dict__:
-            setattr(np, name, typ)
-            APPLIED.append(f"numpy.{name} = {typ.__name__}")
+#: What calling an op of the stand-in raises (RuntimeError where detectron2 is compiled).
+MissingCompiledOpError = getattr(_compiled_ops_module(), "MissingCompiledOpError", RuntimeError)
 
 
 def torch_load_defaults_to_weights_only() -> bool:
@@ -115,14 +73,15 @@ def _trusted_checkpoint_loading() -> None:
     APPLIED.append("fvcore Checkpointer loads trusted checkpoints with weights_only=False")
 
 
-def _ddp_on_cpu() -> None:
-    # detectron2's create_ddp_model always passes device_ids=[local_rank], which DDP rejects for
-    # CPU modules: multi-process CPU (gloo) training needs device_ids=None.
+@contextlib.contextmanager
+def ddp_without_device_ids_on_cpu() -> Iterator[None]:
+    """Within this block, detectron2's ``create_ddp_model`` passes ``device_ids=None`` for CPU
+    models (it always passes ``[local_rank]``, which DDP rejects for CPU modules, so
+    multi-process CPU training fails). Scoped to the block: used around ``DefaultTrainer``'s
+    construction only."""
     from detectron2.engine import defaults
 
     original = defaults.create_ddp_model
-    if getattr(original, "_focal_cpu_aware", False):
-        return
 
     def create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs: Any):
         param = next(model.parameters(), None)
@@ -130,47 +89,11 @@ def _ddp_on_cpu() -> None:
             kwargs.setdefault("device_ids", None)
         return original(model, fp16_compression=fp16_compression, **kwargs)
 
-    create_ddp_model._focal_cpu_aware = True  # type: ignore[attr-defined]
     defaults.create_ddp_model = create_ddp_model
-    import detectron2.engine as engine
-
-    engine.create_ddp_model = create_ddp_model
-    APPLIED.append("create_ddp_model passes device_ids=None for CPU models")
-
-
-def _collect_env_without_compiled_ops() -> None:
-    # detectron2's collect_env_info (logged by default_setup) calls _C.get_compiler_version()
-    # whenever `import detectron2._C` succeeds, which our stand-in makes it do.
-    if has_compiled_ops():
-        return
-    from detectron2.engine import defaults
-    from detectron2.utils import collect_env as d2_collect_env
-
-    def collect_env_info() -> str:
-        from focal_plugin.collect_env import format_env_info
-
-        return format_env_info()
-
-    d2_collect_env.collect_env_info = collect_env_info
-    defaults.collect_env_info = collect_env_info
-    APPLIED.append("detectron2 collect_env_info reports without compiled ops")
-
-
-def _pkg_resources_stand_in() -> None:
-    # detectron2.model_zoo imports pkg_resources (for resource_filename), which setuptools >= 81
-    # no longer ships: model_zoo.get_config / get_config_file would fail to import.
-    if importlib.util.find_spec("pkg_resources") is not None:
-        return
-    from importlib import resources
-
-    module = types.ModuleType("pkg_resources", "stand-in installed by focal_plugin.compat")
-
-    def resource_filename(package: str, resource: str) -> str:
-        return str(resources.files(package).joinpath(resource))
-
-    module.resource_filename = resource_filename  # type: ignore[attr-defined]
-    sys.modules["pkg_resources"] = module
-    APPLIED.append("pkg_resources.resource_filename stand-in (setuptools >= 81)")
+    try:
+        yield
+    finally:
+        defaults.create_ddp_model = original
 
 
 def gn_norm(num_groups: int = 32) -> Callable[[int], torch.nn.Module]:
@@ -188,16 +111,6 @@ def gn_norm(num_groups: int = 32) -> Callable[[int], torch.nn.Module]:
 
 
 # ------------------------------------------------------------------ multi-process launch
-def _find_free_port() -> int:
-    import socket
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
-
-
 def _setup_local_group(num_workers_per_machine: int, num_machines: int, machine_rank: int) -> None:
     from detectron2.utils import comm
 
@@ -267,6 +180,8 @@ def launch(
     if dist_url is None or dist_url == "auto":
         if num_machines != 1:
             raise ValueError("dist_url='auto' is not supported for multi-machine jobs")
+        from detectron2.engine.launch import _find_free_port  # detectron2's own helper
+
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     import torch.multiprocessing as mp
 
@@ -284,17 +199,11 @@ _applied_once = False
 
 
 def apply() -> None:
-    """Apply every needed workaround (idempotent). Called by ``import focal_plugin``."""
+    """Apply the process-wide workarounds still needed (idempotent). Called by ``import focal_plugin``."""
     global _applied_once
     if _applied_once:
         return
-    _stub_missing_compiled_ops()
-    _pkg_resources_stand_in()
-    _pil_linear_alias()
-    _numpy_aliases()
     _trusted_checkpoint_loading()
-    _ddp_on_cpu()
-    _collect_env_without_compiled_ops()
     _applied_once = True
     if APPLIED:
         logger.debug("focal_plugin.compat applied: %s", "; ".join(APPLIED))

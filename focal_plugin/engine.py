@@ -18,13 +18,12 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
 from focal_plugin import compat
-from focal_plugin.config import add_focal_config, validate_focal_config
+from focal_plugin.config import add_focal_config
 
 logger = logging.getLogger("focal_plugin")
 
@@ -38,9 +37,10 @@ def get_focal_cfg() -> CfgNode:
 
 
 def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:
-    """Load a YAML config and ``KEY VALUE`` overrides onto the focal defaults, and validate them.
+    """Load a YAML config and ``KEY VALUE`` overrides onto the focal defaults.
 
-    Errors name the offending file or key.
+    Errors name the offending file or key. The ``MODEL.FOCAL`` values are checked once, when the
+    model is built (``FocalRetinaNet.from_config``), before any training step.
     """
     cfg = get_focal_cfg()
     if config_file:
@@ -54,8 +54,6 @@ def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freez
         if len(opts) % 2:
             raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd list: {list(opts)}")
         cfg.merge_from_list(list(opts))
-    if cfg.MODEL.META_ARCHITECTURE == "FocalRetinaNet":
-        validate_focal_config(cfg)
     if freeze:
         cfg.freeze()
     return cfg
@@ -96,7 +94,9 @@ class Trainer(DefaultTrainer):
     effective schedule after ``SOLVER.REFERENCE_WORLD_SIZE`` rescaling."""
 
     def __init__(self, cfg: CfgNode):
-        super().__init__(cfg)  # rescales cfg by REFERENCE_WORLD_SIZE, builds model/optimizer/loader
+        # rescales cfg by REFERENCE_WORLD_SIZE, builds model/optimizer/loader, wraps DDP
+        with compat.ddp_without_device_ids_on_cpu():
+            super().__init__(cfg)
         self._log_schedule()
 
     @classmethod
@@ -206,28 +206,4 @@ def evaluate(cfg: CfgNode, weights: Optional[str] = None) -> Dict[str, Any]:
     return payload
 
 
-def main(args) -> Dict[str, Any]:
-    """Entry point of ``train_net.py`` (one worker); ``args`` from detectron2's argument parser."""
-    import focal_plugin  # noqa: F401  (spawned workers: registrations and compat)
-
-    cfg = setup_cfg(args.config_file, args.opts)
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
-    if args.eval_only:
-        return evaluate(cfg)
-    return train(cfg, resume=args.resume)
-
-
-def launch_main(args) -> None:
-    """Run ``main(args)`` on ``args.num_gpus`` workers per machine (gloo processes on CPU)."""
-    compat.launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
-
-
-__all__: List[str] = ["Trainer", "setup_cfg", "get_focal_cfg", "train", "evaluate", "main", "launch_main"]
+__all__: List[str] = ["Trainer", "setup_cfg", "get_focal_cfg", "train", "evaluate"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from detectron2.structures import Boxes, Instances
 
+from focal_plugin.anchors import anchor_sizes, aspect_ratios
 from focal_plugin.engine import get_focal_cfg
 
 
@@ -25,13 +26,8 @@ def tiny_cfg(meta: str = "FocalRetinaNet", num_classes: int = 3, **focal):
     cfg.MODEL.FPN.OUT_CHANNELS = 32
     cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
     cfg.MODEL.RETINANET.NUM_CONVS = 1
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32], [64], [128], [256]]
-    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
-    cfg.MODEL.FOCAL.ANCHOR_SCALES_PER_OCTAVE = 3
-    cfg.MODEL.FOCAL.ANCHOR_ASPECTS = 3
-    if meta != "FocalRetinaNet":  # detectron2's RetinaNet reads explicit sizes only
-        s = cfg.MODEL.ANCHOR_GENERATOR.SIZES
-        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[b[0] * 2 ** (k / 3) for k in range(3)] for b in s]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = anchor_sizes(3, (16, 32, 64, 128, 256))
+    cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = aspect_ratios(3)
     for key, value in focal.items():
         node = cfg.MODEL.FOCAL
         *parents, leaf = key.split(".")

@@ -3,6 +3,9 @@ RetinaNet where it should, and rejects bad MODEL.FOCAL values naming the key."""
 
 import importlib
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.utils.events import EventStorage
 
+from focal_plugin.anchors import anchor_overrides, anchor_sizes, aspect_ratios
 from focal_plugin.losses import LOSS_REGISTRY
 
 from helpers import make_batch, tiny_cfg
@@ -127,8 +131,9 @@ def test_group_norm_head_builds_and_trains():
 
 
 @pytest.mark.parametrize("n,aspects,expected", [(1, 1, 1), (2, 1, 2), (3, 3, 9), (4, 3, 12)])
-def test_anchor_density_from_two_integers(n, aspects, expected):
-    cfg = tiny_cfg(ANCHOR_SCALES_PER_OCTAVE=n, ANCHOR_ASPECTS=aspects)
+def test_table_1c_density_written_into_detectrons_anchor_keys(n, aspects, expected):
+    cfg = tiny_cfg()
+    cfg.merge_from_list(anchor_overrides(n, aspects, base_sizes=(16, 32, 64, 128, 256)))
     model = build_model(cfg)
     assert model.anchor_generator.num_cell_anchors == [expected] * 5
     areas = list(model.anchor_generator.cell_anchors)[0]
@@ -136,10 +141,24 @@ def test_anchor_density_from_two_integers(n, aspects, expected):
     sides = ((areas[:, 2] - areas[:, 0]) * (areas[:, 3] - areas[:, 1])).sqrt().round(decimals=1).unique()
     expected_sides = torch.tensor([16 * 2 ** (k / n) for k in range(n)])
     torch.testing.assert_close(sides.sort().values, expected_sides, atol=0.1, rtol=0)
+    # detectron2's own RetinaNet reads the same keys: same anchors
+    stock = tiny_cfg("RetinaNet")
+    stock.merge_from_list(anchor_overrides(n, aspects, base_sizes=(16, 32, 64, 128, 256)))
+    stock_anchors = build_model(stock).anchor_generator.cell_anchors
+    for ours, theirs in zip(model.anchor_generator.cell_anchors, stock_anchors):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_anchor_helper_rejects_bad_densities():
+    with pytest.raises(ValueError, match="scales_per_octave"):
+        anchor_sizes(0)
+    with pytest.raises(ValueError, match="num_aspects"):
+        aspect_ratios(2)
+    assert anchor_sizes(3)[0] == pytest.approx([32.0, 40.317474, 50.796834])
 
 
 def test_explicit_anchor_keys_still_work():
-    cfg = tiny_cfg(ANCHOR_SCALES_PER_OCTAVE=0, ANCHOR_ASPECTS=0)
+    cfg = tiny_cfg()
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[20, 30]] * 5
     cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[1.0]]
     assert build_model(cfg).anchor_generator.num_cell_anchors == [2] * 5
@@ -171,8 +190,8 @@ BAD_VALUES = [
     ("PRIOR_PROB", 0.0),
     ("PRIOR_PROB", 1.0),
     ("NORMALIZER", "batch"),
-    ("ANCHOR_SCALES_PER_OCTAVE", -2),
-    ("ANCHOR_ASPECTS", 2),
+    ("ALLOW_LOW_QUALITY_MATCHES", "yes"),
+    ("OHEM.ENABLED", 1),
     ("OHEM.BATCH_SIZE_PER_IMAGE", 0),
     ("OHEM.NMS_THRESH", 1.5),
     ("OHEM.NMS_THRESH", 0.0),
@@ -187,8 +206,7 @@ BAD_VALUES = [
 @pytest.mark.parametrize("key,value", BAD_VALUES)
 def test_invalid_focal_values_rejected_at_build(key, value):
     cfg = tiny_cfg(**{key: value})
-    leaf = key.split(".")[-1]
-    with pytest.raises(ValueError, match=leaf):
+    with pytest.raises(ValueError, match=f"cfg.MODEL.FOCAL.{key} = "):
         build_model(cfg)
 
 
@@ -198,19 +216,19 @@ def test_focal_star_gamma_zero_rejected_naming_key():
         build_model(cfg)
 
 
-def test_reimport_never_fails_already_registered():
+def test_reimport_of_the_same_source_never_fails_already_registered():
     import focal_plugin
     import focal_plugin.modeling.focal_retinanet as mod
 
     importlib.reload(mod)
     importlib.reload(focal_plugin)
     assert META_ARCH_REGISTRY.get("FocalRetinaNet") is mod.FocalRetinaNet
-    # a second import path of the same file
+    # the same file under a second module name is another object: refused, naming both
     spec = importlib.util.spec_from_file_location("second_path.focal_retinanet", mod.__file__)
     again = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(again)
-    assert META_ARCH_REGISTRY.get("FocalRetinaNet") is again.FocalRetinaNet
-    importlib.reload(mod)  # restore the canonical class for other tests
+    with pytest.raises(KeyError, match=r"focal_plugin\.modeling\.focal_retinanet.*second_path"):
+        spec.loader.exec_module(again)
+    assert META_ARCH_REGISTRY.get("FocalRetinaNet") is mod.FocalRetinaNet
 
 
 def test_a_different_object_cannot_take_a_registered_name():
@@ -222,6 +240,41 @@ def test_a_different_object_cannot_take_a_registered_name():
     FocalRetinaNetImpostor.__name__ = "FocalRetinaNet"
     with pytest.raises(KeyError, match="already registered"):
         register(META_ARCH_REGISTRY)(FocalRetinaNetImpostor)
+
+
+USER_MODULE = """
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+
+
+@META_ARCH_REGISTRY.register()
+class FocalRetinaNet(RetinaNet):
+    pass
+"""
+
+
+def test_users_own_class_named_like_ours_is_kept_with_a_clear_error(tmp_path):
+    pkg = tmp_path / "my_project" / "modeling"
+    pkg.mkdir(parents=True)
+    (tmp_path / "my_project" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "focal_retinanet.py").write_text(USER_MODULE)
+    code = (
+        "import my_project.modeling.focal_retinanet as mine\n"
+        "from detectron2.modeling import META_ARCH_REGISTRY\n"
+        "try:\n"
+        "    import focal_plugin\n"
+        "except KeyError as e:\n"
+        "    print('ERROR', e)\n"
+        "assert META_ARCH_REGISTRY.get('FocalRetinaNet') is mine.FocalRetinaNet\n"
+        "print('kept')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "my_project.modeling.focal_retinanet" in out.stdout
+    assert "focal_plugin.modeling.focal_retinanet" in out.stdout
+    assert out.stdout.strip().endswith("kept")
 
 
 def test_non_finite_loss_names_term_and_iteration():

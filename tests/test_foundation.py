@@ -50,15 +50,43 @@ def test_compat_apply_is_idempotent_and_reports():
     assert compat.APPLIED == before
 
 
-def test_pil_and_numpy_workarounds():
+def test_pil_and_numpy_repairs_carried_by_the_installed_wheel():
     import numpy as np
     from detectron2.data import transforms as T
-    from PIL import Image
 
-    assert hasattr(Image, "LINEAR")
-    assert np.int is int or np.int is np.int_  # alias present for v0.6 code paths
     out = T.ResizeTransform(8, 8, 4, 4).apply_image(np.zeros((8, 8, 3), dtype=np.uint8))
     assert out.shape == (4, 4, 3)
+
+
+STOCK_CLIENT = """
+import detectron2.modeling, detectron2.data, detectron2.evaluation, detectron2.engine
+from detectron2 import model_zoo
+from detectron2.structures import BitMasks
+from detectron2.utils.collect_env import collect_env_info
+import numpy as np, sys
+assert 'focal_plugin' not in sys.modules
+model_zoo.get_config_file('COCO-Detection/retinanet_R_50_FPN_1x.yaml')
+BitMasks.from_polygon_masks([[np.array([0., 0., 4., 0., 4., 4.])]], 8, 8)
+collect_env_info()
+print('ok')
+"""
+
+
+@pytest.mark.skipif(compat.has_compiled_ops(), reason="detectron2 built with its compiled ops")
+def test_stock_detectron2_works_without_the_plugin_in_a_fresh_interpreter():
+    out = subprocess.run([sys.executable, "-c", STOCK_CLIENT], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_lazy_config_loads_in_a_stock_client():
+    code = ("from detectron2.config import LazyConfig, instantiate\n"
+            "cfg = LazyConfig.load('configs/lazy/focal_retinanet_R_50_FPN_600_90k.py')\n"
+            "model = instantiate(cfg.model)\n"
+            "print(type(model).__name__, model.num_classes)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("FocalRetinaNet 80")
 
 
 def _train_step_and_infer(meta):

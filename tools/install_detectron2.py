@@ -5,8 +5,17 @@ Rule (see README and ../shared/DETECTRON2_NOTES.md):
   * an importable detectron2 (e.g. built from upstream sources) is kept as it is;
   * otherwise PyPI's ``pb1-detectron2==0.6`` sdist (upstream v0.6's Python tree, no C++ sources)
     is downloaded, its sha256 verified, and installed as a pure-Python wheel built here, with
-    its runtime dependencies. The compiled extension ``detectron2._C`` is deliberately absent;
-    ``focal_plugin.compat`` makes that harmless and makes any call of a missing op fail loudly.
+    its runtime dependencies and the repairs below (``REPAIRS``), so that plain
+    ``import detectron2.modeling`` / ``detectron2.model_zoo`` work in this environment without
+    importing focal_plugin first. A wheel built by an older version of this script is replaced.
+
+The repairs, each for one reason:
+  * ``detectron2/_C.py``: a stand-in for the compiled extension the sdist cannot build
+    (``detectron2.layers`` imports it at module level); every op raises
+    ``MissingCompiledOpError`` naming the op; RetinaNet needs none of them.
+  * ``PIL.Image.LINEAR`` -> ``BILINEAR``: Pillow >= 10 removed the alias v0.6 uses.
+  * bare ``np.bool``/``np.int``/``np.float`` -> builtins: removed in numpy >= 1.24.
+  * ``model_zoo`` without ``pkg_resources``: setuptools >= 81 no longer ships it.
 
 Only the standard library is used, so this runs before anything else is installed.
 """
@@ -35,6 +44,57 @@ SDIST_URL = (
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 DIST_NAME = "pb1_detectron2"
 VERSION = "0.6"
+#: Bumped whenever the repairs change: an installed wheel with another value is rebuilt.
+REPAIRS_VERSION = "1"
+REPAIRS_MARKER = "_focal_plugin_repairs.txt"
+
+C_STAND_IN = '''"""Stand-in for detectron2's compiled extension (written by focal_plugin's installer).
+
+This detectron2 was installed from its Python sources only. Importing this module works (as
+detectron2.layers needs); calling any compiled op raises MissingCompiledOpError naming it.
+"""
+
+STAND_IN = True
+
+
+class MissingCompiledOpError(RuntimeError):
+    """A compiled detectron2 op was called, but detectron2 was installed without them."""
+
+
+def get_compiler_version():
+    return "none (pure-Python detectron2: no compiled ops)"
+
+
+def get_cuda_version():
+    return "none (pure-Python detectron2: no compiled ops)"
+
+
+def has_cuda():
+    return False
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+
+    def missing(*args, **kwargs):
+        raise MissingCompiledOpError(
+            f"detectron2._C.{name} is unavailable: detectron2 was installed without its compiled "
+            "extension. RetinaNet/FocalRetinaNet need none of these ops; for this one, build "
+            "detectron2 from source (https://github.com/facebookresearch/detectron2)."
+        )
+
+    missing.__name__ = name
+    return missing
+'''
+
+PKG_RESOURCES_SHIM = (
+    "import importlib.resources as _resources\n\n\n"
+    "class pkg_resources:  # focal_plugin installer: setuptools >= 81 has no pkg_resources\n"
+    "    @staticmethod\n"
+    "    def resource_filename(package, resource):\n"
+    "        return str(_resources.files(package).joinpath(resource))\n"
+)
 # The sdist's install_requires, minus what only packaging/caffe2 export/formatting needs
 # (future, pydot, black==21.4b2 — black is imported lazily by LazyConfig.save only).
 RUNTIME_REQUIRES = [
@@ -60,6 +120,23 @@ def detectron2_present() -> str | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return list(spec.submodule_search_locations)[0]
+
+
+def built_by_older_installer(where: str) -> bool:
+    """True when the detectron2 at ``where`` is a wheel of this script with other repairs."""
+    from importlib import metadata
+
+    try:
+        wheel = metadata.distribution("pb1-detectron2").read_text("WHEEL") or ""
+    except metadata.PackageNotFoundError:
+        return False
+    if "Generator: focal_plugin" not in wheel:
+        return False
+    marker = os.path.join(where, REPAIRS_MARKER)
+    if not os.path.isfile(marker):
+        return True
+    with open(marker) as f:
+        return f.read().strip() != REPAIRS_VERSION
 
 
 def fetch_sdist(cache_dir: str) -> bytes:
@@ -103,6 +180,25 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
+def repair_sources(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Apply the repairs listed in the module docstring to the ``detectron2/`` tree (in place)."""
+    import re
+
+    for name, data in list(files.items()):
+        if not name.endswith(".py"):
+            continue
+        text = data.decode("utf-8")
+        new = re.sub(r"\bnp\.(bool|int|float)\b(?![_\d])", r"\1", text)
+        new = new.replace("Image.LINEAR", "Image.BILINEAR")
+        if name == "detectron2/model_zoo/model_zoo.py":
+            new = new.replace("import pkg_resources\n", PKG_RESOURCES_SHIM, 1)
+        if new != text:
+            files[name] = new.encode("utf-8")
+    files.setdefault("detectron2/_C.py", C_STAND_IN.encode())
+    files[f"detectron2/{REPAIRS_MARKER}"] = REPAIRS_VERSION.encode()
+    return files
+
+
 def build_wheel(sdist: bytes, out_dir: str) -> str:
     """Repackage the sdist's pure-Python ``detectron2/`` tree as a py3-none-any wheel."""
     prefix = "pb1-detectron2-0.6/"
@@ -117,6 +213,7 @@ def build_wheel(sdist: bytes, out_dir: str) -> str:
             files[rel] = tar.extractfile(member).read()
     if "detectron2/__init__.py" not in files:
         raise SystemExit("[install_detectron2] the sdist has no detectron2/__init__.py")
+    repair_sources(files)
 
     dist_info = f"{DIST_NAME}-{VERSION}.dist-info"
     metadata = "\n".join(
@@ -160,8 +257,11 @@ def main() -> int:
 
     where = detectron2_present()
     if where and not args.force:
-        print(f"[install_detectron2] keeping the detectron2 found at {where}")
-        return 0
+        if not built_by_older_installer(where):
+            print(f"[install_detectron2] keeping the detectron2 found at {where}")
+            return 0
+        print(f"[install_detectron2] {where} was built by an older installer: rebuilding it")
+        args.force = True
     sdist = fetch_sdist(args.cache_dir)
     with tempfile.TemporaryDirectory() as tmp:
         wheel = build_wheel(sdist, tmp)

@@ -21,7 +21,9 @@ def get_config_file(config_path: str) -> str:
     rel = config_path[len("configs/"):] if config_path.startswith("configs/") else config_path
     path = os.path.join(CONFIG_ROOT, rel)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config {config_path!r} is not shipped with focal_plugin (looked in {CONFIG_ROOT})")
+        raise FileNotFoundError(
+            f"config {config_path!r} is not shipped with focal_plugin (looked in {CONFIG_ROOT})"
+        )
     return path
 
 

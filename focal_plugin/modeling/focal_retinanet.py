@@ -7,9 +7,10 @@ Only what must change is overridden: construction (``from_config``), the classif
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -25,9 +26,9 @@ from detectron2.structures import ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from focal_plugin.config import build_loss_from_cfg, resolved_anchor_cfg, validate_focal_config
-from focal_plugin.losses import ClassificationLoss
+from focal_plugin.losses import ClassificationLoss, build_classification_loss
 from focal_plugin.modeling.head import FocalRetinaNetHead
+from focal_plugin.modeling.ohem import check_ohem_args
 from focal_plugin.modeling.sampler import AllAnchorsSampler, OhemSampler
 from focal_plugin.registry import register
 
@@ -35,6 +36,46 @@ logger = logging.getLogger(__name__)
 
 # initial value and momentum of detectron2's EMA loss normalizer
 _EMA_START, _EMA_MOMENTUM = 100, 0.9
+#: loss normalizers (cfg.MODEL.FOCAL.NORMALIZER): the paper's batch count, detectron2's EMA
+NORMALIZERS = ("num_pos", "ema")
+
+
+def _cfg_value(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+@contextlib.contextmanager
+def config_keys(cfg, *keys: str) -> Iterator[None]:
+    """Re-raise a constructor's ``ValueError`` naming the config keys its arguments came from.
+
+    The rules live in the constructors (losses, initializers, OHEM sampler, this model); this
+    only says which ``cfg`` keys to change, e.g. "cfg.MODEL.FOCAL.GAMMA = -1.0: ...".
+    """
+    try:
+        yield
+    except ValueError as e:
+        named = ", ".join(f"cfg.{k} = {_cfg_value(cfg, k)!r}" for k in keys)
+        raise ValueError(f"{named}: {e}") from e
+
+
+def build_loss_from_cfg(cfg) -> ClassificationLoss:
+    """The classification loss ``cfg.MODEL.FOCAL.LOSS`` with the hyperparameters it takes from
+    ``cfg.MODEL.FOCAL``; a bad value raises ``ValueError`` naming its key."""
+    from focal_plugin.losses import LOSS_REGISTRY
+
+    focal = cfg.MODEL.FOCAL
+    with config_keys(cfg, "MODEL.FOCAL.LOSS"):
+        if focal.LOSS not in LOSS_REGISTRY:
+            raise ValueError(f"unknown classification loss: registered losses are "
+                             f"{sorted(k for k, _ in LOSS_REGISTRY)}")
+    names = LOSS_REGISTRY.get(focal.LOSS).hyperparameters
+    with config_keys(cfg, *(f"MODEL.FOCAL.{p.upper()}" for p in names), "MODEL.FOCAL.FUSED_LOSS"):
+        return build_classification_loss(
+            focal.LOSS, fused=focal.FUSED_LOSS, **{p: focal[p.upper()] for p in names}
+        )
 
 
 def _storage():
@@ -69,21 +110,72 @@ class FocalRetinaNet(RetinaNet):
                 anchors entering the classification loss; default: all non-ignored anchors.
             kwargs: everything detectron2's ``RetinaNet`` takes.
         """
+        if normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer = {normalizer!r} (cfg.MODEL.FOCAL.NORMALIZER) is invalid: "
+                             f"expected one of {list(NORMALIZERS)}")
         super().__init__(**kwargs)
-        if normalizer not in ("num_pos", "ema"):
-            raise ValueError(f"normalizer={normalizer!r}: expected 'num_pos' or 'ema'")
         self.classification_loss = classification_loss
         self.normalizer = normalizer
         self.anchor_sampler = anchor_sampler or AllAnchorsSampler()
         self.num_logits = classification_loss.num_logits(self.num_classes)
+        self._check_head_matches_loss()
+
+    def _check_head_matches_loss(self) -> None:
+        # Coupled fields (LazyConfig users set them separately): the head's logits per anchor
+        # follow from the loss (K sigmoid logits, or K+1 with background for softmax FL).
+        num_anchors = self.anchor_generator.num_cell_anchors[0]
+        out = getattr(getattr(self.head, "cls_score", None), "out_channels", None)
+        if out is not None and out != num_anchors * self.num_logits:
+            bg = " + background" if self.classification_loss.is_softmax else ""
+            raise ValueError(
+                f"the head predicts {out} logits per location but the model needs {num_anchors} "
+                f"anchors x {self.num_logits} logits ({type(self.classification_loss).__name__} with "
+                f"num_classes={self.num_classes}{bg}): "
+                "make head.num_classes equal model.num_classes and head.softmax equal "
+                "classification_loss.is_softmax (and head.num_anchors the anchor generator's count)"
+            )
 
     @classmethod
     def from_config(cls, cfg):
-        validate_focal_config(cfg)
-        cfg = resolved_anchor_cfg(cfg)
         focal, retina = cfg.MODEL.FOCAL, cfg.MODEL.RETINANET
-        if retina.NUM_CLASSES <= 0:
-            raise ValueError(f"cfg.MODEL.RETINANET.NUM_CLASSES = {retina.NUM_CLASSES}: expected > 0")
+        with config_keys(cfg, "MODEL.RETINANET.NUM_CLASSES"):
+            if isinstance(retina.NUM_CLASSES, bool) or not isinstance(retina.NUM_CLASSES, int) \
+                    or retina.NUM_CLASSES <= 0:
+                raise ValueError("expected an integer > 0")
+        with config_keys(cfg, "MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES"):
+            if not isinstance(focal.ALLOW_LOW_QUALITY_MATCHES, bool):
+                raise ValueError("expected True or False")
+        with config_keys(cfg, "MODEL.FOCAL.NORMALIZER"):
+            if focal.NORMALIZER not in NORMALIZERS:
+                raise ValueError(f"expected one of {list(NORMALIZERS)}")
+        classification_loss = build_loss_from_cfg(cfg)
+        box2box_transform = Box2BoxTransform(weights=retina.BBOX_REG_WEIGHTS)
+        sampler = None
+        with config_keys(cfg, "MODEL.FOCAL.OHEM.ENABLED"):
+            if not isinstance(focal.OHEM.ENABLED, bool):
+                raise ValueError("expected True or False")
+        ohem = focal.OHEM
+        with config_keys(cfg, *(f"MODEL.FOCAL.OHEM.{k}" for k in
+                                ("BATCH_SIZE_PER_IMAGE", "NMS_THRESH", "POSITIVE_FRACTION", "PRE_NMS_TOPK"))):
+            if not ohem.ENABLED:  # not used, but a config must not carry invalid values
+                check_ohem_args(retina.NUM_CLASSES, ohem.BATCH_SIZE_PER_IMAGE, ohem.NMS_THRESH,
+                                ohem.POSITIVE_FRACTION, ohem.PRE_NMS_TOPK or None)
+            else:
+                # OHEM ranks anchors by plain CE (the paper's OHEM baseline), whatever LOSS trains.
+                scorer = (
+                    build_classification_loss("softmax_focal", gamma=0.0, alpha=-1.0, fused=focal.FUSED_LOSS)
+                    if classification_loss.is_softmax
+                    else build_classification_loss("sigmoid_ce", alpha=-1.0, fused=focal.FUSED_LOSS)
+                )
+                sampler = OhemSampler(
+                    scorer=scorer,
+                    box2box_transform=box2box_transform,
+                    num_classes=retina.NUM_CLASSES,
+                    batch_size_per_image=ohem.BATCH_SIZE_PER_IMAGE,
+                    nms_thresh=ohem.NMS_THRESH,
+                    positive_fraction=ohem.POSITIVE_FRACTION,
+                    pre_nms_topk=ohem.PRE_NMS_TOPK or None,
+                )
         backbone = build_backbone(cfg)
         backbone_shape = backbone.output_shape()
         missing = [f for f in retina.IN_FEATURES if f not in backbone_shape]
@@ -93,28 +185,12 @@ class FocalRetinaNet(RetinaNet):
                 f"produce (it has {sorted(backbone_shape)})"
             )
         feature_shapes = [backbone_shape[f] for f in retina.IN_FEATURES]
-        classification_loss = build_loss_from_cfg(cfg)
-        box2box_transform = Box2BoxTransform(weights=retina.BBOX_REG_WEIGHTS)
-        sampler = None
-        if focal.OHEM.ENABLED:
-            # OHEM ranks anchors by plain CE (the paper's OHEM baseline), whatever LOSS trains.
-            scorer = (
-                build_loss_from_cfg(cfg, "softmax_focal", gamma=0.0, alpha=-1.0)
-                if classification_loss.is_softmax
-                else build_loss_from_cfg(cfg, "sigmoid_ce", alpha=-1.0)
-            )
-            sampler = OhemSampler(
-                scorer=scorer,
-                box2box_transform=box2box_transform,
-                num_classes=retina.NUM_CLASSES,
-                batch_size_per_image=focal.OHEM.BATCH_SIZE_PER_IMAGE,
-                nms_thresh=focal.OHEM.NMS_THRESH,
-                positive_fraction=focal.OHEM.POSITIVE_FRACTION,
-                pre_nms_topk=focal.OHEM.PRE_NMS_TOPK or None,
-            )
+        head_keys = ("MODEL.FOCAL.BIAS_INIT", "MODEL.FOCAL.PRIOR_PROB", "MODEL.RETINANET.NUM_CLASSES")
+        with config_keys(cfg, *head_keys):
+            head = FocalRetinaNetHead(cfg, feature_shapes)
         return {
             "backbone": backbone,
-            "head": FocalRetinaNetHead(cfg, feature_shapes),
+            "head": head,
             "anchor_generator": build_anchor_generator(cfg, feature_shapes),
             "box2box_transform": box2box_transform,
             "anchor_matcher": Matcher(
@@ -126,8 +202,6 @@ class FocalRetinaNet(RetinaNet):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "num_classes": retina.NUM_CLASSES,
             "head_in_features": retina.IN_FEATURES,
-            "focal_loss_alpha": focal.ALPHA,
-            "focal_loss_gamma": focal.GAMMA,
             "smooth_l1_beta": retina.SMOOTH_L1_LOSS_BETA,
             "box_reg_loss_type": retina.BBOX_REG_LOSS_TYPE,
             "test_score_thresh": retina.SCORE_THRESH_TEST,

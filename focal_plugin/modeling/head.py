@@ -64,7 +64,6 @@ class FocalRetinaNetHead(RetinaNetHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
-        """``cfg`` must already hold resolved anchor settings (see ``resolved_anchor_cfg``)."""
         num_anchors = build_anchor_generator(cfg, input_shape).num_cell_anchors
         if len(set(num_anchors)) != 1:
             raise ValueError(

@@ -47,7 +47,7 @@ from typing import Optional
 import torch
 from torchvision.ops import batched_nms
 
-__all__ = ["DEFAULT_PRE_NMS_TOPK", "ohem_select", "ohem_loss"]
+__all__ = ["DEFAULT_PRE_NMS_TOPK", "check_ohem_args", "ohem_select", "ohem_select_unchecked", "ohem_loss"]
 
 #: Default cap on the number of highest-loss non-ignored anchors per image that NMS sees.
 DEFAULT_PRE_NMS_TOPK = 8192
@@ -65,10 +65,9 @@ def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _validate(
-    anchor_losses, pred_boxes, gt_labels, num_classes, batch_size_per_image, nms_thresh,
-    positive_fraction, pre_nms_topk,
-) -> None:
+def check_ohem_args(num_classes, batch_size_per_image, nms_thresh, positive_fraction, pre_nms_topk) -> None:
+    """The OHEM hyperparameters' rules (see :func:`ohem_select`); ``ValueError`` naming the first
+    bad one. Checked once, when a sampler is built, never per iteration."""
     if not _is_int(batch_size_per_image) or batch_size_per_image <= 0:
         raise ValueError(f"batch_size_per_image must be a positive int, got {batch_size_per_image!r}")
     if not _is_real(nms_thresh) or not (0.0 < float(nms_thresh) <= 1.0):
@@ -86,6 +85,9 @@ def _validate(
             f"pre_nms_topk must be None or an int >= batch_size_per_image ({batch_size_per_image}), "
             f"got {pre_nms_topk!r}"
         )
+
+
+def _check_tensors(anchor_losses, pred_boxes, gt_labels, num_classes) -> None:
     if not isinstance(anchor_losses, torch.Tensor) or anchor_losses.dim() != 2:
         shape = getattr(anchor_losses, "shape", None)
         raise ValueError(f"anchor_losses must be an (N, R) tensor, got {shape}")
@@ -240,10 +242,26 @@ def ohem_select(
     Returns:
         (N, R) bool mask of the selected anchors (at most B per image).
     """
-    _validate(
+    check_ohem_args(num_classes, batch_size_per_image, nms_thresh, positive_fraction, pre_nms_topk)
+    _check_tensors(anchor_losses, pred_boxes, gt_labels, num_classes)
+    return ohem_select_unchecked(
         anchor_losses, pred_boxes, gt_labels, num_classes, batch_size_per_image, nms_thresh,
         positive_fraction, pre_nms_topk,
     )
+
+
+def ohem_select_unchecked(
+    anchor_losses: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    num_classes: int,
+    batch_size_per_image: int,
+    nms_thresh: float,
+    positive_fraction: float,
+    pre_nms_topk: Optional[int],
+) -> torch.Tensor:
+    """:func:`ohem_select` without its argument checks (no host sync): for callers that checked
+    the hyperparameters once (:func:`check_ohem_args`) and produce well-formed tensors."""
     B = int(batch_size_per_image)
     quota = None if float(positive_fraction) == -1.0 else int(float(positive_fraction) * B)
     with torch.no_grad():

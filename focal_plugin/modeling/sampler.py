@@ -14,7 +14,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes
 
 from focal_plugin.losses import ClassificationLoss
-from focal_plugin.modeling.ohem import DEFAULT_PRE_NMS_TOPK, ohem_select
+from focal_plugin.modeling.ohem import DEFAULT_PRE_NMS_TOPK, check_ohem_args, ohem_select_unchecked
 
 
 class AllAnchorsSampler:
@@ -33,7 +33,8 @@ class OhemSampler:
     Scores every non-ignored anchor by its CE loss summed over classes (``scorer``, no graph),
     decodes its predicted box, and keeps per image the ``batch_size_per_image`` highest-loss
     anchors that survive NMS at ``nms_thresh`` (with ``positive_fraction`` > 0: at most that
-    share of positives, "OHEM 1:3" being 0.25).
+    share of positives, "OHEM 1:3" being 0.25). The hyperparameters are checked here, once
+    (``ValueError`` naming the argument); nothing is validated per iteration.
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class OhemSampler:
         positive_fraction: float = -1.0,
         pre_nms_topk: int | None = DEFAULT_PRE_NMS_TOPK,
     ):
+        check_ohem_args(num_classes, batch_size_per_image, nms_thresh, positive_fraction, pre_nms_topk)
         self.scorer = scorer
         self.box2box_transform = box2box_transform
         self.num_classes = num_classes
@@ -69,13 +71,7 @@ class OhemSampler:
         boxes = self.box2box_transform.apply_deltas(
             deltas_all.detach().reshape(n * r, 4), anchors_all.tensor.repeat(n, 1)
         ).view(n, r, 4)
-        return ohem_select(
-            losses,
-            boxes,
-            gt_labels,
-            num_classes=self.num_classes,
-            batch_size_per_image=self.batch_size_per_image,
-            nms_thresh=self.nms_thresh,
-            positive_fraction=self.positive_fraction,
-            pre_nms_topk=self.pre_nms_topk,
+        return ohem_select_unchecked(
+            losses, boxes, gt_labels, self.num_classes, self.batch_size_per_image,
+            self.nms_thresh, self.positive_fraction, self.pre_nms_topk,
         )
