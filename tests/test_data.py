@@ -306,8 +306,8 @@ def test_builtin_names_are_registered_lazily(d2_root):
 
 
 def test_registration_is_idempotent_and_protects_foreign_names(d2_root):
-    fdata.register_all()
-    fdata.register_all()
+    catalog.register_all()
+    catalog.register_all()
     importlib.reload(catalog)
     importlib.reload(fdata)
     for name in fdata.BUILTIN_DATASETS:

@@ -1,26 +1,17 @@
 """The on-disk ``dense_shapes`` datasets and their detectron2 registration.
 
-Directory of a dataset (``root`` = ``$DETECTRON2_DATASETS`` or ``./datasets``)::
+A dataset lives in ``<root>/dense_shapes/<preset>-<fingerprint>/`` (``root``:
+``$DETECTRON2_DATASETS`` or ``./datasets``); it is generated into a temporary folder beside it,
+manifest last, and renamed into place, under an ``fcntl`` lock so that concurrent processes
+generate it once. Each use verifies it against its manifest; a corrupt one is regenerated.
 
-    <root>/dense_shapes/<preset>-<fingerprint>/
-        MANIFEST.json                      written last: the completion marker
-        annotations/instances_{train,val}.json
-        train/000000.jpg ...   val/000000.jpg ...
-
-A dataset is generated into ``.tmp-<preset>-<fingerprint>-<pid>`` beside it and renamed into place
-only when complete, under an exclusive ``fcntl`` lock (``.<preset>-<fingerprint>.lock``), so
-concurrent processes (e.g. the ranks of a job) generate it once and the others wait. Before use, a
-directory is verified against its manifest (fingerprint, file names and sizes, sha256 of each
-JSON); a corrupt or incomplete one is removed and regenerated.
-
-Registration is cheap (nothing generated or read): ``DatasetCatalog.get`` generates on first use.
-The metadata has no ``json_file``: detectron2's ``COCOEvaluator`` writes the COCO file it needs
-from the registered dicts (``convert_to_coco_json``), as for any dataset in detectron2's format.
+Registration generates nothing; ``DatasetCatalog.get`` generates on first use. The metadata has
+no ``json_file``: detectron2's ``COCOEvaluator`` writes the COCO file it needs from the
+registered dicts (``convert_to_coco_json``), as for any dataset in detectron2's format.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,12 +21,13 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
+from iopath.common.file_io import file_lock
 
-from focal_plugin.data.render import image_file_name, make_image
+from focal_plugin.data.render import make_image
 from focal_plugin.data.synthetic import (
     GENERATOR_VERSION,
     PRESETS,
@@ -44,11 +36,6 @@ from focal_plugin.data.synthetic import (
     coco_dict,
     get_config,
 )
-
-try:  # POSIX only; elsewhere concurrent generation is not guarded
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -122,24 +109,6 @@ def verify_dataset(directory: PathLike, config: Optional[SyntheticConfig] = None
     return True, "ok"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("Waiting for another process to finish generating (%s)", path)
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def write_dataset(config: SyntheticConfig, directory: PathLike, *, progress: bool = True,
                   workers: Optional[int] = None) -> Dict[str, Any]:
     """Generate ``config``'s dataset into ``directory`` (must not exist), manifest last.
@@ -151,7 +120,8 @@ def write_dataset(config: SyntheticConfig, directory: PathLike, *, progress: boo
     from tqdm import tqdm
 
     d = Path(directory)
-    (d / "annotations").mkdir(parents=True)
+    d.mkdir(parents=True)
+    (d / "annotations").mkdir()
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     manifest: Dict[str, Any] = {
         "format": MANIFEST_FORMAT, "generator_version": GENERATOR_VERSION,
@@ -165,7 +135,7 @@ def write_dataset(config: SyntheticConfig, directory: PathLike, *, progress: boo
 
         def one(i: int, split: str = split) -> Tuple[str, int, int, List, int]:
             data, width, height, anns = make_image(config, split, i)
-            name = image_file_name(config, i)
+            name = f"{i:06d}.{config.image_format}"
             (d / split / name).write_bytes(data)
             return name, width, height, anns, len(data)
 
@@ -202,7 +172,8 @@ def prepare_dataset(config: ConfigLike = "demo", root: Optional[PathLike] = None
     final = dataset_dir(config, root)
     if verify_dataset(final, config)[0]:
         return final
-    with _file_lock(final.parent / f".{final.name}.lock"):
+    logger.info("Generating dense_shapes[%s] in %s, or waiting for the process that is", config.name, final)
+    with file_lock(str(final.parent / f".{final.name}")):  # detectron2's lock: .<name>.lock
         ok, reason = verify_dataset(final, config)  # another process may have finished it
         if ok:
             return final
@@ -214,8 +185,6 @@ def prepare_dataset(config: ConfigLike = "demo", root: Optional[PathLike] = None
             trash = final.with_name(f".trash-{final.name}-{os.getpid()}")  # never half-deleted in place
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
-        else:
-            logger.info("Generating dense_shapes[%s] in %s (first use)", config.name, final)
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
         try:
             write_dataset(config, tmp, progress=progress, workers=workers)

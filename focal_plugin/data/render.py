@@ -193,10 +193,6 @@ def render_layout(config: SyntheticConfig, layout: ImageLayout, split: str, inde
     return img, annotations
 
 
-def image_file_name(config: SyntheticConfig, index: int) -> str:
-    return f"{index:06d}.{config.image_format}"
-
-
 def make_image(config: SyntheticConfig, split: str, index: int
                ) -> Tuple[bytes, int, int, List[Dict[str, Any]]]:
     """Encoded bytes, width, height and annotations of one image: PNG (compression 3) or JPEG

@@ -50,12 +50,6 @@ def class_shape_color(k: int) -> Tuple[int, int]:
     return r, (9 * q + r) % len(COLOR_FAMILIES)
 
 
-def class_names(num_classes: int) -> List[str]:
-    """``"<color>_<shape>"`` for each class, e.g. ``["red_circle", "azure_square", ...]``."""
-    pairs = [class_shape_color(k) for k in range(num_classes)]
-    return [f"{COLOR_FAMILIES[c][0]}_{SHAPES[s]}" for s, c in pairs]
-
-
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Parameters of a ``dense_shapes`` dataset; each is described in ``focal_plugin/data/README.md``.
@@ -118,7 +112,9 @@ class SyntheticConfig:
         return w / w.sum()
 
     def thing_classes(self) -> List[str]:
-        return class_names(self.num_classes)
+        """``"<color>_<shape>"`` for each class, e.g. ``["red_circle", "azure_square", ...]``."""
+        pairs = [class_shape_color(k) for k in range(self.num_classes)]
+        return [f"{COLOR_FAMILIES[c][0]}_{SHAPES[s]}" for s, c in pairs]
 
     def num_images(self, split: str) -> int:
         return {"train": self.num_train, "val": self.num_val}[split]
