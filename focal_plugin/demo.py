@@ -17,33 +17,26 @@ from typing import Any, Dict
 import cv2
 import numpy as np
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "mini", "demo_focal_R18_dense_shapes.yaml")
+DEFAULT_CONFIG = "mini/demo_focal_R18_dense_shapes.yaml"  # shipped in focal_plugin/configs
 
 
 def save_prediction_picture(cfg, output_path: str, num_images: int = 3, score_thresh: float = 0.4) -> str:
     """Predictions (left) next to ground truth (right) for the first val images, one row each."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import Visualizer
+
+    from focal_plugin.predict import Predictor, draw
 
     name = cfg.DATASETS.TEST[0]
     metadata = MetadataCatalog.get(name)
-    dicts = DatasetCatalog.get(name)
     # prefer images that have objects, so the picture shows something
-    dicts = sorted(dicts, key=lambda d: -len(d.get("annotations", [])))[:num_images]
-    predictor = DefaultPredictor(cfg)
+    dicts = sorted(DatasetCatalog.get(name), key=lambda d: -len(d.get("annotations", [])))[:num_images]
+    predictor = Predictor(cfg)
     rows = []
     for d in dicts:
-        bgr = cv2.imread(d["file_name"], cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"cannot read image file {d['file_name']}")
-        inst = predictor(bgr)["instances"].to("cpu")
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        shown = inst[inst.scores >= score_thresh]
-        pred = Visualizer(rgb, metadata, scale=2.0).draw_instance_predictions(shown)
-        gt = Visualizer(rgb, metadata, scale=2.0).draw_dataset_dict(d)
-        left, right = pred.get_image(), gt.get_image()
+        rgb, instances = predictor(d["file_name"])
+        left = draw(rgb, instances, metadata, score_thresh, scale=2.0)
+        right = Visualizer(rgb, metadata, scale=2.0).draw_dataset_dict(d).get_image()
         sep = np.full((left.shape[0], 8, 3), 255, dtype=np.uint8)
         rows.append(np.concatenate([left, sep, right], axis=1))
     width = max(r.shape[1] for r in rows)  # images differ in size: pad rows to one width
@@ -68,17 +61,18 @@ def format_table(result: Dict[str, Any]) -> str:
 
 def main(argv=None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description="Train and evaluate FocalRetinaNet on synthetic data (CPU)")
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG)
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG,
+                        help="a config file, or the name of a shipped one (default: %(default)s)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
 
     from detectron2.utils.logger import setup_logger
 
-    import focal_plugin  # noqa: F401
+    from focal_plugin.configs import resolve_config_file
     from focal_plugin.data import BUILTIN_DATASETS, prepare_dataset
     from focal_plugin.engine import setup_cfg, train
 
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = setup_cfg(resolve_config_file(args.config_file), args.opts)
     setup_logger(output=cfg.OUTPUT_DIR, name="detectron2")
     setup_logger(output=cfg.OUTPUT_DIR, name="focal_plugin")
     start = time.perf_counter()

@@ -16,14 +16,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from focal_plugin import compat
+from focal_plugin.checkpoint import SafeCheckpointer
 from focal_plugin.config import add_focal_config
+from focal_plugin.evaluation import FocalCOCOEvaluator
 
 logger = logging.getLogger("focal_plugin")
 
@@ -54,18 +56,59 @@ def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freez
         if len(opts) % 2:
             raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd list: {list(opts)}")
         cfg.merge_from_list(list(opts))
+    check_config(cfg)
     if freeze:
         cfg.freeze()
     return cfg
 
 
+# Keys detectron2 has that have no effect under FocalRetinaNet -> the key that does. Changing one
+# from detectron2's default is an error: the user meant something that would silently not happen.
+_SUPERSEDED = {
+    "MODEL.RETINANET.FOCAL_LOSS_GAMMA": "MODEL.FOCAL.GAMMA",
+    "MODEL.RETINANET.FOCAL_LOSS_ALPHA": "MODEL.FOCAL.ALPHA",
+    "MODEL.RETINANET.PRIOR_PROB": "MODEL.FOCAL.PRIOR_PROB",
+    "MODEL.ROI_HEADS.NUM_CLASSES": "MODEL.RETINANET.NUM_CLASSES",
+    "MODEL.ROI_HEADS.NMS_THRESH_TEST": "MODEL.RETINANET.NMS_THRESH_TEST",
+}
+
+
+def _get(cfg: CfgNode, key: str) -> Any:
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def check_config(cfg: CfgNode) -> None:
+    """Settings that cannot take effect are refused (``ValueError`` naming the key), once, when the
+    config is set up: keys superseded under FocalRetinaNet, evaluation settings we cannot honour."""
+    defaults = get_cfg()
+    if cfg.MODEL.META_ARCHITECTURE == "FocalRetinaNet":
+        for key, instead in _SUPERSEDED.items():
+            if _get(cfg, key) != _get(defaults, key):
+                raise ValueError(
+                    f"cfg.{key} = {_get(cfg, key)!r} has no effect on FocalRetinaNet: set cfg.{instead} "
+                    f"(now {_get(cfg, instead)!r}) instead, and leave {key} at detectron2's default "
+                    f"{_get(defaults, key)!r}"
+                )
+    if cfg.TEST.AUG.ENABLED:
+        raise ValueError(
+            "cfg.TEST.AUG.ENABLED = True: test-time augmentation is not implemented for dense "
+            "detectors here (detectron2's own TTA supports GeneralizedRCNN only); set it to False"
+        )
+
+
 def _dataset_num_classes(name: str) -> Optional[int]:
-    classes = MetadataCatalog.get(name).get("thing_classes", None)
+    metadata = MetadataCatalog.get(name)
+    if metadata.get("thing_classes", None) is None and name in DatasetCatalog.list():
+        DatasetCatalog.get(name)  # detectron2 fills thing_classes of COCO files only when loading
+    classes = metadata.get("thing_classes", None)
     return len(classes) if classes is not None else None
 
 
 def check_datasets(cfg: CfgNode) -> None:
-    """The datasets' class count must match ``MODEL.RETINANET.NUM_CLASSES``."""
+    """Every dataset's class count must match ``MODEL.RETINANET.NUM_CLASSES``, whatever was
+    loaded before (datasets whose classes are known only after loading are loaded)."""
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         n = _dataset_num_classes(name)
         if n is not None and n != cfg.MODEL.RETINANET.NUM_CLASSES:
@@ -73,6 +116,19 @@ def check_datasets(cfg: CfgNode) -> None:
                 f"dataset '{name}' has {n} classes but cfg.MODEL.RETINANET.NUM_CLASSES = "
                 f"{cfg.MODEL.RETINANET.NUM_CLASSES}; set MODEL.RETINANET.NUM_CLASSES {n}"
             )
+
+
+def check_batch_norm_batch(cfg: CfgNode, world_size: int) -> None:
+    """BatchNorm in the shared head normalizes each FPN level over the images of one worker; P7
+    of a small image is 1x1, so one image per worker cannot train (torch: "Expected more than 1
+    value per channel"). Refused before anything is built."""
+    per_worker = cfg.SOLVER.IMS_PER_BATCH // max(world_size, 1)
+    if cfg.MODEL.RETINANET.NORM == "BN" and per_worker < 2:
+        raise ValueError(
+            f"cfg.MODEL.RETINANET.NORM = 'BN' normalizes over the images of one worker, but "
+            f"cfg.SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} over {world_size} worker(s) gives "
+            f"{per_worker} image per worker: use at least 2 per worker, or NORM 'GN' / 'SyncBN'"
+        )
 
 
 def log_inference_settings(cfg: CfgNode) -> None:
@@ -94,9 +150,20 @@ class Trainer(DefaultTrainer):
     effective schedule after ``SOLVER.REFERENCE_WORLD_SIZE`` rescaling."""
 
     def __init__(self, cfg: CfgNode):
+        check_batch_norm_batch(cfg, comm.get_world_size())
+        check_datasets(cfg)
         # rescales cfg by REFERENCE_WORLD_SIZE, builds model/optimizer/loader, wraps DDP
         with compat.ddp_without_device_ids_on_cpu():
             super().__init__(cfg)
+
+    def build_hooks(self):
+        # every checkpoint (periodic, final) finite and written atomically; see SafeCheckpointer
+        self.checkpointer = SafeCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
+                                             **self.checkpointer.checkpointables)
+        return super().build_hooks()
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        super().resume_or_load(resume=resume)
         self._log_schedule()
 
     @classmethod
@@ -108,25 +175,35 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        # COCOeval_opt needs detectron2._C; pycocotools' COCOeval computes the same numbers.
-        return COCOEvaluator(
+        # COCOeval_opt needs detectron2's compiled ops; pycocotools' COCOeval computes the same numbers.
+        return FocalCOCOEvaluator(
             dataset_name, tasks=("bbox",), output_dir=output_folder,
             use_fast_impl=compat.has_compiled_ops(),
         )
 
     def _log_schedule(self) -> None:
+        """The schedule really in effect (after REFERENCE_WORLD_SIZE rescaling and after a resume,
+        whose checkpoint restores the scheduler's base lr over SOLVER.BASE_LR)."""
         s = self.cfg.SOLVER
         world = comm.get_world_size()
         size = getattr(type(self), "_last_train_set_size", None)
         epochs = f"{s.MAX_ITER * s.IMS_PER_BATCH / size:.2f}" if size else "?"
+        base_lr = self.scheduler.base_lrs[0] if getattr(self.scheduler, "base_lrs", None) else s.BASE_LR
         logger.info(
-            "Effective schedule: %d worker(s) x %d image(s) = batch %d, base lr %g, %d iterations, "
-            "lr steps %s, warmup %d, weight decay %g, momentum %g; %s training images = %s epochs "
-            "(REFERENCE_WORLD_SIZE=%d)",
-            world, s.IMS_PER_BATCH // max(world, 1), s.IMS_PER_BATCH, s.BASE_LR, s.MAX_ITER,
-            list(s.STEPS), s.WARMUP_ITERS, s.WEIGHT_DECAY, s.MOMENTUM, size, epochs,
+            "Effective schedule: %d worker(s) x %d image(s) = batch %d, base lr %g, %d iterations "
+            "(starting at %d), lr steps %s, warmup %d, weight decay %g, momentum %g; %s training "
+            "images = %s epochs (REFERENCE_WORLD_SIZE=%d)",
+            world, s.IMS_PER_BATCH // max(world, 1), s.IMS_PER_BATCH, base_lr, s.MAX_ITER,
+            self.start_iter, list(s.STEPS), s.WARMUP_ITERS, s.WEIGHT_DECAY, s.MOMENTUM, size, epochs,
             s.REFERENCE_WORLD_SIZE,
         )
+        if not math.isclose(base_lr, s.BASE_LR, rel_tol=1e-9):
+            logger.warning(
+                "Resumed from iteration %d: the checkpoint's scheduler state keeps base lr %g; "
+                "SOLVER.BASE_LR = %g is NOT in effect (detectron2 restores the scheduler on "
+                "--resume). To train with a new lr, start a new OUTPUT_DIR with MODEL.WEIGHTS set "
+                "to the checkpoint.", self.start_iter, base_lr, s.BASE_LR,
+            )
         log_inference_settings(self.cfg)
 
 
@@ -159,22 +236,31 @@ def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
 
     The same dict is written to ``OUTPUT_DIR/results.json`` by the main process.
     """
-    check_datasets(cfg)
     start = time.perf_counter()
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
     start_iter = trainer.start_iter
-    trainer.train()
-    eval_results = getattr(trainer, "_last_eval_results", None) or {}
-    payload = {
-        "metrics": _flatten_results(_by_dataset(cfg, eval_results)),
-        "iterations": trainer.max_iter - start_iter,
+    payload: Dict[str, Any] = {
         "max_iter": trainer.max_iter,
         "resumed_from_iter": start_iter,
-        "train_wall_time_s": time.perf_counter() - start,
         "output_dir": cfg.OUTPUT_DIR,
         "world_size": comm.get_world_size(),
     }
+    try:
+        trainer.train()
+    except BaseException as e:  # a late failure (e.g. in evaluation) keeps what was computed
+        payload.update({"error": f"{type(e).__name__}: {e}", "iterations": trainer.iter - start_iter,
+                        "train_wall_time_s": time.perf_counter() - start})
+        _write_results(cfg, payload)
+        raise
+    eval_results = getattr(trainer, "_last_eval_results", None) or {}
+    if cfg.TEST.EXPECTED_RESULTS and comm.is_main_process():
+        verify_results(cfg, eval_results)
+    payload.update({
+        "metrics": _flatten_results(_by_dataset(cfg, eval_results)),
+        "iterations": trainer.max_iter - start_iter,
+        "train_wall_time_s": time.perf_counter() - start,
+    })
     _write_results(cfg, payload)
     return payload
 
@@ -196,6 +282,8 @@ def evaluate(cfg: CfgNode, weights: Optional[str] = None) -> Dict[str, Any]:
     )
     start = time.perf_counter()
     results = Trainer.test(cfg, model)
+    if cfg.TEST.EXPECTED_RESULTS and comm.is_main_process():
+        verify_results(cfg, results)
     payload = {
         "metrics": _flatten_results(_by_dataset(cfg, results)),
         "weights": weights or cfg.MODEL.WEIGHTS,

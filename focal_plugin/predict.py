@@ -1,17 +1,30 @@
-"""Run a trained model on image files: pictures with boxes drawn and COCO-format detections."""
+"""Run a trained model on image files: pictures with boxes drawn and COCO-format detections.
+
+One prediction loop (:class:`Predictor`) serves ``tools/predict.py`` and the demo. It feeds the
+model exactly what the evaluation loader feeds it: detectron2's test-time ``DatasetMapper``
+(``read_image`` in ``INPUT.FORMAT``, EXIF orientation, ``ResizeShortestEdge``), so the colour order
+and size are those of evaluation whatever ``INPUT.FORMAT`` is.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultPredictor
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data.detection_utils import convert_image_to_rgb, read_image
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -34,30 +47,69 @@ def list_images(inputs: Sequence[str]) -> List[str]:
     return files
 
 
-def _metadata(cfg: CfgNode):
+def dataset_category_ids(cfg: CfgNode) -> Tuple[Any, Optional[List[int]]]:
+    """(metadata, contiguous index -> dataset category id) of the dataset results are written for
+    (``DATASETS.TEST[0]``, else ``DATASETS.TRAIN[0]``).
+
+    detectron2 puts the id mapping into the metadata only when the dataset is loaded, so an
+    unknown mapping is obtained by loading the dataset. ``None`` when the dataset has no ids
+    other than the contiguous indices (or no dataset is named): the ids written are then the
+    model's class indices, and callers say so.
+    """
     names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
-    return MetadataCatalog.get(names[0]) if names else MetadataCatalog.get("__unused")
+    if not names:
+        return MetadataCatalog.get("__focal_plugin_no_dataset"), None
+    name = names[0]
+    metadata = MetadataCatalog.get(name)
+    if not metadata.get("thing_dataset_id_to_contiguous_id") and name in DatasetCatalog.list():
+        DatasetCatalog.get(name)  # loading a COCO json sets the mapping
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    if not mapping:
+        return metadata, None
+    to_dataset = {v: k for k, v in mapping.items()}
+    return metadata, [to_dataset[i] for i in range(len(to_dataset))]
 
 
-def instances_to_coco(instances, image_id: Any, file_name: str, metadata) -> List[Dict[str, Any]]:
-    """Detections of one image as COCO result records (bbox XYWH, dataset category ids)."""
-    boxes = instances.pred_boxes.tensor.numpy().copy()
-    boxes[:, 2:] -= boxes[:, :2]
-    to_dataset_id = {v: k for k, v in metadata.get("thing_dataset_id_to_contiguous_id", {}).items()}
-    classes = metadata.get("thing_classes", None)
-    out = []
-    for box, score, cls in zip(boxes.tolist(), instances.scores.tolist(), instances.pred_classes.tolist()):
-        rec = {
-            "image_id": image_id,
-            "file_name": file_name,
-            "category_id": to_dataset_id.get(cls, cls),
-            "bbox": [round(v, 2) for v in box],
-            "score": round(score, 5),
-        }
-        if classes is not None and cls < len(classes):
-            rec["category_name"] = classes[cls]
-        out.append(rec)
-    return out
+class Predictor:
+    """``cfg.MODEL.WEIGHTS`` in eval mode, fed through the test ``DatasetMapper``.
+
+    ``predictor(file_name) -> (RGB uint8 image as read, Instances on the CPU)``; an unreadable
+    file raises ``OSError``/``ValueError`` naming it.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg).eval()
+        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.mapper = DatasetMapper(self.cfg, is_train=False)
+
+    def inputs(self, file_name: str) -> Dict[str, Any]:
+        """The model input of one file, exactly as the evaluation loader builds it."""
+        try:
+            return self.mapper({"file_name": file_name})
+        except Exception as e:  # PIL's errors do not always say which file
+            raise OSError(f"cannot read image file {file_name}: {type(e).__name__}: {e}") from e
+
+    @torch.no_grad()
+    def __call__(self, file_name: str) -> Tuple[np.ndarray, Instances]:
+        inputs = self.inputs(file_name)
+        instances = self.model([inputs])[0]["instances"].to("cpu")
+        rgb = convert_image_to_rgb(read_image(file_name, format=self.cfg.INPUT.FORMAT), self.cfg.INPUT.FORMAT)
+        return rgb, instances
+
+
+def draw(rgb: np.ndarray, instances: Instances, metadata, score_thresh: float,
+         scale: float = 1.0) -> np.ndarray:
+    """RGB picture of the detections scoring at least ``score_thresh``."""
+    vis = Visualizer(np.ascontiguousarray(rgb), metadata, scale=scale)
+    return vis.draw_instance_predictions(instances[instances.scores >= score_thresh]).get_image()
+
+
+def _write_json(path: str, payload: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f)
+    os.replace(tmp, path)
 
 
 def predict(
@@ -67,33 +119,55 @@ def predict(
     score_thresh: float = 0.3,
     max_pictures: int | None = None,
 ) -> Dict[str, Any]:
-    """Detect objects in ``inputs`` with ``cfg.MODEL.WEIGHTS``.
+    """Detect objects in ``inputs`` (files and folders) with ``cfg.MODEL.WEIGHTS``.
 
     Writes ``output_dir/<image name>`` (boxes scoring >= ``score_thresh`` drawn) and
-    ``output_dir/detections.json`` (all detections, COCO result format). Returns a summary dict.
+    ``output_dir/detections.json``: COCO result records (XYWH boxes, the dataset's category ids,
+    see :func:`dataset_category_ids`) plus ``file_name``/``category_name``. An unreadable input is
+    skipped and listed (``skipped`` in the summary, with the reason); ``detections.json`` is
+    written even when a later image fails, with everything computed before. Returns a summary.
     """
+    import cv2
+
     files = list_images(inputs)
     os.makedirs(output_dir, exist_ok=True)
-    predictor = DefaultPredictor(cfg)
-    metadata = _metadata(cfg)
+    predictor = Predictor(cfg)
+    metadata, to_dataset_id = dataset_category_ids(cfg)
+    classes = metadata.get("thing_classes", None)
     records: List[Dict[str, Any]] = []
-    pictures = []
-    for i, path in enumerate(files):
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"cannot read image file {path}")
-        if cfg.INPUT.FORMAT == "RGB":
-            image = image[:, :, ::-1]
-        instances = predictor(image)["instances"].to("cpu")
-        records.extend(instances_to_coco(instances, i, os.path.basename(path), metadata))
-        if max_pictures is None or len(pictures) < max_pictures:
-            rgb = image if cfg.INPUT.FORMAT == "RGB" else image[:, :, ::-1]
-            vis = Visualizer(np.ascontiguousarray(rgb), metadata)
-            drawn = vis.draw_instance_predictions(instances[instances.scores >= score_thresh])
-            out_path = os.path.join(output_dir, os.path.basename(path))
-            cv2.imwrite(out_path, drawn.get_image()[:, :, ::-1])
-            pictures.append(out_path)
+    pictures: List[str] = []
+    skipped: List[Dict[str, str]] = []
     json_path = os.path.join(output_dir, "detections.json")
-    with open(json_path, "w") as f:
-        json.dump(records, f)
-    return {"images": len(files), "detections": len(records), "json": json_path, "pictures": pictures}
+    try:
+        for image_id, (path, rgb, instances) in enumerate(_predict_files(predictor, files, skipped)):
+            for rec in instances_to_coco_json(instances, image_id):
+                cls = rec["category_id"]
+                rec["category_id"] = to_dataset_id[cls] if to_dataset_id else cls
+                rec["file_name"] = os.path.basename(path)
+                if classes is not None and cls < len(classes):
+                    rec["category_name"] = classes[cls]
+                records.append(rec)
+            if max_pictures is None or len(pictures) < max_pictures:
+                out_path = os.path.join(output_dir, os.path.basename(path))
+                cv2.imwrite(out_path, draw(rgb, instances, metadata, score_thresh)[:, :, ::-1])
+                pictures.append(out_path)
+    finally:
+        _write_json(json_path, records)  # never lose what was computed
+    for s in skipped:
+        logger.warning("skipped unreadable input %s (%s)", s["file"], s["reason"])
+    return {
+        "images": len(files) - len(skipped), "detections": len(records), "json": json_path,
+        "pictures": pictures, "skipped": skipped,
+        "category_ids": "dataset" if to_dataset_id else "model class indices (the dataset has no other ids)",
+    }
+
+
+def _predict_files(predictor: Predictor, files: Sequence[str],
+                   skipped: List[Dict[str, str]]) -> Iterator[Tuple[str, np.ndarray, Instances]]:
+    for path in files:
+        try:
+            rgb, instances = predictor(path)
+        except OSError as e:
+            skipped.append({"file": path, "reason": str(e)})
+            continue
+        yield path, rgb, instances

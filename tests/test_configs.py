@@ -72,3 +72,37 @@ def test_get_config_file_errors_name_the_path():
     assert get_config_file("configs/mini/smoke_tiny.yaml") == get_config_file("mini/smoke_tiny.yaml")
     with pytest.raises(FileNotFoundError, match="mini/nope.yaml"):
         get_config_file("mini/nope.yaml")
+
+
+def test_wheel_ships_the_configs_and_an_installed_copy_finds_them(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", root, "--no-deps", "--no-build-isolation",
+                            "-q", "-w", str(tmp_path / "dist")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = glob.glob(str(tmp_path / "dist" / "focal_plugin-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for rel in YAMLS:
+        assert f"focal_plugin/configs/{rel}" in names, rel
+    assert "focal_plugin/configs/lazy/focal_retinanet_R_50_FPN_600_90k.py" in names
+    target = tmp_path / "site"
+    inst = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                           wheel], capture_output=True, text=True)
+    assert inst.returncode == 0, inst.stderr[-3000:]
+    code = ("import focal_plugin\n"
+            "from focal_plugin.demo import DEFAULT_CONFIG\n"
+            "from focal_plugin.configs import resolve_config_file\n"
+            "from focal_plugin.engine import setup_cfg\n"
+            "path = resolve_config_file(DEFAULT_CONFIG)\n"
+            "setup_cfg(path)\n"
+            "print(focal_plugin.__file__)\n"
+            "print(path)\n")
+    env = dict(os.environ, PYTHONPATH=str(target))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                         env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    plugin_file, config_path = out.stdout.strip().splitlines()[-2:]
+    assert plugin_file.startswith(str(target)) and config_path.startswith(str(target))

@@ -185,6 +185,13 @@ class FocalRetinaNet(RetinaNet):
                 f"produce (it has {sorted(backbone_shape)})"
             )
         feature_shapes = [backbone_shape[f] for f in retina.IN_FEATURES]
+        channels = {f: backbone_shape[f].channels for f in retina.IN_FEATURES}
+        if len(set(channels.values())) != 1:  # the head's convs are shared across levels
+            raise ValueError(
+                f"cfg.MODEL.BACKBONE.NAME = {cfg.MODEL.BACKBONE.NAME!r} gives the levels of "
+                f"cfg.MODEL.RETINANET.IN_FEATURES different channel counts {channels}; the RetinaNet "
+                "head is shared across levels and needs one channel count (e.g. an FPN's OUT_CHANNELS)"
+            )
         head_keys = ("MODEL.FOCAL.BIAS_INIT", "MODEL.FOCAL.PRIOR_PROB", "MODEL.RETINANET.NUM_CLASSES")
         with config_keys(cfg, *head_keys):
             head = FocalRetinaNetHead(cfg, feature_shapes)

@@ -1,0 +1,74 @@
+"""Checkpoints that are never poisoned and never half-written.
+
+``SafeCheckpointer`` is detectron2's ``DetectionCheckpointer`` with two rules for every save
+(periodic, final, manual): the model state (parameters **and** buffers, e.g. BatchNorm
+statistics) must be finite, else ``FloatingPointError`` names the first offending tensor and
+nothing is written, so ``last_checkpoint`` keeps naming the last finite checkpoint; and files are
+written to a temporary name and renamed, so a kill during a save never leaves a file that
+``last_checkpoint`` points to but that cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+
+def first_non_finite(module: torch.nn.Module) -> Optional[str]:
+    """Name of the first parameter or buffer of ``module`` holding a NaN/Inf, else None.
+
+    One host sync for the whole model (a stacked check), then a search only when something is bad.
+    """
+    tensors = [(n, t) for n, t in module.state_dict().items() if t.is_floating_point() and t.numel()]
+    if not tensors:
+        return None
+    flags = torch.stack([torch.isfinite(t).all() for _, t in tensors])
+    if bool(flags.all()):
+        return None
+    return tensors[int((~flags).nonzero()[0])][0]
+
+
+def _atomic_write(path: str, write: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that refuses non-finite model state and writes atomically."""
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        bad = first_non_finite(self.model)
+        if bad is not None:
+            iteration = kwargs.get("iteration")
+            raise FloatingPointError(
+                f"model state is not finite: '{bad}' holds NaN/Inf"
+                + (f" after iteration {iteration}" if iteration is not None else "")
+                + f"; checkpoint '{name}' was NOT written. Every checkpoint written before is finite "
+                "and last_checkpoint names the last of them (lower SOLVER.BASE_LR or enable "
+                "SOLVER.CLIP_GRADIENTS)."
+            )
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        _atomic_write(path, lambda tmp: torch.save(data, tmp))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.write(last_filename_basename)
+
+        _atomic_write(os.path.join(self.save_dir, "last_checkpoint"), write)
