@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
 import sys
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +64,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-imbalance", action="store_true", help="skip the class-imbalance section")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per cell)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every cell")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.only:  # `--only a b KEY VALUE`: the overrides after the rows are overrides, not rows
+        for i, item in enumerate(args.only):
+            if re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", item):
+                args.opts = args.only[i:] + args.opts
+                args.only = args.only[:i]
+                break
+    return args
 
 
 def _submitit_params(items):

@@ -1,0 +1,624 @@
+"""The ablation runner (focal_plugin.ablation, tools/ablate.py): specs, resumable runs, reports.
+
+Runner logic is tested with a fake training function (no detectron2 training): in this process
+(``workers=0``) or, for the process-level tests (SIGKILL, two runners, pinned workers, submitit's
+local executor), as ``fake_trainer:train`` imported by the cell processes from a temporary
+folder on PYTHONPATH. Real tiny trainings are in test_ablation_e2e.py (slow).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from focal_plugin.ablation import (
+    LockHeld,
+    PlanMismatch,
+    Runner,
+    SpecError,
+    core_shares,
+    list_specs,
+    load_spec,
+)
+from focal_plugin.ablation.cell import divergence_iteration
+from focal_plugin.anchors import anchor_sizes
+from focal_plugin.engine import setup_cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ABLATE = os.path.join(ROOT, "tools", "ablate.py")
+
+# ------------------------------------------------------------------------------ fake training
+FAKE_TRAINER = '''
+import os, time
+
+def train(config_file, opts, resume, num_gpus=1):
+    """Pretends to train: AP = 100 * MODEL.FOCAL.ALPHA + SEED / 5; one 'checkpoint' per step."""
+    o = dict(zip(opts[::2], opts[1::2]))
+    out, seed = o["OUTPUT_DIR"], int(o["SEED"])
+    iters = int(o.get("SOLVER.MAX_ITER", 6))
+    delay = float(os.environ.get("FAKE_TRAIN_DELAY", "0"))
+    # FAKE_TRAIN_GATE=row:path: that row's cells wait at iteration 3 until the file exists
+    gate_row, _, gate = os.environ.get("FAKE_TRAIN_GATE", "").partition(":")
+    ckpt = os.path.join(out, "last_checkpoint")
+    start = int(open(ckpt).read()) if resume and os.path.exists(ckpt) else 0
+    with open(os.path.join(out, "calls.log"), "a") as f:
+        f.write(f"{start}\\n")
+    for it in range(start, iters):
+        time.sleep(delay)
+        while gate and gate_row in out.split(os.sep) and it >= 3 and not os.path.exists(gate):
+            time.sleep(0.1)
+        if o.get("MODEL.FOCAL.BIAS_INIT") == "zero" and it == 3:
+            raise FloatingPointError(f"FocalRetinaNet: loss_cls = nan at iteration {it} (fake)")
+        with open(ckpt + ".tmp", "w") as f:
+            f.write(str(it + 1))
+        os.replace(ckpt + ".tmp", ckpt)
+    ap = 100 * float(o.get("MODEL.FOCAL.ALPHA", 0.25)) + seed / 5
+    return {"metrics": {"fake_val": {"bbox": {"AP": ap, "AP50": ap + 10, "AP75": ap - 1,
+                                               "AP-cls0": 1.0}}},
+            "iterations": iters - start, "max_iter": iters, "resumed_from_iter": start}
+'''
+
+TEST_SPEC = """\
+title: "Test table: fake α sweep"
+source: "fake"
+columns: [α]
+metrics: [AP, AP50, AP75]
+scales:
+  mini: {base: mini/smoke_tiny.yaml}
+  paper: {base: paper/retinanet_R_50_FPN_600_90k.yaml}
+rows:
+  - {id: a25, settings: {α: ".25"}, overrides: {MODEL.FOCAL.ALPHA: 0.25},
+     paper: {AP: 10.8, AP50: 16.0, AP75: 11.7}}
+  - {id: a75, settings: {α: ".75"}, overrides: {MODEL.FOCAL.ALPHA: 0.75},
+     paper: {AP: 31.1, AP50: 49.4, AP75: 33.0}}
+  - {id: zero, settings: {α: "zero init"}, overrides: {MODEL.FOCAL.BIAS_INIT: zero}, paper_note: diverges}
+claims:
+  - {text: "α = .75 beats α = .25", type: better, row: a75, than: a25, metric: AP}
+  - {text: "the best α is .75", type: best, row: a75, metric: AP}
+  - {text: "zero init diverges", type: diverges, row: zero}
+  - {text: "α = .25 trains", type: converges, row: a25}
+"""
+
+
+def fake_train(config_file, opts, resume, num_gpus=1):
+    namespace: dict = {}
+    exec(FAKE_TRAINER, namespace)  # noqa: S102  (the same code the cell processes import)
+    return namespace["train"](config_file, opts, resume, num_gpus)
+
+
+@pytest.fixture
+def fake_env(tmp_path, monkeypatch):
+    """A folder with fake_trainer.py on PYTHONPATH (for cell processes) and a test spec."""
+    mod = tmp_path / "fakepath"
+    mod.mkdir()
+    (mod / "fake_trainer.py").write_text(FAKE_TRAINER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(mod), ROOT, os.environ.get("PYTHONPATH", "")]))
+    spec = tmp_path / "fake_table.yaml"
+    spec.write_text(TEST_SPEC)
+    return {"spec": str(spec), "out": str(tmp_path / "out"), "tmp": tmp_path}
+
+
+def _status(out, row, seed=0, spec="fake_table"):
+    with open(os.path.join(out, spec, "mini", row, f"seed{seed}", "status.json")) as f:
+        return json.load(f)
+
+
+def _calls(out, row, seed=0, spec="fake_table"):
+    with open(os.path.join(out, spec, "mini", row, f"seed{seed}", "calls.log")) as f:
+        return [int(x) for x in f.read().split()]
+
+
+# ----------------------------------------------------------------------------------- specs
+@pytest.mark.parametrize("name", list_specs())
+def test_shipped_specs_resolve_at_both_scales(name):
+    spec = load_spec(name)
+    assert spec.claims, f"{name}: every table states the paper's claims"
+    for scale in ("paper", "mini"):  # resolving merges every override into the row's config
+        rows = spec.resolve(scale)
+        assert [r.id for r in rows] == spec.row_ids
+
+
+def _bad_spec(tmp_path, mutate):
+    import yaml
+
+    raw = yaml.safe_load(TEST_SPEC)
+    mutate(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    return str(path)
+
+
+@pytest.mark.parametrize("mutate, row, words", [
+    (lambda r: r.update(colums=["x"]), None, "unknown key(s) ['colums']"),
+    (lambda r: r["rows"][1].update(overide={}), "a75", "unknown key(s) ['overide']"),
+    (lambda r: r["rows"][1]["overrides"].update({"MODEL.FOCAL.GAMA": 2.0}), "a75",
+     "'MODEL.FOCAL.GAMA' is not a config key"),
+    (lambda r: r["rows"][0]["overrides"].update({"MODEL.FOCAL.GAMMA": "high"}), "a25", "MODEL.FOCAL.GAMMA"),
+    (lambda r: r["rows"][0]["paper"].update(APs=1.0), "a25", "'APs', which is not one of the spec's metrics"),
+    (lambda r: r["rows"][0]["settings"].update(γ="2"), "a25", "must name exactly the columns"),
+    (lambda r: r["rows"].append(dict(r["rows"][0])), "a25", "duplicate row id"),
+    (lambda r: r["claims"].append({"text": "x", "type": "better", "row": "a75", "than": "nope",
+                                   "metric": "AP"}), None, "claim #5 refers to row 'nope'"),
+    (lambda r: r["claims"].append({"text": "x", "type": "similar", "row": "a75", "to": "a25"}), None,
+     "claim #5 (similar) is missing ['metric', 'tol']"),
+    (lambda r: r["scales"]["mini"].update(base="mini/nope.yaml"), None,
+     "base config 'mini/nope.yaml' not found"),
+    (lambda r: r["rows"][0]["overrides"].update({"SEED": 3}), "a25", "set by the runner per cell"),
+])
+def test_spec_errors_name_the_file_and_row(tmp_path, mutate, row, words):
+    path = _bad_spec(tmp_path, mutate)
+    with pytest.raises(SpecError) as info:
+        load_spec(path).resolve("mini")
+    message = str(info.value)
+    assert message.startswith(path), message
+    assert words in message, message
+    if row is not None:
+        assert f"row {row!r}" in message, message
+
+
+def test_command_line_override_errors_are_named(fake_env):
+    spec = load_spec(fake_env["spec"])
+    with pytest.raises(SpecError, match="command-line override"):
+        spec.resolve("mini", extra_opts=["SOLVER.NOPE", "1"])
+
+
+# The paper's tables as PAPER.md states them (settings columns, then the metrics in spec order).
+PAPER_TABLES = {
+    "table1a": """
+| .10 | 0.0 | 0.0 | 0.0 |
+| .25 | 10.8 | 16.0 | 11.7 |
+| .50 | 30.2 | 46.7 | 32.8 |
+| .75 | 31.1 | 49.4 | 33.0 |
+| .90 | 30.8 | 49.7 | 32.3 |
+| .99 | 28.7 | 47.4 | 29.9 |
+| .999 | 25.1 | 41.7 | 26.1 |""",
+    "table1b": """
+| 0 | .75 | 31.1 | 49.4 | 33.0 |
+| 0.1 | .75 | 31.4 | 49.9 | 33.1 |
+| 0.2 | .75 | 31.9 | 50.7 | 33.4 |
+| 0.5 | .50 | 32.9 | 51.7 | 35.2 |
+| 1.0 | .25 | 33.7 | 52.0 | 36.2 |
+| 2.0 | .25 | 34.0 | 52.5 | 36.5 |
+| 5.0 | .25 | 32.2 | 49.6 | 34.8 |""",
+    "table1c": """
+| 1 | 1 | 30.3 | 49.0 | 31.8 |
+| 2 | 1 | 31.9 | 50.0 | 34.0 |
+| 3 | 1 | 31.8 | 49.4 | 33.7 |
+| 1 | 3 | 32.4 | 52.3 | 33.9 |
+| 2 | 3 | 34.2 | 53.1 | 36.5 |
+| 3 | 3 | 34.0 | 52.5 | 36.5 |
+| 4 | 3 | 33.8 | 52.1 | 36.2 |""",
+    "table1d": """
+| OHEM | 128 | .7 | 31.1 | 47.2 | 33.2 |
+| OHEM | 256 | .7 | 31.8 | 48.8 | 33.9 |
+| OHEM | 512 | .7 | 30.6 | 47.0 | 32.6 |
+| OHEM | 128 | .5 | 32.8 | 50.3 | 35.1 |
+| OHEM | 256 | .5 | 31.0 | 47.4 | 33.0 |
+| OHEM | 512 | .5 | 27.6 | 42.0 | 29.2 |
+| OHEM 1:3 | 128 | .5 | 31.1 | 47.2 | 33.2 |
+| OHEM 1:3 | 256 | .5 | 28.3 | 42.4 | 30.3 |
+| OHEM 1:3 | 512 | .5 | 24.0 | 35.5 | 25.8 |
+| FL | n/a | n/a | 36.0 | 54.9 | 38.7 |""",
+    "table1e": """
+| 50 | 400 | 30.5 | 47.8 | 32.7 | 11.2 | 33.8 | 46.1 | 64 |
+| 50 | 500 | 32.5 | 50.9 | 34.8 | 13.9 | 35.8 | 46.7 | 72 |
+| 50 | 600 | 34.3 | 53.2 | 36.9 | 16.2 | 37.4 | 47.4 | 98 |
+| 50 | 700 | 35.1 | 54.2 | 37.7 | 18.0 | 39.3 | 46.4 | 121 |
+| 50 | 800 | 35.7 | 55.0 | 38.5 | 18.9 | 38.9 | 46.3 | 153 |
+| 101 | 400 | 31.9 | 49.5 | 34.1 | 11.6 | 35.8 | 48.5 | 81 |
+| 101 | 500 | 34.4 | 53.1 | 36.8 | 14.7 | 38.5 | 49.1 | 90 |
+| 101 | 600 | 36.0 | 55.2 | 38.7 | 17.4 | 39.6 | 49.7 | 122 |
+| 101 | 700 | 37.1 | 56.6 | 39.8 | 19.1 | 40.6 | 49.4 | 154 |
+| 101 | 800 | 37.8 | 57.5 | 40.8 | 20.2 | 41.1 | 49.2 | 198 |""",
+    "table3": """
+| CE | – | – | 31.1 | 49.4 | 33.0 |
+| FL | 2.0 | – | 34.0 | 52.5 | 36.5 |
+| FL* | 2.0 | 1.0 | 33.8 | 52.7 | 36.3 |
+| FL* | 4.0 | 0.0 | 33.9 | 51.8 | 36.4 |""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TABLES))
+def test_dry_run_lists_exactly_the_papers_rows(name, tmp_path):
+    spec = load_spec(name)
+    expected = [[c.strip() for c in line.strip().strip("|").split("|")]
+                for line in PAPER_TABLES[name].strip().splitlines()]
+    k = len(spec.columns)
+    runner = Runner(spec, "paper", str(tmp_path))
+    rows = runner.all_rows
+    assert len(rows) == len(expected)
+    for row, want in zip(rows, expected):
+        assert [str(row.settings[c]) for c in spec.columns] == want[:k], row.id
+        assert [row.paper[m] for m in spec.metrics] == [float(x) for x in want[k:]], row.id
+    text = runner.dry_run()
+    cell_lines = [line for line in text.splitlines() if line.startswith("[")]
+    assert [line.split()[2] for line in cell_lines] == [f"{r.id}/seed0" for r in rows]
+    assert text.count("python train_net.py --config-file") == len(rows)
+    assert not os.path.exists(tmp_path / name), "a dry run writes nothing"
+
+
+def test_other_specs_hold_the_papers_numbers():
+    init = {r.id: r for r in Runner(load_spec("init"), "paper", "/nonexistent").all_rows}
+    assert init["ce_prior"].paper["AP"] == 30.2 and init["ce_zero"].paper_note == "diverges"
+    fig7 = {r.id: r for r in load_spec("fig7_focal_star").resolve("paper")}
+    assert fig7["g2_b1"].paper == {"AP": 33.8, "AP50": 52.7, "AP75": 36.3}
+    assert fig7["g4_b0"].paper == {"AP": 33.9, "AP50": 51.8, "AP75": 36.4}
+    assert fig7["fl"].paper["AP"] == 34.0
+    head = {r.id: r for r in load_spec("table2_headline").resolve("paper")}
+    assert [head["retinanet"].paper[m] for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")] == \
+        [39.1, 59.1, 42.3, 21.8, 42.7, 50.2]
+
+
+# ------------------------------------------------------------- paper-scale settings (PAPER.md)
+R50_600 = {
+    "MODEL.META_ARCHITECTURE": "FocalRetinaNet",
+    "MODEL.RESNETS.DEPTH": 50,
+    "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+    "MODEL.RESNETS.OUT_FEATURES": ["res3", "res4", "res5"],
+    "MODEL.FPN.OUT_CHANNELS": 256,
+    "MODEL.RETINANET.IN_FEATURES": ["p3", "p4", "p5", "p6", "p7"],
+    "MODEL.RETINANET.NUM_CONVS": 4,
+    "MODEL.RETINANET.NUM_CLASSES": 80,
+    "MODEL.RETINANET.IOU_THRESHOLDS": [0.4, 0.5],
+    "MODEL.RETINANET.IOU_LABELS": [0, -1, 1],
+    "MODEL.RETINANET.SMOOTH_L1_LOSS_BETA": 0.11,
+    "MODEL.RETINANET.SCORE_THRESH_TEST": 0.05,
+    "MODEL.RETINANET.TOPK_CANDIDATES_TEST": 1000,
+    "MODEL.RETINANET.NMS_THRESH_TEST": 0.5,
+    "MODEL.ANCHOR_GENERATOR.SIZES": anchor_sizes(3, (32, 64, 128, 256, 512)),
+    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [[0.5, 1.0, 2.0]],
+    "MODEL.FOCAL.LOSS": "sigmoid_focal",
+    "MODEL.FOCAL.GAMMA": 2.0,
+    "MODEL.FOCAL.ALPHA": 0.25,
+    "MODEL.FOCAL.PRIOR_PROB": 0.01,
+    "MODEL.FOCAL.BIAS_INIT": "prior",
+    "MODEL.FOCAL.NORMALIZER": "num_pos",
+    "MODEL.FOCAL.OHEM.ENABLED": False,
+    "SOLVER.IMS_PER_BATCH": 16,
+    "SOLVER.REFERENCE_WORLD_SIZE": 8,
+    "SOLVER.BASE_LR": 0.01,
+    "SOLVER.STEPS": [60000, 80000],
+    "SOLVER.MAX_ITER": 90000,
+    "SOLVER.WEIGHT_DECAY": 0.0001,
+    "SOLVER.MOMENTUM": 0.9,
+    "INPUT.MIN_SIZE_TRAIN": [600],
+    "INPUT.MIN_SIZE_TEST": 600,
+    "INPUT.RANDOM_FLIP": "horizontal",
+    "DATASETS.TRAIN": ["coco_2017_train"],
+    "DATASETS.TEST": ["coco_2017_val"],
+}
+R101 = {"MODEL.RESNETS.DEPTH": 101, "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-101.pkl"}
+OHEM = {"MODEL.FOCAL.LOSS": "sigmoid_ce", "MODEL.FOCAL.ALPHA": -1.0, "MODEL.FOCAL.OHEM.ENABLED": True}
+
+
+def _paper_rows():
+    """Per (spec, row): PAPER.md's settings for that row (key -> value)."""
+    out = {}
+    for a in ("10", "25", "50", "75", "90", "99", "999"):
+        out["table1a", f"alpha_.{a}"] = {"MODEL.FOCAL.LOSS": "sigmoid_ce",
+                                         "MODEL.FOCAL.ALPHA": float("." + a)}
+    for g, a in (("0", .75), ("0.1", .75), ("0.2", .75), ("0.5", .5), ("1.0", .25), ("2.0", .25),
+                 ("5.0", .25)):
+        out["table1b", f"gamma_{g}"] = {"MODEL.FOCAL.GAMMA": float(g), "MODEL.FOCAL.ALPHA": a}
+    for sc, ar in ((1, 1), (2, 1), (3, 1), (1, 3), (2, 3), (3, 3), (4, 3)):
+        out["table1c", f"sc{sc}_ar{ar}"] = {
+            "MODEL.ANCHOR_GENERATOR.SIZES": [[b * 2 ** (k / sc) for k in range(sc)]
+                                             for b in (32, 64, 128, 256, 512)],
+            "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [[1.0]] if ar == 1 else [[0.5, 1.0, 2.0]]}
+    for b, t, frac, rid in [(b, t, -1.0, f"ohem_{b}_nms{t}") for t in (7, 5) for b in (128, 256, 512)] + \
+            [(b, 5, 0.25, f"ohem13_{b}_nms5") for b in (128, 256, 512)]:
+        out["table1d", rid] = {**R101, **OHEM, "MODEL.FOCAL.OHEM.BATCH_SIZE_PER_IMAGE": b,
+                               "MODEL.FOCAL.OHEM.NMS_THRESH": t / 10,
+                               "MODEL.FOCAL.OHEM.POSITIVE_FRACTION": frac}
+    out["table1d", "fl"] = dict(R101)
+    for d in (50, 101):
+        for s in (400, 500, 600, 700, 800):
+            row = {"MODEL.RESNETS.DEPTH": d, "INPUT.MIN_SIZE_TRAIN": [s], "INPUT.MIN_SIZE_TEST": s,
+                   "MODEL.WEIGHTS": f"detectron2://ImageNetPretrained/MSRA/R-{d}.pkl"}
+            out["table1e", f"r{d}_{s}"] = row
+    out["table3", "ce"] = {"MODEL.FOCAL.LOSS": "sigmoid_ce", "MODEL.FOCAL.ALPHA": 0.75}
+    out["table3", "fl"] = {}
+    out["table3", "flstar_g2_b1"] = {"MODEL.FOCAL.LOSS": "sigmoid_focal_star", "MODEL.FOCAL.GAMMA": 2.0,
+                                     "MODEL.FOCAL.BETA": 1.0}
+    out["table3", "flstar_g4_b0"] = {"MODEL.FOCAL.LOSS": "sigmoid_focal_star", "MODEL.FOCAL.GAMMA": 4.0,
+                                     "MODEL.FOCAL.BETA": 0.0}
+    out["init", "ce_prior"] = {"MODEL.FOCAL.LOSS": "sigmoid_ce", "MODEL.FOCAL.ALPHA": -1.0}
+    out["init", "ce_zero"] = {"MODEL.FOCAL.LOSS": "sigmoid_ce", "MODEL.FOCAL.ALPHA": -1.0,
+                              "MODEL.FOCAL.BIAS_INIT": "zero"}
+    for g in (1.0, 2.0, 3.0, 4.0):
+        for b in (-1.0, 0.0, 1.0, 2.0):
+            out["fig7_focal_star", f"g{g:g}_b{b:g}"] = {"MODEL.FOCAL.LOSS": "sigmoid_focal_star",
+                                                        "MODEL.FOCAL.GAMMA": g, "MODEL.FOCAL.BETA": b}
+    out["fig7_focal_star", "fl"] = {}
+    return out
+
+
+def _get(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _same(a, b):
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        numbers = isinstance(a, (int, float)) and isinstance(b, (int, float))
+        return numbers and math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
+@pytest.mark.parametrize("name", ["table1a", "table1b", "table1c", "table1d", "table1e", "table3", "init",
+                                  "fig7_focal_star"])
+def test_paper_scale_configs_equal_the_papers_settings(name):
+    expected = {rid: row for (spec, rid), row in _paper_rows().items() if spec == name}
+    rows = load_spec(name).resolve("paper")
+    assert sorted(r.id for r in rows) == sorted(expected)
+    for r in rows:
+        cfg = setup_cfg(r.base, list(r.opts))
+        want = {**R50_600, **expected[r.id]}
+        bad = {k: (_get(cfg, k), v) for k, v in want.items() if not _same(_get(cfg, k), v)}
+        assert not bad, f"{name}/{r.id}: config != PAPER.md: {bad}"
+
+
+def test_paper_scale_headline_configs_share_backbone_scale_and_schedule():
+    rows = {r.id: setup_cfg(r.base, list(r.opts)) for r in load_spec("table2_headline").resolve("paper")}
+    retina, frcnn = rows["retinanet"], rows["faster_rcnn"]
+    assert retina.MODEL.META_ARCHITECTURE == "FocalRetinaNet"
+    assert frcnn.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+    # Table 2: RetinaNet-101-800, scale jitter, 1.5x longer than the 90k schedule
+    assert retina.MODEL.RESNETS.DEPTH == 101 and retina.INPUT.MIN_SIZE_TEST == 800
+    assert max(retina.INPUT.MIN_SIZE_TRAIN) == 800 and len(retina.INPUT.MIN_SIZE_TRAIN) > 1
+    assert retina.SOLVER.MAX_ITER == 1.5 * 90000 and retina.SOLVER.IMS_PER_BATCH == 16
+    for key in ("MODEL.RESNETS.DEPTH", "MODEL.WEIGHTS", "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",
+                "INPUT.MAX_SIZE_TEST", "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.IMS_PER_BATCH",
+                "DATASETS.TRAIN", "DATASETS.TEST"):
+        assert _get(retina, key) == _get(frcnn, key), key
+
+
+# -------------------------------------------------------------------------- runs (in process)
+def test_run_report_divergence_and_no_rerun(fake_env):
+    spec = load_spec(fake_env["spec"])
+    runner = Runner(spec, "mini", fake_env["out"], seeds=2, workers=0, train_fn=fake_train, progress=False,
+                    imbalance=False, log=lambda m: None)
+    summary = runner.run()
+    assert summary["states"] == {"a25/seed0": "done", "a25/seed1": "done", "a75/seed0": "done",
+                                 "a75/seed1": "done", "zero/seed0": "diverged", "zero/seed1": "diverged"}
+    st = _status(fake_env["out"], "zero")
+    assert st["diverged_at"] == 3 and "iteration 3" in st["error"]
+    assert _status(fake_env["out"], "a75", 1)["metrics"]["AP"] == pytest.approx(75.2)
+    assert "AP-cls0" not in _status(fake_env["out"], "a75", 1)["metrics"]
+
+    md = open(summary["report"]["md"]).read()
+    # the table: settings | ours (mean ± std, best in bold) | paper (best in bold) | Δ
+    assert "| α | AP | AP50 | AP75 | AP (paper) | AP50 (paper) | AP75 (paper) | ΔAP | ΔAP50 | ΔAP75 |" in md
+    assert "| .75 | **75.1 ± 0.1** | **85.1 ± 0.1** | **74.1 ± 0.1** | **31.1** | **49.4** | **33.0** | " \
+           "+44.0 | +35.7 | +41.1 |" in md
+    assert "| .25 | 25.1 ± 0.1 | 35.1 ± 0.1 | 24.1 ± 0.1 | 10.8 | 16.0 | 11.7 | +14.3 | +19.1 | +12.4 |" in md
+    assert "| zero init | diverged at iteration 3, 3 | " in md and "| diverges |" in md
+    verdicts = {c["claim"]: c["verdict"] for c in json.load(open(summary["report"]["json"]))["claims"]}
+    assert verdicts == {"α = .75 beats α = .25": "reproduced", "the best α is .75": "reproduced",
+                        "zero init diverges": "reproduced", "α = .25 trains": "reproduced"}
+    assert ("| α = .75 beats α = .25 | 31.1 vs 10.8 (Δ +20.3) | AP 75.1 ± 0.1 vs 25.1 ± 0.1 "
+            "(Δ +50.00, noise ±0.28) | **reproduced** |") in md
+    assert "## Environment" in md and "| a25/seed1 | done |" in md
+    csv_lines = open(summary["report"]["csv"]).read().splitlines()
+    assert csv_lines[0].startswith("row,α,AP_ours,AP_std,AP_n,AP_paper,AP_delta,")
+    assert csv_lines[2].startswith("a75,.75,75.100,0.141,2,31.100,44.000,")
+
+    # a second run keeps every finished cell, diverged ones included
+    again = Runner(spec, "mini", fake_env["out"], seeds=2, workers=0, train_fn=fake_train, progress=False,
+                   imbalance=False, log=lambda m: None).run()
+    assert again["skipped"] == 6 and again["ran"] == 0
+    assert _calls(fake_env["out"], "a25") == [0] and _calls(fake_env["out"], "zero") == [0]
+
+
+def test_one_seed_is_inconclusive_and_report_rebuilds(fake_env):
+    spec = load_spec(fake_env["spec"])
+    runner = Runner(spec, "mini", fake_env["out"], only=["a25", "a75"], workers=0, train_fn=fake_train,
+                    progress=False, imbalance=False, log=lambda m: None)
+    runner.run()
+    report = json.load(open(runner.report()["json"]))
+    verdicts = {c["claim"]: c["verdict"] for c in report["claims"]}
+    assert verdicts["α = .75 beats α = .25"] == "inconclusive"  # one seed: noise unknown
+    assert verdicts["zero init diverges"] == "no data"
+    zero = next(e for e in report["table"] if e["row"] == "zero")
+    assert zero["metrics"]["AP"]["ours_text"] == "not run"
+
+
+def test_interrupted_cell_resumes_failed_cell_retries_changed_plan_refused(fake_env):
+    spec = load_spec(fake_env["spec"])
+    calls = {"n": 0}
+
+    def flaky(config_file, opts, resume, num_gpus=1):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("disk full (fake)")
+        return fake_train(config_file, opts, resume, num_gpus)
+
+    kw = dict(only=["a25"], workers=0, progress=False, imbalance=False, log=lambda m: None)
+    first = Runner(spec, "mini", fake_env["out"], train_fn=flaky, **kw).run()
+    assert first["states"] == {"a25/seed0": "failed"}
+    assert "disk full" in _status(fake_env["out"], "a25")["error"]
+    # pretend the process was killed at iteration 4 of a retry: state running, checkpoint 4
+    cell = os.path.join(fake_env["out"], "fake_table", "mini", "a25", "seed0")
+    with open(os.path.join(cell, "last_checkpoint"), "w") as f:
+        f.write("4")
+    st = _status(fake_env["out"], "a25")
+    st["state"] = "running"
+    json.dump(st, open(os.path.join(cell, "status.json"), "w"))
+    runner = Runner(spec, "mini", fake_env["out"], train_fn=flaky, **kw)
+    assert "[interrupted" in runner.dry_run()
+    second = runner.run()
+    assert second["states"] == {"a25/seed0": "done"}
+    st = _status(fake_env["out"], "a25")
+    assert st["resumed"] and st["resumed_from_iter"] == 4 and st["attempts"] == 2
+    # the same folder with other settings is refused, naming the cell and the change
+    with pytest.raises(PlanMismatch, match=r"a25/seed0: opts"):
+        Runner(spec, "mini", fake_env["out"], train_fn=flaky, extra_opts=["SOLVER.MAX_ITER", "9"], **kw).run()
+
+
+def test_divergence_message_parsing():
+    assert divergence_iteration(FloatingPointError("loss_cls = nan at iteration 17 (...)")) == 17
+    assert divergence_iteration(FloatingPointError("Loss became infinite or NaN at iteration=88!")) == 88
+    spawned = RuntimeError("ProcessRaisedException: ... FloatingPointError: x at iteration 5")
+    assert divergence_iteration(spawned) == 5
+    assert divergence_iteration(FloatingPointError("no iteration stated")) == -1
+    assert divergence_iteration(RuntimeError("CUDA out of memory")) is None
+
+
+def test_core_shares():
+    assert core_shares(2, [0, 1]) == [[0], [1]]
+    assert core_shares(1, [0, 1]) == [[0, 1]]
+    assert core_shares(3, [4, 5, 6, 7, 8, 9]) == [[4, 5], [6, 7], [8, 9]]
+    assert core_shares(3, [0, 1]) == [[0], [1], [0]]
+
+
+def test_cli_dry_run_list_and_errors(capsys, tmp_path):
+    sys.path.insert(0, os.path.dirname(ABLATE))
+    try:
+        import ablate
+    finally:
+        sys.path.pop(0)
+    assert ablate.main(["--spec", "table1b", "--scale", "paper", "--dry-run",
+                        "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[pending") == 7 and "MODEL.FOCAL.GAMMA 0.1" in out
+    args = ablate.parse_args(["--spec", "table1b", "--only", "gamma_0", "gamma_2.0", "SOLVER.MAX_ITER", "3"])
+    assert args.only == ["gamma_0", "gamma_2.0"] and args.opts == ["SOLVER.MAX_ITER", "3"]
+    assert ablate.main(["--list"]) == 0
+    assert "table1e" in capsys.readouterr().out
+    assert ablate.main(["--spec", "table1b", "--only", "gamma_9", "--dry-run"]) == 2
+    assert "unknown row(s) ['gamma_9']" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- processes (fake trainer)
+def _ablate(fake_env, *args, **popen):
+    cmd = [sys.executable, ABLATE, "--spec", fake_env["spec"], "--output-dir", fake_env["out"],
+           "--train-fn", "fake_trainer:train", "--no-progress", "--no-imbalance", *args]
+    return subprocess.Popen(cmd, cwd=str(fake_env["tmp"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+def test_sigkill_mid_cell_then_resume_and_second_runner_refused(fake_env, monkeypatch):
+    """Kill the runner (SIGKILL) while it trains the second cell: the first cell is kept, the
+    second resumes from its checkpoint; meanwhile a second runner on the folder is refused."""
+    gate = fake_env["tmp"] / "release"
+    monkeypatch.setenv("FAKE_TRAIN_GATE", f"a75:{gate}")  # a75 waits at iteration 3 until released
+    out = fake_env["out"]
+    runner = _ablate(fake_env, "--only", "a25", "a75", "--workers", "1", "SOLVER.MAX_ITER", "12")
+    b_ckpt = os.path.join(out, "fake_table", "mini", "a75", "seed0", "last_checkpoint")
+    _wait_for(lambda: os.path.exists(b_ckpt) and int(open(b_ckpt).read() or 0) == 3, 300,
+              "the 2nd cell's checkpoint")
+
+    # a second runner on the same folder is refused, naming the first one
+    other = _ablate(fake_env, "--only", "a25", "a75", "SOLVER.MAX_ITER", "12")
+    text, _ = other.communicate(timeout=300)
+    assert other.returncode == 2
+    assert f"pid {runner.pid} on host" in text and "in use by another process" in text
+
+    cell_pid = _status(out, "a75")["pid"]
+    runner.send_signal(signal.SIGKILL)
+    runner.wait(timeout=60)
+    _wait_for(lambda: not _alive(cell_pid), 60, "the cell process to die with its runner")
+    assert _status(out, "a25")["state"] == "done" and _status(out, "a75")["state"] == "running"
+    killed_at = int(open(b_ckpt).read())
+    assert killed_at == 3
+    gate.write_text("")
+
+    again = _ablate(fake_env, "--only", "a25", "a75", "--workers", "2", "SOLVER.MAX_ITER", "12")
+    text, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, text
+    assert "1 finished cell(s) kept, 1 to run" in text
+    assert _calls(out, "a25") == [0]  # never rerun
+    assert _calls(out, "a75") == [0, killed_at]  # continued from its checkpoint
+    st = _status(out, "a75")
+    assert st["state"] == "done" and st["resumed_from_iter"] == killed_at and st["attempts"] == 2
+    assert len(st["device"]["cpus"]) == len(core_shares(2)[0]) and st["device"]["torch_threads"] == len(
+        st["device"]["cpus"])
+
+
+@pytest.mark.slow
+def test_submitit_local_executor(fake_env):
+    pytest.importorskip("submitit")
+    proc = _ablate(fake_env, "--launcher", "submitit", "--submitit-cluster", "local", "--seeds", "1",
+                   "--submitit-param", "timeout_min=10")
+    text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, text
+    assert "submitted 3 job(s) to local" in text
+    assert _status(fake_env["out"], "a75")["state"] == "done"
+    assert _status(fake_env["out"], "zero")["diverged_at"] == 3
+    cell = os.path.join(fake_env["out"], "fake_table", "mini", "a25", "seed0")
+    job = json.load(open(os.path.join(cell, "submitit.json")))
+    assert job["cluster"] == "local" and job["job_id"]
+
+
+def test_submitit_debug_executor(fake_env):
+    pytest.importorskip("submitit")
+    spec = load_spec(fake_env["spec"])
+    summary = Runner(spec, "mini", fake_env["out"], launcher="submitit", submitit_cluster="debug",
+                     train_fn=fake_train, progress=False, imbalance=False, poll_s=0.01,
+                     log=lambda m: None).run()
+    assert summary["states"] == {"a25/seed0": "done", "a75/seed0": "done", "zero/seed0": "diverged"}
+
+
+def test_lock_names_the_holder(tmp_path):
+    from focal_plugin.ablation.files import FileLock
+
+    held = FileLock(str(tmp_path / ".runner.lock"), what="run folder X").acquire()
+    try:
+        with pytest.raises(LockHeld) as info:
+            FileLock(str(tmp_path / ".runner.lock"), what="run folder X").acquire()
+        assert str(info.value).startswith("run folder X is in use by another process: pid "
+                                          f"{os.getpid()} on host ")
+    finally:
+        held.release()
+    FileLock(str(tmp_path / ".runner.lock")).acquire().release()  # free again once released
+
+
+def test_runner_refuses_a_folder_in_use(fake_env):
+    from focal_plugin.ablation.files import FileLock
+
+    spec = load_spec(fake_env["spec"])
+    runner = Runner(spec, "mini", fake_env["out"], workers=0, train_fn=fake_train, progress=False,
+                    imbalance=False, log=lambda m: None)
+    os.makedirs(runner.run_dir)
+    held = FileLock(os.path.join(runner.run_dir, ".runner.lock")).acquire()
+    try:
+        with pytest.raises(LockHeld) as info:
+            runner.run()
+        assert f"pid {os.getpid()}" in str(info.value) and runner.run_dir in str(info.value)
+    finally:
+        held.release()
+    assert not os.path.exists(os.path.join(runner.run_dir, "a25")), "nothing was run"
+
