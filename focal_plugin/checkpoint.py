@@ -6,6 +6,12 @@ statistics) must be finite, else ``FloatingPointError`` names the first offendin
 nothing is written, so ``last_checkpoint`` keeps naming the last finite checkpoint; and files are
 written to a temporary name and renamed, so a kill during a save never leaves a file that
 ``last_checkpoint`` points to but that cannot be loaded.
+
+Loading never runs code from a file: ``.pth`` files are read with ``torch.load(weights_only=True)``
+(tensors, numbers, strings and containers — everything detectron2's own checkpoints hold,
+optimizer and scheduler state included, on every torch version). A file whose pickle holds
+anything else is refused with an error naming the file. (detectron2's model-zoo ``.pkl`` files are
+read by detectron2's own loader, as detectron2 always does.)
 """
 
 from __future__ import annotations
@@ -41,8 +47,29 @@ def _atomic_write(path: str, write: Any) -> None:
             os.remove(tmp)
 
 
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint whose pickle holds more than tensors and plain containers (it could run code)."""
+
+
 class SafeCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` that refuses non-finite model state and writes atomically."""
+    """``DetectionCheckpointer`` that refuses non-finite model state, writes atomically and
+    loads ``.pth`` files with ``weights_only=True``."""
+
+    def _load_file(self, filename: str) -> Any:
+        if filename.endswith((".pkl", ".pyth")):
+            return super()._load_file(filename)
+        import pickle
+
+        with self.path_manager.open(filename, "rb") as f:
+            try:
+                return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+            except pickle.UnpicklingError as e:
+                raise UntrustedCheckpointError(
+                    f"refusing to load {filename}: its pickle holds objects other than tensors and "
+                    f"plain containers, and unpickling them could run code ({str(e).splitlines()[0]}). "
+                    "If you trust the file, load it yourself with torch.load(..., weights_only=False) "
+                    "and save its state_dict."
+                ) from e
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:

@@ -35,7 +35,9 @@ def collect_env_info() -> list[tuple[str, str]]:
         rows.append(("detectron2", f"not importable: {e}"))
     rows.append(("detectron2 compiled ops (_C)", "yes" if compat.has_compiled_ops() else
                  "no (pure-Python install; ops needing _C raise MissingCompiledOpError)"))
-    rows.append(("compat workarounds applied", "\n".join(compat.APPLIED) or "none"))
+    marker = os.path.join(os.path.dirname(detectron2.__file__), "_focal_plugin_repairs.txt")
+    rows.append(("detectron2 repaired by tools/install_detectron2.py",
+                 f"yes (repairs v{open(marker).read().strip()})" if os.path.isfile(marker) else "no"))
     for name in ("fvcore", "pycocotools", "cv2", "faster_coco_eval", "submitit"):
         try:
             module = __import__(name)
@@ -58,7 +60,7 @@ def collect_env_info() -> list[tuple[str, str]]:
 
 
 def format_env_info() -> str:
-    """The report as a table (also what detectron2's default_setup logs, see compat)."""
+    """The report as a table."""
     return tabulate(collect_env_info(), tablefmt="simple")
 
 

@@ -5,7 +5,8 @@ detectron2 itself (a stand-in for the compiled extension, Pillow/numpy/setuptool
 made where the environment is made, by ``tools/install_detectron2.py``, so plain detectron2
 works without this package. What remains here is decided by feature detection (never by version
 strings: upstream builds also report ``__version__ == "0.6"``) and carries a one-line reason.
-``APPLIED`` lists the process-wide ones applied in this process.
+Nothing here patches anything process-wide on import: each repair is a function or a scoped
+context that our code calls where it needs it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-APPLIED: list[str] = []
 
 
 def _compiled_ops_module() -> Any:
@@ -39,38 +39,6 @@ def has_compiled_ops() -> bool:
 
 #: What calling an op of the stand-in raises (RuntimeError where detectron2 is compiled).
 MissingCompiledOpError = getattr(_compiled_ops_module(), "MissingCompiledOpError", RuntimeError)
-
-
-def torch_load_defaults_to_weights_only() -> bool:
-    """torch >= 2.6 defaults ``torch.load(weights_only=True)``."""
-    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
-    return (major, minor) >= (2, 6)
-
-
-def load_trusted_checkpoint(f: Any) -> Any:
-    """``torch.load`` of a checkpoint the user chose to load (full unpickling, mapped to CPU)."""
-    if torch_load_defaults_to_weights_only():
-        return torch.load(f, map_location=torch.device("cpu"), weights_only=False)
-    return torch.load(f, map_location=torch.device("cpu"))
-
-
-def _trusted_checkpoint_loading() -> None:
-    # torch >= 2.6 loads with weights_only=True: detectron2 checkpoints with optimizer/scheduler
-    # state and metadata (the --resume path) then fail to load.
-    if not torch_load_defaults_to_weights_only():
-        return
-    from fvcore.common.checkpoint import Checkpointer
-
-    if getattr(Checkpointer._load_file, "_focal_trusted", False):
-        return
-
-    def _load_file(self: Checkpointer, f: str) -> dict:
-        with self.path_manager.open(f, "rb") as file:
-            return load_trusted_checkpoint(file)
-
-    _load_file._focal_trusted = True  # type: ignore[attr-defined]
-    Checkpointer._load_file = _load_file
-    APPLIED.append("fvcore Checkpointer loads trusted checkpoints with weights_only=False")
 
 
 @contextlib.contextmanager
@@ -136,7 +104,6 @@ def _cpu_worker(
 ) -> None:
     import torch.distributed as dist
 
-    apply()
     global_rank = machine_rank * num_workers_per_machine + local_rank
     dist.init_process_group(
         backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank,
@@ -193,17 +160,3 @@ def launch(
         daemon=False,
         start_method="spawn",
     )
-
-
-_applied_once = False
-
-
-def apply() -> None:
-    """Apply the process-wide workarounds still needed (idempotent). Called by ``import focal_plugin``."""
-    global _applied_once
-    if _applied_once:
-        return
-    _trusted_checkpoint_loading()
-    _applied_once = True
-    if APPLIED:
-        logger.debug("focal_plugin.compat applied: %s", "; ".join(APPLIED))

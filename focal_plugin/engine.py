@@ -14,7 +14,6 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
@@ -277,7 +276,7 @@ def evaluate(cfg: CfgNode, weights: Optional[str] = None) -> Dict[str, Any]:
     check_datasets(cfg)
     log_inference_settings(cfg)
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+    SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
         weights or cfg.MODEL.WEIGHTS, resume=False
     )
     start = time.perf_counter()

@@ -15,7 +15,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.detection_utils import convert_image_to_rgb, read_image
@@ -23,6 +22,8 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
+
+from focal_plugin.checkpoint import SafeCheckpointer
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Predictor:
     def __init__(self, cfg: CfgNode):
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
-        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        SafeCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         self.mapper = DatasetMapper(self.cfg, is_train=False)
 
     def inputs(self, file_name: str) -> Dict[str, Any]:

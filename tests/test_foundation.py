@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-import focal_plugin
 from focal_plugin import compat
 
 from helpers import make_batch, tiny_cfg
@@ -43,11 +42,37 @@ def test_missing_compiled_op_names_the_op():
         layer(torch.zeros(1, 1, 4, 4), torch.tensor([[0.0, 2.0, 2.0, 2.0, 2.0, 0.0]]))
 
 
-def test_compat_apply_is_idempotent_and_reports():
-    before = list(compat.APPLIED)
-    compat.apply()
-    importlib.reload(focal_plugin)
-    assert compat.APPLIED == before
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('FOCAL_TEST_PWNED', '/tmp/focal_pwned')}",))
+
+
+def test_importing_the_plugin_patches_no_checkpoint_loading():
+    from fvcore.common.checkpoint import Checkpointer
+
+    assert Checkpointer._load_file.__module__ == "fvcore.common.checkpoint"
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    from detectron2.modeling import build_model
+
+    from focal_plugin.checkpoint import SafeCheckpointer, UntrustedCheckpointError
+
+    flag = tmp_path / "pwned"
+    monkeypatch.setenv("FOCAL_TEST_PWNED", str(flag))
+    path = tmp_path / "evil.pth"
+    model = build_model(tiny_cfg())
+    torch.save({"model": model.state_dict(), "payload": _RunsCode()}, path)
+    with pytest.raises(UntrustedCheckpointError, match="evil.pth"):
+        SafeCheckpointer(model).load(str(path))
+    assert not flag.exists()
+    # our own checkpoints (model, optimizer, scheduler, iteration) load with weights_only=True
+    from detectron2.solver import build_lr_scheduler, build_optimizer
+
+    opt = build_optimizer(tiny_cfg(), model)
+    SafeCheckpointer(model, save_dir=str(tmp_path), optimizer=opt,
+                     scheduler=build_lr_scheduler(tiny_cfg(), opt)).save("ok", iteration=3)
+    assert SafeCheckpointer(model, optimizer=opt).load(str(tmp_path / "ok.pth"))["iteration"] == 3
 
 
 def test_pil_and_numpy_repairs_carried_by_the_installed_wheel():
