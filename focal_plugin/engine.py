@@ -106,14 +106,24 @@ def _dataset_num_classes(name: str) -> Optional[int]:
 
 
 def check_datasets(cfg: CfgNode) -> None:
-    """Every dataset's class count must match ``MODEL.RETINANET.NUM_CLASSES``, whatever was
-    loaded before (datasets whose classes are known only after loading are loaded)."""
+    """Before any expensive stage: every dataset's class count must match
+    ``MODEL.RETINANET.NUM_CLASSES``, whatever was loaded before (datasets whose classes are known
+    only after loading are loaded), and every image of the test sets must exist (evaluation
+    would otherwise fail after the whole training)."""
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         n = _dataset_num_classes(name)
         if n is not None and n != cfg.MODEL.RETINANET.NUM_CLASSES:
             raise ValueError(
                 f"dataset '{name}' has {n} classes but cfg.MODEL.RETINANET.NUM_CLASSES = "
                 f"{cfg.MODEL.RETINANET.NUM_CLASSES}; set MODEL.RETINANET.NUM_CLASSES {n}"
+            )
+    for name in cfg.DATASETS.TEST:
+        if name not in DatasetCatalog.list():
+            continue  # detectron2 names the unregistered dataset itself
+        missing = [d["file_name"] for d in DatasetCatalog.get(name) if not os.path.isfile(d["file_name"])]
+        if missing:
+            raise FileNotFoundError(
+                f"test dataset '{name}': {len(missing)} image file(s) missing, e.g. {missing[:3]}"
             )
 
 

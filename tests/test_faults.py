@@ -131,6 +131,18 @@ def test_coco_file_without_area_evaluates(tmp_path):
     assert (tmp_path / "out" / "results.json").is_file()
 
 
+def test_missing_test_images_are_reported_before_training(tmp_path):
+    name = "focal_faults_missing_image"
+    json_file = _user_coco(tmp_path / "data", name="missing")
+    (tmp_path / "data" / "2.png").unlink()
+    register_coco_instances(name, {}, str(json_file), str(tmp_path / "data"))
+    cfg = _cfg(tmp_path / "out", "DATASETS.TEST", f"('{name}',)", "MODEL.RETINANET.NUM_CLASSES", "3",
+               "DATASETS.TRAIN", f"('{name}',)")
+    with pytest.raises(FileNotFoundError, match=rf"'{name}': 1 image.*2\.png"):
+        engine.train(cfg)
+    assert not (tmp_path / "out" / "model_final.pth").exists()
+
+
 def test_a_late_failure_still_writes_what_was_computed(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("evaluation exploded")
