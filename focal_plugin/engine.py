@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from focal_plugin import compat
 from focal_plugin.checkpoint import SafeCheckpointer
 from focal_plugin.config import add_focal_config
-from focal_plugin.evaluation import FocalCOCOEvaluator
+from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
 
 logger = logging.getLogger("focal_plugin")
 
@@ -72,24 +72,22 @@ _SUPERSEDED = {
 }
 
 
-def _get(cfg: CfgNode, key: str) -> Any:
-    for part in key.split("."):
-        cfg = cfg[part]
-    return cfg
-
-
 def check_config(cfg: CfgNode) -> None:
     """Settings that cannot take effect are refused (``ValueError`` naming the key), once, when the
     config is set up: keys superseded under FocalRetinaNet, evaluation settings we cannot honour."""
     defaults = get_cfg()
     if cfg.MODEL.META_ARCHITECTURE == "FocalRetinaNet":
         for key, instead in _SUPERSEDED.items():
-            if _get(cfg, key) != _get(defaults, key):
+            if cfg_value(cfg, key) != cfg_value(defaults, key):
                 raise ValueError(
-                    f"cfg.{key} = {_get(cfg, key)!r} has no effect on FocalRetinaNet: set cfg.{instead} "
-                    f"(now {_get(cfg, instead)!r}) instead, and leave {key} at detectron2's default "
-                    f"{_get(defaults, key)!r}"
+                    f"cfg.{key} = {cfg_value(cfg, key)!r} has no effect on FocalRetinaNet: set cfg.{instead} "
+                    f"(now {cfg_value(cfg, instead)!r}) instead, and leave {key} at detectron2's default "
+                    f"{cfg_value(defaults, key)!r}"
                 )
+    try:
+        resolve_eval_backend(cfg.TEST.COCO_EVAL_BACKEND)
+    except ValueError as e:
+        raise ValueError(f"cfg.TEST.COCO_EVAL_BACKEND = {cfg.TEST.COCO_EVAL_BACKEND!r}: {e}") from e
     if cfg.TEST.AUG.ENABLED:
         raise ValueError(
             "cfg.TEST.AUG.ENABLED = True: test-time augmentation is not implemented for dense "
@@ -187,7 +185,7 @@ class Trainer(DefaultTrainer):
         # COCOeval_opt needs detectron2's compiled ops; pycocotools' COCOeval computes the same numbers.
         return FocalCOCOEvaluator(
             dataset_name, tasks=("bbox",), output_dir=output_folder,
-            use_fast_impl=compat.has_compiled_ops(),
+            use_fast_impl=compat.has_compiled_ops(), backend=cfg.TEST.COCO_EVAL_BACKEND,
         )
 
     def _log_schedule(self) -> None:

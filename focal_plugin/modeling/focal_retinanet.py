@@ -40,7 +40,8 @@ _EMA_START, _EMA_MOMENTUM = 100, 0.9
 NORMALIZERS = ("num_pos", "ema")
 
 
-def _cfg_value(cfg, key: str):
+def cfg_value(cfg, key: str):
+    """``cfg.A.B.C`` for ``key`` "A.B.C"."""
     node = cfg
     for part in key.split("."):
         node = node[part]
@@ -57,7 +58,7 @@ def config_keys(cfg, *keys: str) -> Iterator[None]:
     try:
         yield
     except ValueError as e:
-        named = ", ".join(f"cfg.{k} = {_cfg_value(cfg, k)!r}" for k in keys)
+        named = ", ".join(f"cfg.{k} = {cfg_value(cfg, k)!r}" for k in keys)
         raise ValueError(f"{named}: {e}") from e
 
 
