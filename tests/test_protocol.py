@@ -1,0 +1,118 @@
+"""The CPU mini protocol (issue 12): its datasets, configs and the synthetic-classification
+backbone pre-training (recipe fingerprint, cache, ``focal-pretrained://`` URIs, determinism)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import focal_plugin  # noqa: F401
+from focal_plugin import pretrain, protocol
+from focal_plugin.data import SyntheticConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mini" / "protocol"
+PROTOCOL_CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("Base"))
+
+TINY_SOURCE = SyntheticConfig(
+    name="pretrain-test", seed=7, num_train=6, num_val=0, image_size=(64, 72), num_classes=4,
+    mean_objects=2.0, max_objects=3, scale_range=(0.2, 0.5), mean_distractors=0.5, max_distractors=1,
+)
+TINY = pretrain.PretrainRecipe(name="tiny-test", source="tiny-test", crop_size=32, iterations=3,
+                               batch_size=4, warmup_iters=1, val_fraction=0.25)
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOCAL_PLUGIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    monkeypatch.setitem(pretrain.SOURCES, "tiny-test", lambda: TINY_SOURCE)
+    monkeypatch.setitem(pretrain.RECIPES, "tiny-test", TINY)
+    return TINY
+
+
+def test_datasets_registered():
+    from detectron2.data import DatasetCatalog
+
+    for name in protocol.DATASETS:
+        assert name in DatasetCatalog.list()
+    assert protocol.PROTOCOL_DATA.num_classes == 80
+    assert protocol.PRETRAIN_SOURCE.seed != protocol.PROTOCOL_DATA.seed  # disjoint images
+
+
+@pytest.mark.parametrize("name", PROTOCOL_CONFIGS)
+def test_protocol_configs_load_with_explicit_anchors(name):
+    from focal_plugin.anchors import anchor_sizes
+    from focal_plugin.engine import setup_cfg
+
+    text = (CONFIG_DIR / name).read_text() + (CONFIG_DIR / "Base-Protocol.yaml").read_text()
+    assert "ANCHOR_SCALES_PER_OCTAVE" not in text and "ANCHOR_ASPECTS" not in text
+    cfg = setup_cfg(str(CONFIG_DIR / name))
+    want = anchor_sizes(3, (16, 32, 64, 128, 256))
+    got = [list(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+    assert len(got) == len(want)
+    assert all(g == pytest.approx(w, abs=1e-4) for g, w in zip(got, want))
+    assert [list(r) for r in cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS] == [[0.5, 1.0, 2.0]]
+    assert cfg.MODEL.WEIGHTS == "focal-pretrained://proto-r18"
+    assert cfg.MODEL.RETINANET.NUM_CLASSES == 80
+    assert not cfg.SOLVER.CLIP_GRADIENTS.ENABLED  # one recipe, the paper's: no clipping
+    assert cfg.DATASETS.TRAIN == ("dense_shapes_proto_train",)
+
+
+def test_recipe_fingerprint():
+    r = pretrain.RECIPES["proto-r18"]
+    assert r.fingerprint() == pretrain.RECIPES["proto-r18"].fingerprint()
+    assert dataclasses.replace(r, name="other").fingerprint() == r.fingerprint()  # name excluded
+    assert dataclasses.replace(r, iterations=r.iterations + 1).fingerprint() != r.fingerprint()
+    assert r.fingerprint() in str(pretrain.weights_path(r))
+
+
+def test_missing_weights_name_the_build_command(tiny_recipe):
+    from detectron2.utils.file_io import PathManager
+
+    with pytest.raises(FileNotFoundError, match="tools/pretrain_backbone.py --recipe tiny-test"):
+        PathManager.get_local_path("focal-pretrained://tiny-test")
+
+
+def test_pretraining_is_deterministic_and_cached(tiny_recipe, monkeypatch):
+    from detectron2.utils.file_io import PathManager
+
+    torch.set_num_threads(2)  # the recipe pins one thread itself
+    state1, report1 = pretrain.train_classifier(tiny_recipe)
+    assert torch.get_num_threads() == 2
+    assert all(k.startswith(pretrain.KEY_PREFIX) for k in state1)
+    assert report1["num_labels"] == TINY_SOURCE.num_classes + 1
+
+    path = pretrain.build("tiny-test")
+    assert path == pretrain.weights_path(tiny_recipe) and path.is_file()
+    assert (path.parent / "RECIPE.json").is_file()
+    saved = torch.load(path)["model"]  # a second, independent training: same bytes
+    assert saved.keys() == state1.keys()
+    assert all(torch.equal(saved[k], state1[k]) for k in state1)
+    assert PathManager.get_local_path("focal-pretrained://tiny-test") == str(path)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("cached weights must not be rebuilt")
+
+    monkeypatch.setattr(pretrain, "train_classifier", no_training)
+    assert pretrain.build("tiny-test") == path
+
+
+def test_weights_load_into_the_protocol_backbone(tiny_recipe):
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from focal_plugin.engine import setup_cfg
+
+    path = pretrain.build("tiny-test")
+    cfg = setup_cfg(str(CONFIG_DIR / "Base-Protocol.yaml"), ["MODEL.WEIGHTS", "focal-pretrained://tiny-test"])
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    saved = torch.load(path)["model"]
+    got = model.state_dict()
+    key = "backbone.bottom_up.res4.0.conv1.weight"
+    assert torch.equal(got[key], saved[key])
+    assert torch.equal(got["backbone.bottom_up.res5.1.conv2.norm.running_var"],
+                       saved["backbone.bottom_up.res5.1.conv2.norm.running_var"])
