@@ -20,6 +20,7 @@ setup(
         "torchvision>=0.16,<=0.29.1",
         "fvcore>=0.1.5,<0.1.6",
         "pycocotools>=2.0.2",
+        "faster-coco-eval>=1.5",  # COCO evaluation backend (TEST.COCO_EVAL_BACKEND "auto")
         "opencv-python-headless>=4.5",
         "numpy",
         "Pillow",
