@@ -317,7 +317,7 @@ def plot_cdf(acc: LossCDF, path_stem: str, formats: Sequence[str] = ("png",), ti
 
     from focal_plugin.analysis.curves import save_figure
 
-    fig = Figure(figsize=(10, 4.2))
+    fig = Figure(figsize=(10, 4.4), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, kind in zip(axes, KINDS):
         n = acc.losses(kind).shape[0]

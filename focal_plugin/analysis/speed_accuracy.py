@@ -130,7 +130,7 @@ def plot_speed_accuracy(ours: Sequence[Point], path_stem: str, formats: Sequence
 
     paper = paper_points() if paper is None else list(paper)
     panels = 1 if same_axes or not ours else 2
-    fig = Figure(figsize=(5.5 * panels, 4.2))
+    fig = Figure(figsize=(5.5 * panels, 4.4), layout="constrained")
     axes = list(fig.subplots(1, panels)) if panels == 2 else [fig.add_subplot(1, 1, 1)]
     _draw_series(axes[0], paper, _PAPER_STYLE, "paper")
     paper_title = "paper: Table 1e (COCO test-dev, Nvidia M40)"
