@@ -4,6 +4,7 @@ agreement with fvcore / torchvision / F.cross_entropy, numerics, module and regi
 Tolerances: float64 checks of formulas are exact to 1e-12 relative; float32 results are compared
 at 1e-6 relative where the other side is itself accurate (see ``test_matches_fvcore``)."""
 
+import functools
 import math
 
 import fvcore.nn
@@ -25,6 +26,17 @@ from focal_plugin.losses import (
 GAMMAS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 PATHS = (True, False)  # fused, reference
 F64 = torch.float64
+#: the modules take every hyperparameter explicitly; these are the paper's (Table 1, Table 3)
+PAPER = {
+    "sigmoid_ce": {"alpha": -1.0},
+    "sigmoid_focal": {"gamma": 2.0, "alpha": 0.25},
+    "sigmoid_focal_star": {"gamma": 2.0, "beta": 1.0, "alpha": 0.25},
+    "softmax_focal": {"gamma": 2.0, "alpha": 0.25},
+}
+
+
+def _build(name, **kw):
+    return build_classification_loss(name, **{**PAPER[name], **kw})
 
 
 def _binary(shape, p=0.3, dtype=torch.float32):
@@ -151,14 +163,25 @@ def test_matches_fvcore(fused, gamma, alpha):
 
 @pytest.mark.parametrize("fused", PATHS)
 def test_more_accurate_than_fvcore_and_matches_float64(fused):
+    """The CE factor is torch's BCE-with-logits (as in fvcore and torchvision); the modulating
+    factor alpha_t (1 - p_t)^gamma is accurate to 3e-6 relative everywhere (torchvision's test
+    "correct ratio", on wide logits), where fvcore's 1 - p_t cancels (error > 1e-2). Where BCE
+    itself is accurate (no cancellation: positives, and negatives with x >= 0) the loss is."""
     x = torch.randn(20000) * 6
     t = _binary(20000)
     truth = _truth_fl(x, t, 0.25, 2.0)
     ok = truth > 1e-30  # float32's normal range (the smallest losses here are ~1e-80)
+    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none").double()
+    xd, td = x.double(), t.double()
+    ratio_truth = torch.where(td == 1, torch.sigmoid(-xd), torch.sigmoid(xd)) ** 2 * _alpha_t(td, 0.25)
+    ok_ratio = ok & (bce > 0)
     ours = sigmoid_focal_loss(x, t, fused=fused).double()
-    assert ((ours - truth).abs()[ok] / truth[ok]).max() < 3e-6
+    assert ((ours / bce - ratio_truth).abs()[ok_ratio] / ratio_truth[ok_ratio]).max() < 3e-6
     theirs = fvcore.nn.sigmoid_focal_loss(x, t, 0.25, 2.0).double()
-    assert ((theirs - truth).abs()[ok] / truth[ok]).max() > 1e-2  # fvcore's 1 - p_t cancels
+    assert ((theirs / bce - ratio_truth).abs()[ok_ratio] / ratio_truth[ok_ratio]).max() > 1e-2
+    ok_ce = ok & ((t == 1) | (x >= 0))
+    assert ((ours - truth).abs()[ok_ce] / truth[ok_ce]).max() < 3e-6
+    assert ((theirs - truth).abs()[ok_ce] / truth[ok_ce]).max() > 1e-2  # fvcore's 1 - p_t cancels
 
 
 @pytest.mark.parametrize("fused", PATHS)
@@ -189,7 +212,7 @@ def test_reductions(fused):
         assert none.shape == x.shape
         torch.testing.assert_close(fn("sum"), none.sum(), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(fn("mean"), none.mean(), rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="reduction"):
+    with pytest.raises(ValueError, match="Invalid reduction"):
         sigmoid_focal_loss(x, t, reduction="avg")
 
 
@@ -333,7 +356,7 @@ def test_autocast_bf16_logits(fused):
     lin = torch.nn.Linear(8, 5)
     feats = torch.randn(32, 8)
     labels = torch.randint(0, 6, (32,))
-    loss_mod = build_classification_loss("sigmoid_focal", fused=fused)
+    loss_mod = _build("sigmoid_focal", fused=fused)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = lin(feats)
         assert logits.dtype == torch.bfloat16
@@ -361,18 +384,25 @@ def test_registry_contents_and_attributes():
         cls = LOSS_REGISTRY.get(name)
         assert issubclass(cls, ClassificationLoss) and issubclass(cls, torch.nn.Module)
         assert cls.hyperparameters == hyper and cls.is_softmax is is_softmax
-        mod = build_classification_loss(name)
+        mod = _build(name)
         assert mod.num_logits(80) == (81 if is_softmax else 80)
         assert all(h in repr(mod) for h in hyper)
 
 
-def test_describe_losses_lists_defaults():
-    from focal_plugin.losses import describe_losses
+def test_modules_have_no_default_hyperparameters():
+    """One set of defaults per loss: the modules take every hyperparameter explicitly (the config
+    holds the paper's); building without one names what is missing and the config keys."""
+    import inspect
 
-    info = describe_losses()
-    assert info["sigmoid_focal"] == {"gamma": 2.0, "alpha": 0.25}
-    assert info["sigmoid_focal_star"] == {"gamma": 2.0, "beta": 1.0, "alpha": 0.25}  # Table 3
-    assert info["sigmoid_ce"] == {"alpha": -1.0}
+    for name, (hyper, _) in EXPECTED.items():
+        cls = LOSS_REGISTRY.get(name)
+        params = inspect.signature(cls.__init__).parameters
+        assert all(params[h].default is inspect.Parameter.empty for h in hyper), name
+        with pytest.raises(ValueError, match="needs hyperparameter") as e:
+            build_classification_loss(name)
+        assert all(h in str(e.value) and f"MODEL.FOCAL.{h.upper()}" in str(e.value) for h in hyper)
+    mod = _build("sigmoid_focal_star")  # Table 3's FL* row, as the config passes it
+    assert (mod.gamma, mod.beta, mod.alpha) == (2.0, 1.0, 0.25)
 
 
 def test_registry_reimport_is_safe():
@@ -390,7 +420,7 @@ def test_unknown_name_and_param():
     for name in EXPECTED:
         assert name in str(e.value)
     with pytest.raises(ValueError, match="beta") as e:
-        build_classification_loss("sigmoid_focal", gamma=2.0, beta=1.0)
+        build_classification_loss("sigmoid_focal", gamma=2.0, alpha=0.25, beta=1.0)
     assert "gamma" in str(e.value) and "alpha" in str(e.value)
 
 
@@ -408,7 +438,7 @@ INVALID = [
 @pytest.mark.parametrize("name,param,value", INVALID)
 def test_invalid_hyperparameters_name_the_parameter(name, param, value):
     with pytest.raises(ValueError, match=param) as e:
-        build_classification_loss(name, **{param: value})
+        _build(name, **{param: value})
     if param != "fused":
         assert repr(value) in str(e.value) or str(value) in str(e.value)
         assert "expected" in str(e.value)
@@ -441,7 +471,7 @@ def test_alpha_negative_disables_weighting():
 @pytest.mark.parametrize("name", ["sigmoid_ce", "sigmoid_focal", "sigmoid_focal_star"])
 def test_module_per_anchor_equals_functional_on_one_hot(fused, name):
     K, M = 7, 120
-    mod = build_classification_loss(name, fused=fused)
+    mod = _build(name, fused=fused)
     x = (torch.randn(M, K) * 3).requires_grad_()
     labels = torch.randint(0, K + 1, (M,))
     labels[:3] = K  # some background anchors: all-zero targets
@@ -478,7 +508,7 @@ def test_softmax_module(fused):
 
 
 def test_module_label_checks():
-    mod = build_classification_loss("sigmoid_focal")
+    mod = _build("sigmoid_focal")
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="labels"):
         mod(x, torch.tensor([0, 1, 4, 3]))  # 4 > K = 3
@@ -492,8 +522,9 @@ def test_module_label_checks():
     assert empty.shape == (0,)
 
 
-def test_reference_switches(monkeypatch):
-    """fused=False and FOCAL_PLUGIN_REFERENCE_LOSS=1 never touch the fused kernels."""
+def test_one_switch_fused_argument(monkeypatch):
+    """``fused`` is the one switch: False never touches the fused kernels, True (the default)
+    always does; the environment variables of earlier versions change nothing."""
     from focal_plugin.losses import fused as fused_mod
 
     calls = []
@@ -502,12 +533,11 @@ def test_reference_switches(monkeypatch):
     x = torch.randn(6, 3, requires_grad=True)
     t = _binary((6, 3))
     labels = torch.tensor([0, 1, 2, 3, 3, 0])
-    mods = [build_classification_loss(n) for n in EXPECTED]
+    mods = [_build(n) for n in EXPECTED]
 
     def everything(fused=True):
         sigmoid_focal_loss(x, t, fused=fused).sum().backward()
         sigmoid_focal_loss_star(x, t, fused=fused).sum().backward()
-        sigmoid_ce_loss(x, t, fused=fused).sum().backward()
         softmax_focal_loss(x, labels % 3, fused=fused).sum().backward()
         for m in mods:
             m.fused = fused
@@ -517,8 +547,265 @@ def test_reference_switches(monkeypatch):
     everything(fused=False)
     assert calls == []
     monkeypatch.setenv("FOCAL_PLUGIN_REFERENCE_LOSS", "1")
+    monkeypatch.setenv("FOCAL_PLUGIN_COMPILE", "0")
     everything(fused=True)
-    assert calls == []
-    monkeypatch.delenv("FOCAL_PLUGIN_REFERENCE_LOSS")
-    everything(fused=True)
-    assert len(calls) == 4 + len(mods)  # the default is the fused path
+    assert len(calls) == 3 + len(mods)  # the default is the fused path, whatever the environment
+    assert fused_mod.kernel_mode(x.device) == "compiled"
+
+
+# ------------------------------------------------------------------------------ target contract
+SIGMOID_FUNCS = {
+    "sigmoid_focal_loss": lambda x, t, fused, r="none": sigmoid_focal_loss(x, t, 0.25, 2.0, r, fused),
+    "sigmoid_focal_loss_star": lambda x, t, fused, r="none": sigmoid_focal_loss_star(x, t, 0.25, 2.0, r, 1.0,
+                                                                                    fused),
+    "sigmoid_ce_loss": lambda x, t, fused, r="none": sigmoid_ce_loss(x, t, 0.25, r, fused),
+}
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_soft_targets_issue_examples(fused):
+    # x = [-5, 5], t = .5: torchvision's gradient, not a loss flat in x
+    x = torch.tensor([-5.0, 5.0], requires_grad=True)
+    g, = torch.autograd.grad(sigmoid_focal_loss(x, torch.tensor([0.5, 0.5]), fused=fused).sum(), x)
+    torch.testing.assert_close(g, torch.tensor([-0.0617, 0.0617]), rtol=0, atol=1e-4)
+    g_tv, = torch.autograd.grad(torchvision.ops.sigmoid_focal_loss(x, torch.tensor([0.5, 0.5])).sum(), x)
+    torch.testing.assert_close(g, g_tv, rtol=1e-5, atol=1e-7)
+    # x = 2, t = .3: 0.650 without alpha, as fvcore and torchvision
+    two, t3 = torch.tensor([2.0]), torch.tensor([0.3])
+    ours = sigmoid_focal_loss(two, t3, -1, 2.0, fused=fused)
+    torch.testing.assert_close(ours, torch.tensor([0.6497]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(ours, fvcore.nn.sigmoid_focal_loss(two, t3), rtol=1e-6, atol=0)
+    torch.testing.assert_close(ours, torchvision.ops.sigmoid_focal_loss(two, t3, -1), rtol=1e-6, atol=0)
+
+
+def _soft_truth(x, t, alpha, gamma):
+    """torchvision's formula in float64 (accurate for |x| <= 12)."""
+    x, t = x.double(), t.double()
+    p = torch.sigmoid(x)
+    ce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))
+    loss = ce * (1 - (p * t + (1 - p) * (1 - t))) ** gamma
+    return loss * _alpha_t(t, alpha) if alpha >= 0 else loss
+
+
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_soft_targets_general_formula(fused, gamma):
+    x = (torch.rand(300, 7, dtype=F64) * 24 - 12).requires_grad_()
+    t = torch.rand(300, 7, dtype=F64)
+    t[:, 0], t[:, 1] = 0.0, 1.0  # hard targets in the same call
+    for alpha in (-1.0, 0.25, 0.75):
+        for red in ("none", "sum", "mean"):
+            got = sigmoid_focal_loss(x, t, alpha, gamma, red, fused=fused)
+            want = _soft_truth(x, t, alpha, gamma)
+            want = want.sum() if red == "sum" else want.mean() if red == "mean" else want
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-300)
+    # gradients against torchvision's formula, float64, moderate logits
+    xm = (torch.rand(300, 7, dtype=F64) * 6 - 3).requires_grad_()
+    g, = torch.autograd.grad(sigmoid_focal_loss(xm, t, 0.25, gamma, "sum", fused=fused), xm)
+    g_tv, = torch.autograd.grad(torchvision.ops.sigmoid_focal_loss(xm, t, 0.25, gamma, "sum"), xm)
+    torch.testing.assert_close(g, g_tv, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_soft_targets_float32_match_torchvision(fused):
+    x = (torch.rand(2000, 20) * 3 - 1.5).requires_grad_()
+    t = torch.rand(2000, 20)
+    for alpha, gamma in ((0.25, 2.0), (-1.0, 0.5), (0.75, 0.0)):
+        ours = sigmoid_focal_loss(x, t, alpha, gamma, fused=fused)
+        theirs = torchvision.ops.sigmoid_focal_loss(x, t, alpha, gamma)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+        g1, = torch.autograd.grad(ours.sum(), x)
+        g2, = torch.autograd.grad(theirs.sum(), x)
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_fl_star_soft_targets(fused):
+    """FL* with soft targets: t FL*(x) + (1 - t) FL*(-x), linear in t; fvcore's for t in {0, 1};
+    binary_cross_entropy_with_logits at gamma = 1, beta = 0; not flat at t = .5."""
+    x = (torch.rand(400, dtype=F64) * 20 - 10).requires_grad_()
+    t = torch.rand(400, dtype=F64)
+    for gamma, beta, alpha in ((2.0, 1.0, 0.25), (4.0, 0.0, -1.0), (0.5, -2.0, 0.75)):
+        soft = sigmoid_focal_loss_star(x, t, alpha, gamma, "none", beta, fused=fused)
+        pos = sigmoid_focal_loss_star(x, torch.ones_like(t), -1, gamma, "none", beta, fused=fused)
+        neg = sigmoid_focal_loss_star(x, torch.zeros_like(t), -1, gamma, "none", beta, fused=fused)
+        want = (t * pos + (1 - t) * neg) * (_alpha_t(t, alpha) if alpha >= 0 else 1.0)
+        torch.testing.assert_close(soft, want, rtol=1e-12, atol=1e-300)
+    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    torch.testing.assert_close(sigmoid_focal_loss_star(x, t, fused=fused), bce, rtol=1e-12, atol=1e-15)
+    g, = torch.autograd.grad(sigmoid_focal_loss_star(x, torch.full_like(t, 0.5), fused=fused).sum(), x)
+    assert (g.abs() > 0).any()
+    hard = _binary(400, dtype=F64)
+    for gamma in (1.0, 2.0):  # fvcore computes in float32
+        torch.testing.assert_close(
+            sigmoid_focal_loss_star(x.float(), hard.float(), 0.25, gamma, fused=fused),
+            fvcore.nn.sigmoid_focal_loss_star(x.float(), hard.float(), 0.25, gamma), rtol=1e-6, atol=1e-7)
+
+
+BAD_TARGETS = [
+    (torch.tensor([[0.0, 2.0, 1.0]]), "2.0"),
+    (torch.tensor([[-0.1, 0.5, 1.0]]), "-0.1"),
+    (torch.tensor([[0.0, float("nan"), 1.0]]), "nan"),
+    (torch.tensor([2.0, 0.0, 1.0]), "2.0"),  # broadcast over the rows of (4, 3) logits
+    (torch.tensor([[3.0]]), "3.0"),  # broadcast to every element
+    (torch.tensor([[0, 2, 1]]), "2.0"),  # integer targets
+]
+
+
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.parametrize("name", sorted(SIGMOID_FUNCS))
+@pytest.mark.parametrize("targets,shown", BAD_TARGETS)
+def test_targets_outside_unit_interval_raise(fused, name, targets, shown):
+    x = torch.randn(4, 3, requires_grad=True)
+    for red in ("none", "sum"):
+        with pytest.raises(ValueError, match=rf"{name}: targets must lie in \[0, 1\]") as e:
+            SIGMOID_FUNCS[name](x, targets, fused, red)
+        assert shown in str(e.value)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_targets_in_range_of_any_dtype_and_shape(fused):
+    x = torch.randn(4, 3)
+    for t in (torch.tensor([[0, 1, 1]]), torch.tensor([True, False, True]), torch.full((4, 3), 0.5),
+              torch.tensor(1.0), torch.zeros(2, 4, 3)):
+        for fn in SIGMOID_FUNCS.values():
+            out = fn(x, t, fused)
+            want = fn(*torch.broadcast_tensors(x, t.float()), False)
+            torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-7)
+
+
+def test_target_check_off_cpu_uses_async_assert(monkeypatch):
+    """Off the CPU the range check is torch._assert_async: no host sync (no .item()/float())."""
+    from focal_plugin.losses import reference
+
+    seen = []
+    monkeypatch.setattr(torch, "_assert_async", lambda cond, msg: seen.append((cond.device.type, msg)))
+    reference.check_targets("sigmoid_focal_loss", torch.empty(5, device="meta"))
+    reference.check_labels("SigmoidFocalLoss", torch.empty(5, 3, device="meta"),
+                           torch.zeros(5, dtype=torch.long, device="meta"), 3)
+    assert seen == [("meta", "sigmoid_focal_loss: targets must lie in [0, 1]"),
+                    ("meta", "SigmoidFocalLoss: labels must lie in [0, 3]")]
+
+
+# ------------------------------------------------------------------------------ drop-in compatibility
+def _defaults(fn):
+    import inspect
+
+    return [(p.name, None if p.default is inspect.Parameter.empty else p.default)
+            for p in inspect.signature(fn).parameters.values()]
+
+
+def test_signatures_and_defaults_mirror_one_library_each():
+    # sigmoid_focal_loss: torchvision's arguments and defaults (fvcore's differs: alpha = -1)
+    assert _defaults(sigmoid_focal_loss)[:5] == _defaults(torchvision.ops.sigmoid_focal_loss)
+    assert _defaults(sigmoid_focal_loss)[5:] == [("fused", True)]
+    # sigmoid_focal_loss_star: fvcore's, then beta and fused
+    assert _defaults(sigmoid_focal_loss_star)[:5] == _defaults(fvcore.nn.sigmoid_focal_loss_star)
+    assert _defaults(sigmoid_focal_loss_star)[5:] == [("beta", 0.0), ("fused", True)]
+    # sigmoid_ce_loss: the focal loss's arguments without gamma, alpha off (plain BCE-with-logits)
+    assert _defaults(sigmoid_ce_loss) == [("inputs", None), ("targets", None), ("alpha", -1),
+                                          ("reduction", "none"), ("fused", True)]
+    half = torch.tensor([0.5]), torch.tensor([1.0])
+    for fused in PATHS:
+        # the issue's example: 0.01689 as torchvision (fvcore's alpha = -1 gives 0.06757)
+        ours = sigmoid_focal_loss(*half, fused=fused)
+        torch.testing.assert_close(ours, torchvision.ops.sigmoid_focal_loss(*half), rtol=1e-6, atol=0)
+        torch.testing.assert_close(ours, torch.tensor([0.01689]), rtol=0, atol=1e-5)
+        torch.testing.assert_close(sigmoid_focal_loss(*half, -1, fused=fused),
+                                   fvcore.nn.sigmoid_focal_loss(*half), rtol=1e-6, atol=0)
+        torch.testing.assert_close(sigmoid_focal_loss(*half, -1, fused=fused), torch.tensor([0.06757]),
+                                   rtol=0, atol=1e-5)
+        x, t = torch.randn(50, 4), _binary((50, 4))
+        torch.testing.assert_close(sigmoid_focal_loss_star(x, t, fused=fused),
+                                   fvcore.nn.sigmoid_focal_loss_star(x, t), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_gamma_zero_is_bitwise_bce_and_fl_below_bce(fused):
+    """Peers' tests: FL <= BCE elementwise, FL == BCE at gamma = 0 (here bitwise), on many random
+    inputs (wide and extreme logits, hard and soft targets), float32 and float64."""
+    x = torch.cat([torch.randn(20000) * 8, torch.linspace(-100, 100, 2001),
+                   torch.logit(torch.rand(5000) * 0.2), torch.logit(0.8 + torch.rand(5000) * 0.2)])
+    x[0] = -2.20557094  # the issue's example: 0.104528904 (BCE), not 0.104529008
+    for t in (_binary(x.shape, p=0.4), torch.rand(x.shape)):
+        t[0] = 0.0
+        for dtype in (torch.float32, F64):
+            xd, td = x.to(dtype), t.to(dtype)
+            bce = F.binary_cross_entropy_with_logits(xd, td, reduction="none")
+            for red in ("none", "sum", "mean"):
+                want = F.binary_cross_entropy_with_logits(xd, td, reduction=red)
+                assert torch.equal(sigmoid_focal_loss(xd, td, -1, 0.0, red, fused=fused), want)
+                assert torch.equal(sigmoid_focal_loss(xd, td, -1.0, 0, red, fused=fused), want)
+                assert torch.equal(sigmoid_ce_loss(xd, td, reduction=red, fused=fused), want)
+            assert torch.equal(sigmoid_focal_loss(xd, td, 0.25, 0.0, fused=fused), _alpha_t(td, 0.25) * bce)
+            for gamma in (1e-3, 0.1, 0.5, 1.0, 2.0, 5.0):
+                for alpha in (-1.0, 0.0, 0.25, 0.58, 1.0):
+                    fl = sigmoid_focal_loss(xd, td, alpha, gamma, fused=fused)
+                    assert (fl <= bce).all(), (dtype, gamma, alpha)
+    got = sigmoid_focal_loss(torch.tensor([-2.20557094]), torch.tensor([0.0]), -1, 0, fused=fused)
+    assert got.item() == F.binary_cross_entropy_with_logits(torch.tensor([-2.20557094]), torch.tensor([0.0]))
+    assert f"{got.item():.9f}" == "0.104528904"
+    # and the gradient is BCE's (to rounding: "mean" is BCE's "none" then .mean())
+    xg = x[:2000].clone().requires_grad_()
+    g1, = torch.autograd.grad(sigmoid_focal_loss(xg, t[:2000], -1, 0, "mean", fused=fused), xg)
+    g2, = torch.autograd.grad(F.binary_cross_entropy_with_logits(xg, t[:2000]), xg)
+    torch.testing.assert_close(g1, g2, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_invalid_reduction_says_invalid(fused):
+    """ValueError containing "Invalid", as torchvision's, for every function."""
+    x, t = torch.randn(4, 3), _binary((4, 3))
+    calls = [lambda r, fn=fn: fn(x, t, fused, r) for fn in SIGMOID_FUNCS.values()]
+    calls.append(lambda r: softmax_focal_loss(x, torch.tensor([0, 1, 2, 0]), 0.25, 2.0, r, fused))
+    for call in calls:
+        for bad in ("xyz", "avg", "Sum", ""):
+            with pytest.raises(ValueError, match="Invalid reduction"):
+                call(bad)
+    with pytest.raises(ValueError, match="Invalid"):
+        torchvision.ops.sigmoid_focal_loss(x, t, 0.25, 2, "xyz")
+
+
+@pytest.mark.parametrize("alpha", (1.5, 2.0, float("nan")))
+def test_invalid_alpha_raises_value_error_like_torchvision(alpha):
+    x, t = torch.randn(4, 3), _binary((4, 3))
+    with pytest.raises(ValueError, match="Invalid alpha"):
+        torchvision.ops.sigmoid_focal_loss(x, t, alpha)
+    for fused in PATHS:
+        with pytest.raises(ValueError, match="Invalid alpha"):
+            sigmoid_focal_loss(x, t, alpha, fused=fused)
+
+
+def test_torchscript_compiles_every_function():
+    """torch.jit.script works as for fvcore's and torchvision's functions; the scripted function
+    runs the reference formulas and gives the eager (fused) values, fvcore's, and our errors."""
+    x = torch.rand(300, 9) * 3 - 1.5
+    t = _binary((300, 9))
+    soft = torch.rand(300, 9)
+    labels = torch.randint(0, 9, (300,))
+    scripted = {f.__name__: torch.jit.script(f) for f in
+                (sigmoid_focal_loss, sigmoid_focal_loss_star, sigmoid_ce_loss, softmax_focal_loss)}
+    fl, star, ce, sm = (scripted[n] for n in ("sigmoid_focal_loss", "sigmoid_focal_loss_star",
+                                               "sigmoid_ce_loss", "softmax_focal_loss"))
+    close = functools.partial(torch.testing.assert_close, rtol=1e-6, atol=1e-7)
+    for red in ("none", "sum", "mean"):
+        for alpha, gamma in ((0.25, 2.0), (-1.0, 0.5), (0.75, 0.0)):
+            got = fl(x, t, alpha, gamma, red)
+            close(got, fvcore.nn.sigmoid_focal_loss(x, t, alpha, gamma, red))
+            close(got, fvcore.nn.sigmoid_focal_loss_jit(x, t, alpha, gamma, red))
+            close(got, torchvision.ops.sigmoid_focal_loss(x, t, alpha, gamma, red))
+            close(got, sigmoid_focal_loss(x, t, alpha, gamma, red))
+            close(fl(x, soft, alpha, gamma, red), sigmoid_focal_loss(x, soft, alpha, gamma, red))
+        for alpha, gamma in ((-1.0, 1.0), (0.25, 2.0)):
+            want = fvcore.nn.sigmoid_focal_loss_star_jit(x, t, alpha, gamma, red)
+            close(star(x, t, alpha, gamma, red), want)
+        close(star(x, t, 0.25, 2.0, red, 1.0), sigmoid_focal_loss_star(x, t, 0.25, 2.0, red, 1.0))
+        assert torch.equal(ce(x, soft, -1.0, red), F.binary_cross_entropy_with_logits(x, soft, reduction=red))
+        close(sm(x, labels, 0.25, 2.0, red), softmax_focal_loss(x, labels, 0.25, 2.0, red))
+    close(fl(x, t), torchvision.ops.sigmoid_focal_loss(x, t))  # same defaults
+    with pytest.raises(Exception, match="Invalid reduction"):
+        fl(x, t, 0.25, 2.0, "xyz")
+    with pytest.raises(Exception, match=r"sigmoid_focal_loss: targets must lie in \[0, 1\]"):
+        fl(x, t * 2)
+    with pytest.raises(Exception, match="Invalid gamma"):
+        star(x, t, -1.0, 0.0)

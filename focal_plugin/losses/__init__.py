@@ -6,13 +6,12 @@ Public API::
     from focal_plugin.losses import (LOSS_REGISTRY, ClassificationLoss, build_classification_loss,
         sigmoid_ce_loss, sigmoid_focal_loss, sigmoid_focal_loss_star, softmax_focal_loss)
 
-The functions are drop-in replacements for ``fvcore.nn.sigmoid_focal_loss`` /
-``sigmoid_focal_loss_star`` and ``torchvision.ops.sigmoid_focal_loss``. Switches:
-``FOCAL_PLUGIN_REFERENCE_LOSS=1`` (or ``fused=False``) forces the reference formulas;
-``FOCAL_PLUGIN_COMPILE=0`` keeps the fused path but runs its kernels without ``torch.compile``.
+Each function mirrors one library (``functional.py`` has the table): ``sigmoid_focal_loss``
+torchvision's, ``sigmoid_focal_loss_star`` fvcore's. One switch, ``fused`` (a function argument;
+the modules' constructor argument, set from ``cfg.MODEL.FOCAL.FUSED_LOSS``), chooses between the
+fused kernels and the reference formulas; results are the same.
 """
 
-from focal_plugin.losses._common import COMPILE_ENV, REFERENCE_ENV
 from focal_plugin.losses.functional import (
     sigmoid_ce_loss,
     sigmoid_focal_loss,
@@ -28,12 +27,9 @@ from focal_plugin.losses.modules import (
     SigmoidFocalStarLoss,
     SoftmaxFocalLoss,
     build_classification_loss,
-    describe_losses,
 )
 
 __all__ = [
-    "COMPILE_ENV",
-    "REFERENCE_ENV",
     "LOSS_REGISTRY",
     "ClassificationLoss",
     "SigmoidCELoss",
@@ -41,7 +37,6 @@ __all__ = [
     "SigmoidFocalStarLoss",
     "SoftmaxFocalLoss",
     "build_classification_loss",
-    "describe_losses",
     "sigmoid_ce_loss",
     "sigmoid_focal_loss",
     "sigmoid_focal_loss_star",

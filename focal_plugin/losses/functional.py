@@ -1,32 +1,43 @@
-"""The public loss functions: drop-in replacements for ``fvcore.nn`` / ``torchvision.ops``.
+"""The public loss functions, drop-in replacements for the library each one mirrors:
 
-Same positional order, defaults and target convention as fvcore's and torchvision's
-``sigmoid_focal_loss`` (and fvcore's ``sigmoid_focal_loss_star``); reductions "none" | "sum" |
-"mean"; ``alpha < 0`` disables alpha-weighting. Every function takes the fused path
-(``fused.py``) unless it is unavailable or switched off (``fused=False`` or the environment
-variable ``FOCAL_PLUGIN_REFERENCE_LOSS=1``), and falls back to the reference formulas
-(``reference.py``) otherwise. Inputs in float16/bfloat16 (autocast included) are computed in
-float32 and the loss is returned in float32; float64 inputs are computed and returned in float64.
+==========================  ==========================================  ==========================
+function                    mirrors (signature, defaults, error types)  defaults
+==========================  ==========================================  ==========================
+sigmoid_focal_loss          torchvision.ops.sigmoid_focal_loss          alpha=0.25, gamma=2
+sigmoid_focal_loss_star     fvcore.nn.sigmoid_focal_loss_star (+ beta)  alpha=-1, gamma=1, beta=0
+sigmoid_ce_loss             F.binary_cross_entropy_with_logits values   alpha=-1
+softmax_focal_loss          (no peer; F.cross_entropy at gamma=0)       alpha=0.25, gamma=2
+==========================  ==========================================  ==========================
+
+(fvcore's ``sigmoid_focal_loss`` has alpha=-1: replacing it, pass alpha explicitly, as
+detectron2 does.) All take reduction "none" (default) | "mean" | "sum" and raise ValueError with
+"Invalid" for any other; targets in [0, 1] (soft targets use the general formula of
+``reference.py``), anything else raises ValueError naming the function.
+
+Differences kept on purpose: alpha may be any negative number to disable weighting (torchvision
+accepts only -1); float16/bfloat16 inputs are computed and returned in float32 (as fvcore;
+torchvision keeps half), float64 in float64 (as torchvision; fvcore casts to float32); FL* has a
+shift beta (the paper's) and its soft-target form is linear in t (fvcore's is flat at t = 0.5);
+(1 - p_t)^gamma is formed in log space (accurate where fvcore's and torchvision's 1 - p_t cancels).
+
+One switch chooses the path: ``fused`` (default True; the config's ``MODEL.FOCAL.FUSED_LOSS``
+reaches it through the loss modules). True takes the fused kernels (``fused.py``) when they apply;
+False the reference formulas (``reference.py``). The reference formulas are also taken, with the
+same results, where the kernels do not apply: under TorchScript (``torch.jit.script`` of these
+functions compiles the reference formulas), tracing or an outer ``torch.compile``, for empty
+inputs, for targets that require grad, and for gamma = 0 (CE), which is torch's own fused
+``binary_cross_entropy_with_logits``, so that it equals it bitwise. Second and higher derivatives
+are exact on both paths.
 """
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
 import torch
 
 from focal_plugin.losses import reference
-from focal_plugin.losses._common import (
-    REFERENCE_ENV,
-    alpha_weights,
-    check_alpha,
-    check_beta,
-    check_gamma,
-    check_reduction,
-    compute_dtype,
-    log_once,
-    reference_forced,
-)
+from focal_plugin.losses._common import alpha_weights, as_number
 from focal_plugin.losses.fused import fused_loss, params_tensor
 
 Tensor = torch.Tensor
@@ -42,55 +53,47 @@ __all__ = [
 
 
 def use_fused_path(fused: bool, x: Tensor, targets: Tensor | None = None) -> bool:
-    """Whether a call takes the fused path; says once in the log why it does not, if it should."""
-    if not fused:
-        return False
-    if reference_forced():
-        log_once("ref-env", logging.INFO,
-                 "focal_plugin.losses: %s=1, using the reference loss formulas.", REFERENCE_ENV)
-        return False
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
-        log_once("ref-jit", logging.INFO,
-                 "focal_plugin.losses: TorchScript tracing/scripting, using the reference formulas.")
-        return False
-    if torch.compiler.is_compiling():  # an outer torch.compile fuses the reference formulas itself
-        return False
-    if x.numel() == 0:
-        return False
-    if targets is not None and targets.requires_grad:
-        log_once("ref-target-grad", logging.INFO,
-                 "focal_plugin.losses: targets require grad, which the fused path does not give; "
-                 "using the reference formulas for such calls.")
-        return False
-    return True
+    """Whether a call takes the fused kernels: ``fused`` asks for them, and they apply (no tracing,
+    no outer torch.compile, which fuses the reference formulas itself; a non-empty input; targets
+    that need no gradient)."""
+    return (
+        fused
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and x.numel() > 0
+        and (targets is None or not targets.requires_grad)
+    )
 
 
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        return loss.mean()
-    return loss
+def _prm(alpha: float, gamma: float, beta: float, x: Tensor):
+    return params_tensor((*alpha_weights(alpha), gamma, beta), x.dtype, x.device,
+                         torch.is_inference_mode_enabled())
 
 
-def _sigmoid_loss(owner, kind, inputs, targets, alpha, gamma, beta, reduction, fused) -> Tensor:
-    check_reduction(reduction, owner)
-    dtype = compute_dtype(inputs.dtype)
-    x = inputs.to(dtype)
-    t = torch.as_tensor(targets, device=x.device).to(dtype)
-    if t.shape != x.shape:
-        shape = torch.broadcast_shapes(x.shape, t.shape)
-        if shape != x.shape:
-            x = x.expand(shape)
-        t = t.expand(shape)
-    if not use_fused_path(fused, x, t):
-        return _reduce(reference.sigmoid_elementwise(kind, x, t, alpha, gamma, beta), reduction)
-    prm = params_tensor((*alpha_weights(alpha), gamma, beta), dtype, x.device)
+def _sigmoid(owner: str, kind: str, inputs: Tensor, targets: Any, alpha: Any, gamma: Any, beta: Any,
+             reduction: str, fused: bool) -> Tensor:
+    """Eager body of the public sigmoid losses: the checks of ``reference``, then a path."""
+    alpha, gamma, beta = (as_number(owner, "alpha", alpha), as_number(owner, "gamma", gamma),
+                          as_number(owner, "beta", beta))
+    if not isinstance(targets, torch.Tensor):
+        targets = torch.as_tensor(targets)
+    reference.check_reduction(owner, reduction)
+    reference.check_hyperparameters(owner, kind, alpha, gamma, beta)
+    x, t = reference.prepare_sigmoid(owner, inputs, targets)
+    ce = kind == "focal" and gamma == 0  # torch's fused BCE-with-logits, bitwise
+    if ce or not use_fused_path(fused, x, t):
+        return reference.reduce(reference.sigmoid_elementwise(kind, x, t, alpha, gamma, beta), reduction)
     xf = x.contiguous().view(-1)
     tf = t.contiguous().view(-1)
+    prm = _prm(alpha, gamma, beta, x)
+
+    def ref(v: Tensor) -> Tensor:
+        loss = reference.sigmoid_elementwise(kind, v, tf, alpha, gamma, beta)
+        return loss if reduction == "none" else loss.sum()
+
     if reduction == "none":
-        return fused_loss(f"{kind}_elem", xf, tf, prm).view(x.shape)
-    total = fused_loss(f"{kind}_sum", xf, tf, prm)
+        return fused_loss(f"{kind}_elem", xf, tf, prm, ref).view(x.shape)
+    total = fused_loss(f"{kind}_sum", xf, tf, prm, ref)
     return total if reduction == "sum" else total / xf.numel()
 
 
@@ -100,70 +103,80 @@ def sigmoid_focal_loss(
     alpha: float = 0.25,
     gamma: float = 2.0,
     reduction: str = "none",
-    *,
     fused: bool = True,
 ) -> Tensor:
-    """Focal loss of RetinaNet (https://arxiv.org/abs/1708.02002, eq. 5):
+    """Focal loss of RetinaNet (https://arxiv.org/abs/1708.02002, eq. 5); mirrors
+    ``torchvision.ops.sigmoid_focal_loss`` (same arguments, defaults and errors):
 
-        FL(p_t) = -alpha_t * (1 - p_t)^gamma * log(p_t)
+        FL = -alpha_t (1 - p_t)^gamma log(p_t),   p = sigmoid(inputs)
 
-    with p = sigmoid(inputs), p_t = p where targets == 1 and 1 - p where targets == 0, alpha_t =
-    alpha for positives and 1 - alpha for negatives (no weighting when alpha < 0). gamma = 0
-    gives the alpha-balanced cross entropy. Computed in log-sigmoid space
-    (log p_t = logsigmoid(x_t), (1 - p_t)^gamma = exp(gamma * logsigmoid(-x_t)), x_t = (2y-1) x),
-    so loss and gradient are finite for all finite logits and every gamma >= 0.
+    p_t = p where targets == 1 and 1 - p where targets == 0; alpha_t = alpha for positives and
+    1 - alpha for negatives (no weighting when alpha < 0). For soft targets t in [0, 1] (label
+    smoothing) the general form torchvision uses: p_t = p t + (1 - p)(1 - t), -log(p_t) becomes
+    binary_cross_entropy_with_logits(inputs, t), alpha_t = alpha t + (1 - alpha)(1 - t).
+    gamma = 0 gives the alpha-balanced cross entropy (bitwise ``F.binary_cross_entropy_with_logits``
+    for alpha < 0), and FL <= that CE elementwise. (1 - p_t)^gamma is computed in log space, so
+    loss and gradient are finite for all finite logits and every gamma >= 0.
 
     Args:
         inputs: float tensor of any shape: the logits.
-        targets: tensor of the same shape (or broadcastable to it): binary labels, 0 for the
-            negative and 1 for the positive class.
+        targets: tensor of the same shape or broadcastable with it, values in [0, 1]: 0 for the
+            negative and 1 for the positive class, or a soft target.
         alpha: weight of positives in [0, 1]; negative disables alpha-weighting. Default 0.25.
         gamma: focusing parameter >= 0. Default 2.
         reduction: "none" | "mean" | "sum".
-        fused: False forces the reference formulas (as does FOCAL_PLUGIN_REFERENCE_LOSS=1).
+        fused: True (default) takes the fused kernels where they apply; False the reference
+            formulas. Same results either way.
     Returns:
         The loss with ``reduction`` applied; float32 (float64 for float64 inputs).
+    Raises:
+        ValueError: reduction, alpha or gamma out of range, or targets outside [0, 1] (on CUDA
+            an asynchronous device-side assertion instead, to avoid a host sync).
     """
     owner = "sigmoid_focal_loss"
-    alpha = check_alpha(alpha, owner)
-    gamma = check_gamma(gamma, owner)
-    return _sigmoid_loss(owner, "focal", inputs, targets, alpha, gamma, 0.0, reduction, fused)
+    if not torch.jit.is_scripting():
+        return _sigmoid(owner, "focal", inputs, targets, alpha, gamma, 0.0, reduction, fused)
+    return reference.sigmoid_loss(owner, "focal", inputs, targets, alpha, gamma, 0.0, reduction)
 
 
 def sigmoid_focal_loss_star(
     inputs: Tensor,
     targets: Tensor,
     alpha: float = -1,
-    gamma: float = 1.0,
+    gamma: float = 1,
     reduction: str = "none",
     beta: float = 0.0,
-    *,
     fused: bool = True,
 ) -> Tensor:
-    """FL* of RetinaNet's Appendix A (https://arxiv.org/abs/1708.02002):
+    """FL* of RetinaNet's Appendix A (https://arxiv.org/abs/1708.02002); mirrors
+    ``fvcore.nn.sigmoid_focal_loss_star`` (same arguments and defaults, plus ``beta``):
 
-        p*_t = sigmoid(gamma * x_t + beta),   FL* = -alpha_t * log(p*_t) / gamma
+        p*_t = sigmoid(gamma x_t + beta),   FL* = -alpha_t log(p*_t) / gamma
 
-    with x_t = x for positives and -x for negatives (targets in {0, 1}), alpha_t as in the focal
-    loss (no weighting when alpha < 0, the default). With beta = 0 this equals fvcore's
-    ``sigmoid_focal_loss_star``; beta is the paper's shift (the paper uses alpha = 0.25).
+    x_t = x for positives and -x for negatives, alpha_t as in the focal loss (no weighting when
+    alpha < 0, the default). With beta = 0 this is fvcore's FL*. The defaults are fvcore's, not the
+    paper's: Table 3 used gamma = 2, beta = 1 (or gamma = 4, beta = 0) with alpha = 0.25, which the
+    config (``MODEL.FOCAL``) states. Soft targets t in [0, 1]: t FL*(x_t = x) + (1 - t) FL*(x_t =
+    -x), linear in t (equal to binary_cross_entropy_with_logits for gamma = 1, beta = 0); fvcore
+    uses x_t = (2t - 1) x instead, which agrees for t in {0, 1} only.
 
     Args:
         inputs: float tensor of any shape: the logits.
-        targets: {0, 1} tensor of the same shape (or broadcastable to it).
+        targets: tensor of the same shape or broadcastable with it, values in [0, 1].
         alpha: weight of positives in [0, 1]; negative disables it. Default -1.
         gamma: steepness > 0. Default 1.
         reduction: "none" | "mean" | "sum".
         beta: shift, any finite number. Default 0.
-        fused: False forces the reference formulas (as does FOCAL_PLUGIN_REFERENCE_LOSS=1).
+        fused: True (default) takes the fused kernels where they apply; False the reference formulas.
     Returns:
         The loss with ``reduction`` applied; float32 (float64 for float64 inputs).
+    Raises:
+        ValueError: reduction, alpha, gamma or beta out of range, or targets outside [0, 1].
     """
     owner = "sigmoid_focal_loss_star"
-    alpha = check_alpha(alpha, owner)
-    gamma = check_gamma(gamma, owner, strictly_positive=True)
-    beta = check_beta(beta, owner)
-    return _sigmoid_loss(owner, "star", inputs, targets, alpha, gamma, beta, reduction, fused)
+    if not torch.jit.is_scripting():
+        return _sigmoid(owner, "star", inputs, targets, alpha, gamma, beta, reduction, fused)
+    return reference.sigmoid_loss(owner, "star", inputs, targets, alpha, gamma, beta, reduction)
 
 
 def sigmoid_ce_loss(
@@ -171,45 +184,33 @@ def sigmoid_ce_loss(
     targets: Tensor,
     alpha: float = -1,
     reduction: str = "none",
-    *,
     fused: bool = True,
 ) -> Tensor:
     """Binary cross entropy on sigmoid outputs, optionally alpha-balanced (§3.1):
 
-        CE(p_t) = -alpha_t * log(p_t)
+        CE = -alpha_t log(p_t)
 
-    (alpha_t = 1 when alpha < 0, the default: plain CE, equal to
-    ``F.binary_cross_entropy_with_logits``). Equals ``sigmoid_focal_loss`` with gamma = 0.
+    Equals ``sigmoid_focal_loss`` with gamma = 0; its values are those of
+    ``F.binary_cross_entropy_with_logits`` (bitwise when alpha < 0, the default; times alpha_t
+    otherwise), soft targets included. Unlike that function the default reduction is "none" (as
+    for the focal losses) and targets outside [0, 1] raise. Both paths call torch's fused
+    ``binary_cross_entropy_with_logits``.
 
     Args:
         inputs: float tensor of any shape: the logits.
-        targets: {0, 1} tensor of the same shape (or broadcastable to it).
+        targets: tensor of the same shape or broadcastable with it, values in [0, 1].
         alpha: weight of positives in [0, 1]; negative disables it. Default -1.
         reduction: "none" | "mean" | "sum".
-        fused: False forces the reference formulas (as does FOCAL_PLUGIN_REFERENCE_LOSS=1).
+        fused: accepted for a uniform signature (CE has one path).
     Returns:
         The loss with ``reduction`` applied; float32 (float64 for float64 inputs).
+    Raises:
+        ValueError: reduction or alpha out of range, or targets outside [0, 1].
     """
     owner = "sigmoid_ce_loss"
-    alpha = check_alpha(alpha, owner)
-    return _sigmoid_loss(owner, "focal", inputs, targets, alpha, 0.0, 0.0, reduction, fused)
-
-
-def _check_labels(owner: str, logits: Tensor, labels: Tensor, max_label: int) -> Tensor:
-    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex \
-            or labels.dtype == torch.bool:
-        raise ValueError(f"{owner}: labels must be an integer tensor, got "
-                         f"{getattr(labels, 'dtype', type(labels).__name__)}")
-    if labels.shape != logits.shape[:1]:
-        raise ValueError(f"{owner}: labels must have shape ({logits.shape[0]},) to match logits "
-                         f"{tuple(logits.shape)}, got {tuple(labels.shape)}")
-    labels = labels.to(device=logits.device, dtype=torch.long)
-    if labels.device.type == "cpu" and labels.numel():  # on accelerators this would sync
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi > max_label:
-            raise ValueError(f"{owner}: labels must lie in [0, {max_label}] ({max_label} = background), "
-                             f"got values in [{lo}, {hi}]")
-    return labels
+    if not torch.jit.is_scripting():
+        return _sigmoid(owner, "focal", inputs, targets, alpha, 0.0, 0.0, reduction, fused)
+    return reference.sigmoid_loss(owner, "focal", inputs, targets, alpha, 0.0, 0.0, reduction)
 
 
 def softmax_focal_loss(
@@ -218,7 +219,6 @@ def softmax_focal_loss(
     alpha: float = 0.25,
     gamma: float = 2.0,
     reduction: str = "none",
-    *,
     fused: bool = True,
 ) -> Tensor:
     """Softmax focal loss over K+1 classes with background last (the original Detectron's
@@ -237,25 +237,37 @@ def softmax_focal_loss(
         alpha: weight of foreground samples in [0, 1]; negative disables it. Default 0.25.
         gamma: focusing parameter >= 0. Default 2.
         reduction: "none" (per sample, shape (N,)) | "mean" | "sum".
-        fused: False forces the reference formulas (as does FOCAL_PLUGIN_REFERENCE_LOSS=1).
+        fused: True (default) takes the fused kernel where it applies; False the reference formulas.
     Returns:
         The loss with ``reduction`` applied; float32 (float64 for float64 inputs).
+    Raises:
+        ValueError: reduction, alpha or gamma out of range, inputs not (N, K+1), labels not
+            integers in [0, K] (on CUDA the range is an asynchronous device-side assertion).
     """
+    if not torch.jit.is_scripting():
+        return _softmax(inputs, labels, alpha, gamma, reduction, fused)
+    return reference.softmax_loss("softmax_focal_loss", inputs, labels, alpha, gamma, reduction)
+
+
+def _softmax(inputs: Tensor, labels: Any, alpha: Any, gamma: Any, reduction: str, fused: bool) -> Tensor:
     owner = "softmax_focal_loss"
-    alpha = check_alpha(alpha, owner)
-    gamma = check_gamma(gamma, owner)
-    check_reduction(reduction, owner)
-    if inputs.dim() != 2 or inputs.shape[1] < 2:
-        raise ValueError(f"{owner}: inputs must be (N, K+1) logits with K >= 1, got {tuple(inputs.shape)}")
-    labels = _check_labels(owner, inputs, labels, inputs.shape[1] - 1)
-    dtype = compute_dtype(inputs.dtype)
-    x = inputs.to(dtype)
-    if use_fused_path(fused, x):
-        prm = params_tensor((*alpha_weights(alpha), gamma, 0.0), dtype, x.device)
-        loss = fused_loss("softmax_rows", x.contiguous(), labels.contiguous(), prm, rows=True)
-    else:
-        loss = reference.softmax_per_sample(x, labels, alpha, gamma)
-    return _reduce(loss, reduction)
+    alpha, gamma = as_number(owner, "alpha", alpha), as_number(owner, "gamma", gamma)
+    if not use_fused_path(fused, inputs) or not isinstance(labels, torch.Tensor):
+        return reference.softmax_loss(owner, inputs, _as_labels(owner, labels), alpha, gamma, reduction)
+    reference.check_reduction(owner, reduction)
+    reference.check_hyperparameters(owner, "focal", alpha, gamma, 0.0)
+    reference.check_softmax_inputs(owner, inputs)
+    labels = reference.check_labels(owner, inputs, labels, inputs.shape[1] - 1).contiguous()
+    x = inputs.to(reference.compute_dtype(inputs.dtype)).contiguous()
+    loss = fused_loss("softmax_rows", x, labels, _prm(alpha, gamma, 0.0, x),
+                      lambda v: reference.softmax_per_sample(v, labels, alpha, gamma), rows=True)
+    return reference.reduce(loss, reduction)
+
+
+def _as_labels(owner: str, labels: Any) -> Tensor:
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"{owner}: labels must be an integer tensor, got {type(labels).__name__}")
+    return labels
 
 
 def sigmoid_loss_per_anchor(
@@ -278,10 +290,10 @@ def sigmoid_loss_per_anchor(
     """
     if logits.dim() != 2:
         raise ValueError(f"{owner}: logits must be (M, K), got {tuple(logits.shape)}")
-    labels = _check_labels(owner, logits, labels, logits.shape[1])
-    dtype = compute_dtype(logits.dtype)
-    x = logits.to(dtype)
+    labels = reference.check_labels(owner, logits, _as_labels(owner, labels), logits.shape[1])
+    x = logits.to(reference.compute_dtype(logits.dtype))
     if not use_fused_path(fused, x):
         return reference.sigmoid_per_anchor(kind, x, labels, alpha, gamma, beta)
-    prm = params_tensor((*alpha_weights(alpha), gamma, beta), dtype, x.device)
-    return fused_loss(f"{kind}_rows", x.contiguous(), labels.contiguous(), prm, rows=True)
+    labels = labels.contiguous()
+    return fused_loss(f"{kind}_rows", x.contiguous(), labels, _prm(alpha, gamma, beta, x),
+                      lambda v: reference.sigmoid_per_anchor(kind, v, labels, alpha, gamma, beta), rows=True)

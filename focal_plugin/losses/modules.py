@@ -7,15 +7,15 @@ loss of every anchor summed over its classes (labels in [0, K], K = background),
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from fvcore.common.registry import Registry
 
-from focal_plugin.losses._common import check_alpha, check_beta, check_gamma, compute_dtype
+from focal_plugin.losses._common import as_number
 from focal_plugin.losses.functional import sigmoid_loss_per_anchor, softmax_focal_loss
+from focal_plugin.losses.reference import check_hyperparameters, compute_dtype
 from focal_plugin.registry import register
 
 Tensor = torch.Tensor
@@ -24,15 +24,15 @@ LOSS_REGISTRY = Registry("FOCAL_LOSS")
 LOSS_REGISTRY.__doc__ = """Classification losses by name (``cfg.MODEL.FOCAL.LOSS``); each entry is
 a ``ClassificationLoss`` subclass built by ``build_classification_loss(name, **params)``."""
 
-HYPERPARAMETERS = ("gamma", "alpha", "beta")
-
 
 class ClassificationLoss(torch.nn.Module):
     """Base of the registered losses.
 
     Class attributes: ``hyperparameters`` (the constructor's hyperparameter keywords, a subset of
     ("gamma", "alpha", "beta")) and ``is_softmax`` (K+1 logits with background last, instead of
-    K sigmoid logits). ``fused=False`` forces the reference formulas for this module.
+    K sigmoid logits). Hyperparameters are required keyword arguments (no defaults: the config
+    holds them). ``fused`` is the one switch between the fused kernels (True, the default) and
+    the reference formulas (False); the config passes ``MODEL.FOCAL.FUSED_LOSS``.
     """
 
     hyperparameters: Tuple[str, ...] = ()
@@ -41,7 +41,7 @@ class ClassificationLoss(torch.nn.Module):
     def __init__(self, *, fused: bool = True):
         super().__init__()
         if not isinstance(fused, bool):
-            raise ValueError(f"{type(self).__name__}: fused = {fused!r} is invalid: expected True or False")
+            raise ValueError(f"{type(self).__name__}: Invalid fused = {fused!r}: expected True or False")
         self.fused = fused
 
     def num_logits(self, num_classes: int) -> int:
@@ -65,18 +65,22 @@ class ClassificationLoss(torch.nn.Module):
         return ", ".join(parts + [f"fused={self.fused}"])
 
 
+def _checked(owner: str, kind: str, **params: Any) -> Dict[str, float]:
+    values = {k: as_number(owner, k, v) for k, v in params.items()}
+    check_hyperparameters(owner, kind, values.get("alpha", -1.0), values.get("gamma", 1.0),
+                          values.get("beta", 0.0))
+    return values
+
+
 class _SigmoidLoss(ClassificationLoss):
     kind = "focal"
     is_softmax = False
-
-    def _params(self) -> Tuple[float, float, float]:
-        return self.alpha, self.gamma, 0.0
+    gamma: float = 0.0  # CE
+    beta: float = 0.0  # FL* only
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        alpha, gamma, beta = self._params()
-        return sigmoid_loss_per_anchor(
-            self.kind, logits, labels, alpha, gamma, beta, fused=self.fused, owner=type(self).__name__
-        )
+        return sigmoid_loss_per_anchor(self.kind, logits, labels, self.alpha, self.gamma, self.beta,
+                                       fused=self.fused, owner=type(self).__name__)
 
     def scores(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits.to(compute_dtype(logits.dtype)))
@@ -84,15 +88,14 @@ class _SigmoidLoss(ClassificationLoss):
 
 @register(LOSS_REGISTRY, "sigmoid_ce")
 class SigmoidCELoss(_SigmoidLoss):
-    """Sigmoid cross entropy, -alpha_t log p_t summed over the K classes; alpha < 0 (the default)
-    gives plain CE, alpha in [0, 1] the alpha-balanced CE of §3.1."""
+    """Sigmoid cross entropy, -alpha_t log p_t summed over the K classes; alpha < 0 gives plain
+    CE, alpha in [0, 1] the alpha-balanced CE of §3.1."""
 
     hyperparameters = ("alpha",)
 
-    def __init__(self, *, alpha: float = -1.0, fused: bool = True):
+    def __init__(self, *, alpha: float, fused: bool = True):
         super().__init__(fused=fused)
-        self.alpha = check_alpha(alpha, type(self).__name__)
-        self.gamma = 0.0
+        self.alpha = _checked(type(self).__name__, "focal", alpha=alpha)["alpha"]
 
 
 @register(LOSS_REGISTRY, "sigmoid_focal")
@@ -101,28 +104,25 @@ class SigmoidFocalLoss(_SigmoidLoss):
 
     hyperparameters = ("gamma", "alpha")
 
-    def __init__(self, *, gamma: float = 2.0, alpha: float = 0.25, fused: bool = True):
+    def __init__(self, *, gamma: float, alpha: float, fused: bool = True):
         super().__init__(fused=fused)
-        self.gamma = check_gamma(gamma, type(self).__name__)
-        self.alpha = check_alpha(alpha, type(self).__name__)
+        values = _checked(type(self).__name__, "focal", gamma=gamma, alpha=alpha)
+        self.gamma, self.alpha = values["gamma"], values["alpha"]
 
 
 @register(LOSS_REGISTRY, "sigmoid_focal_star")
 class SigmoidFocalStarLoss(_SigmoidLoss):
     """FL* of Appendix A, -alpha_t log sigmoid(gamma x_t + beta) / gamma, summed over the K
-    classes. Defaults: Table 3's (gamma 2, beta 1) with alpha = 0.25 as in all FL* runs."""
+    classes. No defaults here: Table 3's settings (gamma 2, beta 1, alpha .25) are the config's
+    ``MODEL.FOCAL`` defaults; the function ``sigmoid_focal_loss_star`` keeps fvcore's."""
 
     kind = "star"
     hyperparameters = ("gamma", "beta", "alpha")
 
-    def __init__(self, *, gamma: float = 2.0, beta: float = 1.0, alpha: float = 0.25, fused: bool = True):
+    def __init__(self, *, gamma: float, beta: float, alpha: float, fused: bool = True):
         super().__init__(fused=fused)
-        self.gamma = check_gamma(gamma, type(self).__name__, strictly_positive=True)
-        self.beta = check_beta(beta, type(self).__name__)
-        self.alpha = check_alpha(alpha, type(self).__name__)
-
-    def _params(self) -> Tuple[float, float, float]:
-        return self.alpha, self.gamma, self.beta
+        values = _checked(type(self).__name__, "star", gamma=gamma, beta=beta, alpha=alpha)
+        self.gamma, self.beta, self.alpha = values["gamma"], values["beta"], values["alpha"]
 
 
 @register(LOSS_REGISTRY, "softmax_focal")
@@ -133,15 +133,15 @@ class SoftmaxFocalLoss(ClassificationLoss):
     hyperparameters = ("gamma", "alpha")
     is_softmax = True
 
-    def __init__(self, *, gamma: float = 2.0, alpha: float = 0.25, fused: bool = True):
+    def __init__(self, *, gamma: float, alpha: float, fused: bool = True):
         super().__init__(fused=fused)
-        self.gamma = check_gamma(gamma, type(self).__name__)
-        self.alpha = check_alpha(alpha, type(self).__name__)
+        values = _checked(type(self).__name__, "focal", gamma=gamma, alpha=alpha)
+        self.gamma, self.alpha = values["gamma"], values["alpha"]
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         if logits.dim() != 2:
             raise ValueError(f"{type(self).__name__}: logits must be (M, K+1), got {tuple(logits.shape)}")
-        return softmax_focal_loss(logits, labels, self.alpha, self.gamma, "none", fused=self.fused)
+        return softmax_focal_loss(logits, labels, self.alpha, self.gamma, "none", self.fused)
 
     def scores(self, logits: Tensor) -> Tensor:
         return F.softmax(logits.to(compute_dtype(logits.dtype)), dim=-1)[..., :-1]
@@ -152,26 +152,23 @@ def _accepted(cls: type) -> Tuple[str, ...]:
 
 
 def build_classification_loss(name: str, **params: Any) -> ClassificationLoss:
-    """Build the registered loss ``name`` with hyperparameters ``params`` (validated).
-
-    Unknown names and unknown parameters raise ``ValueError`` listing what is accepted.
+    """Build the registered loss ``name`` with its hyperparameters ``params`` (all required: the
+    config, ``MODEL.FOCAL``, is the one place that holds the paper's defaults) and optionally
+    ``fused``. Unknown names, unknown or missing parameters and values out of range raise
+    ``ValueError`` saying what is accepted.
     """
     if name not in LOSS_REGISTRY:
         raise ValueError(f"unknown classification loss {name!r}: registered losses are "
                          f"{sorted(k for k, _ in LOSS_REGISTRY)}")
     cls = LOSS_REGISTRY.get(name)
-    accepted = _accepted(cls)
+    accepted = tuple(cls.hyperparameters) + ("fused",)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"classification loss {name!r} got unknown parameter(s) {unknown}: "
                          f"it accepts {list(accepted)}")
+    missing = [p for p in cls.hyperparameters if p not in params]
+    if missing:
+        raise ValueError(f"classification loss {name!r} needs hyperparameter(s) {missing}: "
+                         f"it takes {list(cls.hyperparameters)} (the config passes MODEL.FOCAL."
+                         f"{', MODEL.FOCAL.'.join(p.upper() for p in cls.hyperparameters)})")
     return cls(**params)
-
-
-def describe_losses() -> Dict[str, Dict[str, Any]]:
-    """name -> {hyperparameter: default} of every registered loss (for docs and CLIs)."""
-    out = {}
-    for name, cls in sorted(LOSS_REGISTRY):
-        sig = inspect.signature(cls.__init__)
-        out[name] = {p: sig.parameters[p].default for p in cls.hyperparameters}
-    return out

@@ -1,57 +1,187 @@
-"""Reference formulas: the paper's losses written directly in log-sigmoid space, differentiated
-by autograd. They define what the fused kernels (``fused.py``) must reproduce, and they are the
-path taken when ``FOCAL_PLUGIN_REFERENCE_LOSS=1`` or ``fused=False``.
+"""Reference formulas and argument checks of the sigmoid and softmax losses, differentiated by
+autograd, all TorchScript-compatible: ``torch.jit.script`` of a public function compiles these.
 
-Notation (PAPER.md): x logit, y in {0, 1} the target, x_t = (2y - 1) x, p_t = sigmoid(x_t),
-alpha_t = alpha if y = 1 else 1 - alpha (1 when alpha < 0). log p_t = logsigmoid(x_t) and
-log(1 - p_t) = logsigmoid(-x_t) are evaluated without forming p_t, so nothing overflows for any
-finite logit, and d/dx (1 - p_t)^gamma = -gamma (1 - p_t)^gamma p_t stays finite for gamma < 1.
+They define what the fused kernels (``fused.py``) must reproduce, they are the path taken with
+``fused=False`` (and under TorchScript, tracing and an outer ``torch.compile``), and they give
+the fused path its second derivatives.
 
-All inputs are expected in the compute dtype already (float32 or float64); see ``functional``.
+Notation (PAPER.md): x logit, t in [0, 1] the target, p = sigmoid(x),
+p_t = p t + (1 - p)(1 - t), alpha_t = alpha t + (1 - alpha)(1 - t) (no weighting when alpha < 0).
+For t in {0, 1} this is the paper's p_t with x_t = (2t - 1) x; for soft targets (label smoothing,
+quality targets) it is the general form torchvision and fvcore use:
+
+    CE  = binary_cross_entropy_with_logits(x, t)  = -t log p - (1 - t) log(1 - p)
+    FL  = alpha_t CE (1 - p_t)^gamma,  1 - p_t = t sigmoid(-x) + (1 - t) sigmoid(x)
+    FL* = alpha_t [t l*(x) + (1 - t) l*(-x)],  l*(v) = -log sigmoid(gamma v + beta) / gamma
+
+FL* is linear in t (the expected FL* of a target drawn with probability t): it equals fvcore's
+FL* for t in {0, 1} and the CE above for gamma = 1, beta = 0. (fvcore's x_t = (2t - 1) x makes the
+loss flat in x at t = 0.5 and leaves label-smoothed targets without a finite minimiser.)
+
+(1 - p_t)^gamma is evaluated as exp(gamma log(1 - p_t)) with log(1 - p_t) formed in log space
+(``log_one_minus_pt``), so it is accurate, does not underflow for gamma < 1, and has a finite
+derivative for every finite logit. CE is torch's own ``binary_cross_entropy_with_logits``, so
+gamma = 0 (and alpha < 0) gives exactly its value, and FL <= CE holds elementwise.
 """
 
-from __future__ import annotations
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
 
+Tensor = torch.Tensor
+
 #: loss kinds of the sigmoid family: "focal" (CE is focal with gamma = 0) and "star" (FL*)
 SIGMOID_KINDS = ("focal", "star")
+REDUCTIONS = ("none", "mean", "sum")
 
 
-def sigmoid_elementwise(
-    kind: str, x: torch.Tensor, t: torch.Tensor, alpha: float, gamma: float, beta: float = 0.0
-) -> torch.Tensor:
-    """Elementwise FL / CE (kind "focal") or FL* (kind "star") for binary targets ``t``."""
-    z = x * (2 * t - 1)  # x_t
-    if kind == "focal":
-        if gamma == 0:
-            loss = -F.logsigmoid(z)  # CE = -log p_t
-        else:  # FL = -(1 - p_t)^gamma log p_t
-            loss = -torch.exp(gamma * F.logsigmoid(-z)) * F.logsigmoid(z)
-    elif kind == "star":  # FL* = -log sigmoid(gamma x_t + beta) / gamma
-        loss = -F.logsigmoid(gamma * z + beta) / gamma
+# ------------------------------------------------------------------------------ checks
+def check_reduction(owner: str, reduction: str) -> None:
+    """ValueError (with "Invalid", as torchvision's) unless reduction is none | mean | sum."""
+    if reduction not in ("none", "mean", "sum"):  # REDUCTIONS (TorchScript reads no globals)
+        raise ValueError(f"{owner}: Invalid reduction = '{reduction}': expected one of 'none', 'mean', 'sum'")
+
+
+def check_hyperparameters(owner: str, kind: str, alpha: float, gamma: float, beta: float) -> None:
+    """alpha <= 1 (negative disables alpha-weighting); gamma >= 0 finite (> 0 for FL*); beta finite.
+    Raises ValueError naming the parameter, its value and the allowed range."""
+    if not alpha <= 1.0:  # also NaN
+        raise ValueError(f"{owner}: Invalid alpha = {alpha}: expected a number in [0, 1], "
+                         "or negative to disable alpha-weighting")
+    if kind == "star":
+        if not (gamma > 0.0 and gamma < float("inf")):
+            raise ValueError(f"{owner}: Invalid gamma = {gamma}: expected a finite number > 0")
+        if not (beta > -float("inf") and beta < float("inf")):
+            raise ValueError(f"{owner}: Invalid beta = {beta}: expected a finite number")
+    elif not (gamma >= 0.0 and gamma < float("inf")):
+        raise ValueError(f"{owner}: Invalid gamma = {gamma}: expected a finite number >= 0")
+
+
+def check_targets(owner: str, t: Tensor) -> None:
+    """Targets must lie in [0, 1]. On the CPU a ValueError gives the range found; on other devices
+    a ``torch._assert_async`` (no host sync; the error surfaces at the next synchronisation)."""
+    if t.numel() == 0:
+        return
+    if t.device.type == "cpu":
+        lo, hi = torch.aminmax(t)
+        lo_v, hi_v = float(lo), float(hi)
+        if not (lo_v >= 0.0 and hi_v <= 1.0):  # also NaN
+            raise ValueError(f"{owner}: targets must lie in [0, 1], got values in [{lo_v}, {hi_v}]")
     else:
-        raise ValueError(f"unknown sigmoid loss kind {kind!r}; expected one of {SIGMOID_KINDS}")
-    if alpha >= 0:
-        loss = loss * (alpha * t + (1 - alpha) * (1 - t))
+        torch._assert_async((t >= 0).logical_and(t <= 1).all(), f"{owner}: targets must lie in [0, 1]")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else (fp16, bf16, fp32, ints) is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def prepare_sigmoid(owner: str, inputs: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
+    """(x, t) in the compute dtype, targets checked to lie in [0, 1] (before broadcasting, so each
+    value is read once), then both broadcast to one shape."""
+    x = inputs.to(compute_dtype(inputs.dtype))
+    t = targets.to(device=x.device, dtype=x.dtype)
+    check_targets(owner, t)
+    if t.shape != x.shape:
+        x, t = torch.broadcast_tensors(x, t)
+    return x, t
+
+
+def check_labels(owner: str, logits: Tensor, labels: Tensor, max_label: int) -> Tensor:
+    """Integer (M,) labels in [0, max_label] (ValueError on the CPU, ``_assert_async`` elsewhere)."""
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{owner}: labels must be an integer tensor, got {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"{owner}: labels must have shape ({logits.shape[0]},) to match logits "
+                         f"{list(logits.shape)}, got {list(labels.shape)}")
+    labels = labels.to(device=logits.device, dtype=torch.long)
+    if labels.numel() > 0:
+        if labels.device.type == "cpu":
+            lo, hi = torch.aminmax(labels)
+            lo_v, hi_v = int(lo), int(hi)
+            if lo_v < 0 or hi_v > max_label:
+                raise ValueError(f"{owner}: labels must lie in [0, {max_label}] ({max_label} = background), "
+                                 f"got values in [{lo_v}, {hi_v}]")
+        else:
+            torch._assert_async((labels >= 0).logical_and(labels <= max_label).all(),
+                                f"{owner}: labels must lie in [0, {max_label}]")
+    return labels
+
+
+def reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean()
     return loss
 
 
-def one_hot_targets(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+# ------------------------------------------------------------------------------ formulas
+def alpha_weight(t: Tensor, alpha: float) -> Tensor:
+    """alpha_t = alpha t + (1 - alpha)(1 - t), written as torchvision writes it."""
+    return alpha * t + (1 - alpha) * (1 - t)
+
+
+def log_one_minus_pt(x: Tensor, t: Tensor) -> Tensor:
+    """log(1 - p_t) = log(t sigmoid(-x) + (1 - t) sigmoid(x)), without forming p_t.
+
+    With e = exp(-|x|): 1 - p_t = sigmoid(|x|) r, r = s + (1 - s) e, where s is the weight of the
+    larger of sigmoid(x), sigmoid(-x) (1 - t for x >= 0, t otherwise); so log(1 - p_t) =
+    -log1p(e) + log r. For t in {0, 1} this is log sigmoid(-x_t). Where r underflows to 0 (a hard
+    target at |x| > ~87 in float32) log r = -|x|, its exact value there, so the derivative in x
+    stays finite.
+    """
+    pos = x >= 0
+    ax = torch.where(pos, x, -x)  # |x|, with the x >= 0 side's derivative at 0 (abs's is 0)
+    e = torch.exp(-ax)
+    s = torch.where(pos, 1 - t, t)
+    r = s + (1 - s) * e
+    ok = r > 0
+    log_r = torch.where(ok, torch.log(torch.where(ok, r, torch.ones_like(r))), -ax)
+    return log_r - torch.log1p(e)
+
+
+def sigmoid_elementwise(kind: str, x: Tensor, t: Tensor, alpha: float, gamma: float, beta: float) -> Tensor:
+    """Elementwise FL / CE (kind "focal"; gamma = 0 is CE) or FL* (kind "star"), t in [0, 1]."""
+    if kind == "focal":
+        loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+        if gamma != 0:
+            loss = loss * torch.exp(gamma * log_one_minus_pt(x, t))
+    elif kind == "star":
+        pos = -F.logsigmoid(gamma * x + beta)
+        neg = -F.logsigmoid(gamma * -x + beta)
+        loss = (t * pos + (1 - t) * neg) / gamma
+    else:
+        raise ValueError(f"unknown sigmoid loss kind '{kind}'; expected 'focal' or 'star'")
+    if alpha >= 0:
+        loss = alpha_weight(t, alpha) * loss
+    return loss
+
+
+def sigmoid_loss(owner: str, kind: str, inputs: Tensor, targets: Tensor, alpha: float, gamma: float,
+                 beta: float, reduction: str) -> Tensor:
+    """A public sigmoid loss on the reference path: every check, then the formula, then the
+    reduction. What ``torch.jit.script`` of a public function compiles."""
+    check_reduction(owner, reduction)
+    check_hyperparameters(owner, kind, alpha, gamma, beta)
+    x, t = prepare_sigmoid(owner, inputs, targets)
+    return reduce(sigmoid_elementwise(kind, x, t, alpha, gamma, beta), reduction)
+
+
+def one_hot_targets(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
     """(M,) labels in [0, K] (K = background) -> (M, K) {0, 1} targets; background is all zeros."""
     return F.one_hot(labels, num_classes + 1)[:, :num_classes].to(dtype)
 
 
-def sigmoid_per_anchor(
-    kind: str, x: torch.Tensor, labels: torch.Tensor, alpha: float, gamma: float, beta: float = 0.0
-) -> torch.Tensor:
+def sigmoid_per_anchor(kind: str, x: Tensor, labels: Tensor, alpha: float, gamma: float,
+                       beta: float) -> Tensor:
     """(M, K) logits, (M,) labels in [0, K] -> (M,) loss summed over the K classes."""
     t = one_hot_targets(labels, x.shape[1], x.dtype)
     return sigmoid_elementwise(kind, x, t, alpha, gamma, beta).sum(dim=1)
 
 
-def softmax_per_sample(x: torch.Tensor, labels: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+def softmax_per_sample(x: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
     """(N, K+1) logits (background last), (N,) labels in [0, K] -> (N,) softmax FL.
 
     With u = logsumexp_{j != label} x_j - x_label: p_t = sigmoid(-u), so log p_t = logsigmoid(-u)
@@ -69,3 +199,27 @@ def softmax_per_sample(x: torch.Tensor, labels: torch.Tensor, alpha: float, gamm
         is_fg = (labels < num_logits - 1).to(loss.dtype)
         loss = loss * (alpha * is_fg + (1 - alpha) * (1 - is_fg))
     return loss
+
+
+def softmax_loss(owner: str, inputs: Tensor, labels: Tensor, alpha: float, gamma: float,
+                 reduction: str) -> Tensor:
+    """The public softmax focal loss on the reference path (checks, formula, reduction)."""
+    check_reduction(owner, reduction)
+    check_hyperparameters(owner, "focal", alpha, gamma, 0.0)
+    check_softmax_inputs(owner, inputs)
+    labels = check_labels(owner, inputs, labels, inputs.shape[1] - 1)
+    x = inputs.to(compute_dtype(inputs.dtype))
+    return reduce(softmax_per_sample(x, labels, alpha, gamma), reduction)
+
+
+def check_softmax_inputs(owner: str, inputs: Tensor) -> None:
+    if inputs.dim() != 2 or inputs.shape[1] < 2:
+        raise ValueError(f"{owner}: inputs must be (N, K+1) logits with K >= 1, got {list(inputs.shape)}")
+
+
+__all__: List[str] = [
+    "SIGMOID_KINDS", "REDUCTIONS", "check_reduction", "check_hyperparameters", "check_targets",
+    "check_labels", "check_softmax_inputs", "compute_dtype", "prepare_sigmoid", "reduce",
+    "alpha_weight", "log_one_minus_pt", "sigmoid_elementwise", "sigmoid_loss", "one_hot_targets",
+    "sigmoid_per_anchor", "softmax_per_sample", "softmax_loss",
+]
