@@ -69,10 +69,16 @@ class PretrainRecipe:
     # image normalization (detectron2's defaults: BGR, MSRA-style mean, std 1)
     pixel_mean: Tuple[float, float, float] = (103.530, 116.280, 123.675)
     pixel_std: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Export: res3/res4/res5 outputs rescaled to this RMS on the source images by an exact
+    # reparametrization of the FrozenBN layers (0 = the raw classifier backbone); see rescale_stages.
+    feature_rms: float = 1.0
+    rms_images: int = 64  # source images (native size) over which the RMS is measured
 
     def fingerprint(self) -> str:
+        """Of the *training* fields (the cache folder); the export fields name the file in it."""
         params = dataclasses.asdict(self)
-        params.pop("name")
+        for key in ("name", "feature_rms", "rms_images"):
+            params.pop(key)
         source = SOURCES[self.source]() if self.source in SOURCES else self.source
         blob = json.dumps({"version": PRETRAIN_VERSION, "params": params,
                            "source": source.fingerprint() if hasattr(source, "fingerprint") else source},
@@ -106,8 +112,16 @@ def weights_dir(recipe: PretrainRecipe) -> Path:
     return cache_root() / "pretrained" / f"{recipe.name}-{recipe.fingerprint()}"
 
 
+def raw_weights_path(recipe: PretrainRecipe) -> Path:
+    """The classifier's backbone as trained (no export reparametrization)."""
+    return weights_dir(recipe) / "backbone_raw.pth"
+
+
 def weights_path(recipe: PretrainRecipe) -> Path:
-    return weights_dir(recipe) / "model_final.pth"
+    """The file ``focal-pretrained://<recipe>`` resolves to."""
+    if not recipe.feature_rms:
+        return raw_weights_path(recipe)
+    return weights_dir(recipe) / f"model_final_rms{recipe.feature_rms:g}_n{recipe.rms_images}.pth"
 
 
 def get_recipe(name_or_recipe) -> PretrainRecipe:
@@ -354,6 +368,96 @@ def _train_classifier(recipe: PretrainRecipe, log_period: int) -> Tuple[Dict[str
     return state, report
 
 
+STAGES = ("res3", "res4", "res5")
+
+
+def _frozen_resnet(recipe: PretrainRecipe, state: Dict[str, Any]):
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = recipe.depth
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = list(STAGES)
+    resnet = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    own = {k[len(KEY_PREFIX):]: v for k, v in state.items() if k.startswith(KEY_PREFIX)}
+    own = {k: v for k, v in own.items() if not k.endswith("num_batches_tracked")}
+    missing, unexpected = resnet.load_state_dict(own, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"backbone weights do not fit: missing {missing}, unexpected {unexpected}")
+    return resnet.eval().requires_grad_(False), torch
+
+
+def stage_rms(recipe: PretrainRecipe, state: Dict[str, Any]) -> Dict[str, float]:
+    """RMS of the res3/res4/res5 outputs (FrozenBN, as detection uses them) over the first
+    ``recipe.rms_images`` source images at native size."""
+    import cv2
+
+    from focal_plugin.data import prepare_dataset
+
+    resnet, torch = _frozen_resnet(recipe, state)
+    root = prepare_dataset(SOURCES[recipe.source](), progress=False)
+    with open(root / "annotations" / "instances_train.json") as f:
+        images = sorted(json.load(f)["images"], key=lambda im: im["id"])[: recipe.rms_images]
+    mean = torch.tensor(recipe.pixel_mean).view(3, 1, 1)
+    std = torch.tensor(recipe.pixel_std).view(3, 1, 1)
+    sums = {k: 0.0 for k in STAGES}
+    counts = {k: 0 for k in STAGES}
+    with torch.no_grad():
+        for im in images:
+            img = cv2.imread(str(root / "train" / im["file_name"]), cv2.IMREAD_COLOR)
+            x = (torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() - mean) / std
+            out = resnet(x[None])
+            for k in STAGES:
+                sums[k] += float((out[k].double() ** 2).sum())
+                counts[k] += out[k].numel()
+    return {k: (sums[k] / counts[k]) ** 0.5 for k in STAGES}
+
+
+def rescale_stages(state: Dict[str, Any], scales: Dict[str, float]) -> Dict[str, Any]:
+    """Multiply the outputs of stages res3/res4/res5 by ``scales[stage]``, exactly, for FrozenBN.
+
+    In every block of a stage scaled by s the last norm's affine (``conv2.norm`` weight and bias)
+    and the projection shortcut's norm are multiplied by s; every norm that reads a scaled input
+    (a block's ``conv1.norm`` and a projection ``shortcut.norm``) gets running_mean x s_in and
+    running_var x s_in^2, so it normalizes to what it did before. ReLU is positively homogeneous,
+    so each stage's output is its old output times its own s (up to BN's eps: exact while
+    s_in^2 x running_var >> eps; the proto-r18 export lands within 0.3 % of its target RMS).
+    """
+    out = {k: v.clone() for k, v in state.items()}
+    p = KEY_PREFIX
+    blocks = sorted({k[len(p):].split(".conv")[0].split(".shortcut")[0] for k in state
+                     if k.startswith(p + "res")})
+    prev = 1.0  # scale of the stage input (res2 is not rescaled)
+    for stage in ["res2", *STAGES]:
+        s = 1.0 if stage == "res2" else float(scales[stage])
+        for b in sorted((b for b in blocks if b.startswith(stage + ".")), key=lambda b: int(b.split(".")[1])):
+            s_in = prev if b.endswith(".0") else s
+            for norm in (f"{b}.conv1.norm", f"{b}.shortcut.norm"):
+                if p + norm + ".running_mean" in out:
+                    sc_in = prev if norm.endswith("shortcut.norm") else s_in
+                    out[p + norm + ".running_mean"] *= sc_in
+                    out[p + norm + ".running_var"] *= sc_in ** 2
+            for norm in (f"{b}.conv2.norm", f"{b}.shortcut.norm"):
+                if p + norm + ".weight" in out:
+                    out[p + norm + ".weight"] *= s
+                    out[p + norm + ".bias"] *= s
+        prev = s
+    return out
+
+
+def _save(obj: Any, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def build(recipe="proto-r18", force: bool = False) -> Path:
     """Path of the recipe's weights, training them first if missing (or if ``force``).
 
@@ -364,20 +468,37 @@ def build(recipe="proto-r18", force: bool = False) -> Path:
     final = weights_dir(recipe)
     if weights_path(recipe).is_file() and not force:
         return weights_path(recipe)
+    author = "focal_plugin.pretrain " + recipe.name
     with _file_lock(final.parent / f".{final.name}.lock"):
         if weights_path(recipe).is_file() and not force:
             return weights_path(recipe)
-        state, report = train_classifier(recipe)
-        tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        author = "focal_plugin.pretrain " + recipe.name
-        torch.save({"model": state, "__author__": author}, tmp / "model_final.pth")
-        with open(tmp / "RECIPE.json", "w") as f:
-            json.dump(report, f, indent=1, sort_keys=True)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if force or not raw_weights_path(recipe).is_file():
+            state, report = train_classifier(recipe)
+            tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            torch.save({"model": state, "__author__": author}, tmp / raw_weights_path(recipe).name)
+            with open(tmp / "RECIPE.json", "w") as f:
+                json.dump(report, f, indent=1, sort_keys=True)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        if recipe.feature_rms:
+            raw = torch.load(raw_weights_path(recipe))["model"]
+            rms = stage_rms(recipe, raw)
+            scales = {k: recipe.feature_rms / v for k, v in rms.items()}
+            state = rescale_stages(raw, scales)
+            after = stage_rms(recipe, state)
+            _save({"model": state, "__author__": author}, weights_path(recipe))
+            with open(final / "RECIPE.json") as f:
+                report = json.load(f)
+            report.setdefault("exports", {})[weights_path(recipe).name] = {
+                "feature_rms": recipe.feature_rms, "rms_images": recipe.rms_images,
+                "rms_raw": rms, "scales": scales, "rms_exported": after}
+            tmp = final / f".tmp-RECIPE-{os.getpid()}.json"
+            with open(tmp, "w") as f:
+                json.dump(report, f, indent=1, sort_keys=True)
+            os.replace(tmp, final / "RECIPE.json")
     return weights_path(recipe)
 
 

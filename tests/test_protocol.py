@@ -4,6 +4,7 @@ backbone pre-training (recipe fingerprint, cache, ``focal-pretrained://`` URIs, 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -88,9 +89,13 @@ def test_pretraining_is_deterministic_and_cached(tiny_recipe, monkeypatch):
     path = pretrain.build("tiny-test")
     assert path == pretrain.weights_path(tiny_recipe) and path.is_file()
     assert (path.parent / "RECIPE.json").is_file()
-    saved = torch.load(path)["model"]  # a second, independent training: same bytes
-    assert saved.keys() == state1.keys()
-    assert all(torch.equal(saved[k], state1[k]) for k in state1)
+    raw = torch.load(pretrain.raw_weights_path(tiny_recipe))["model"]  # a second training: same bytes
+    assert raw.keys() == state1.keys()
+    assert all(torch.equal(raw[k], state1[k]) for k in state1)
+    export = json.loads((path.parent / "RECIPE.json").read_text())["exports"][path.name]
+    assert export["rms_exported"] == pytest.approx(pretrain.stage_rms(tiny_recipe, torch.load(path)["model"]))
+    want = {k: tiny_recipe.feature_rms / v for k, v in export["rms_raw"].items()}
+    assert export["scales"] == pytest.approx(want)
     assert PathManager.get_local_path("focal-pretrained://tiny-test") == str(path)
 
     def no_training(*args, **kwargs):
@@ -112,7 +117,29 @@ def test_weights_load_into_the_protocol_backbone(tiny_recipe):
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     saved = torch.load(path)["model"]
     got = model.state_dict()
+    assert torch.equal(got["backbone.bottom_up.res5.1.conv2.norm.weight"],
+                       saved["backbone.bottom_up.res5.1.conv2.norm.weight"])
     key = "backbone.bottom_up.res4.0.conv1.weight"
     assert torch.equal(got[key], saved[key])
     assert torch.equal(got["backbone.bottom_up.res5.1.conv2.norm.running_var"],
                        saved["backbone.bottom_up.res5.1.conv2.norm.running_var"])
+
+
+def test_rescale_stages_is_an_exact_reparametrization():
+    recipe = pretrain.RECIPES["proto-r18"]
+    torch.manual_seed(0)
+    net = pretrain.build_classifier(recipe, 3).resnet
+    for m in net.modules():  # non-trivial BN statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 2)
+            m.bias.data.uniform_(-1, 1)
+    state = {pretrain.KEY_PREFIX + k: v for k, v in net.state_dict().items()}
+    scales = {"res3": 0.5, "res4": 3.0, "res5": 0.1}
+    raw, _ = pretrain._frozen_resnet(recipe, state)
+    new, _ = pretrain._frozen_resnet(recipe, pretrain.rescale_stages(state, scales))
+    x = torch.randn(2, 3, 64, 80) * 50
+    a, b = raw(x), new(x)
+    for k, s in scales.items():
+        torch.testing.assert_close(b[k], s * a[k], rtol=1e-3, atol=1e-3)
