@@ -410,6 +410,7 @@ def test_run_report_divergence_and_no_rerun(fake_env):
     assert ("| α = .75 beats α = .25 | 31.1 vs 10.8 (Δ +20.3) | AP 75.1 ± 0.1 vs 25.1 ± 0.1 "
             "(Δ +50.00, noise ±0.28) | **reproduced** |") in md
     assert "## Environment" in md and "| a25/seed1 | done |" in md
+    assert "| local (workers 0) | 6 of 6 | 2 diverged, 4 done |" in md  # the runner's invocations
     csv_lines = open(summary["report"]["csv"]).read().splitlines()
     assert csv_lines[0].startswith("row,α,AP_ours,AP_std,AP_n,AP_paper,AP_delta,")
     assert csv_lines[2].startswith("a75,.75,75.100,0.141,2,31.100,44.000,")

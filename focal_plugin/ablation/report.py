@@ -139,7 +139,7 @@ def _imbalance_row(s: Dict[str, Any]) -> Dict[str, Any]:
 # ---------------------------------------------------------------------------------- report
 def build_report(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
                  base_config: Optional[str] = None, extra_opts: Sequence[str] = (),
-                 with_imbalance: bool = True) -> Dict[str, Any]:
+                 with_imbalance: bool = True, label: Optional[str] = None) -> Dict[str, Any]:
     """The report as a plain dict (what ``report.json`` holds)."""
     metrics = spec.metrics
     found = collect(run_dir, rows, metrics)
@@ -170,7 +170,8 @@ def build_report(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
         "seeds": max((stats[r.id].planned for r in rows), default=0),
         "base_config_override": base_config, "extra_opts": list(extra_opts),
         "launchers": sorted({f"{h.get('launcher')} (workers {h.get('workers')})" for h in starts}),
-        "label": next((h["label"] for h in reversed(starts) if h.get("label")), None),
+        "label": label or next((h["label"] for h in reversed(starts) if h.get("label")), None),
+        "invocations": _invocations(history),
         "devices": sorted({_device_text(c["status"]) for c in cells if c["status"].get("device")}),
         "commits": sorted({c["status"].get("commit", "?") for c in cells if c["status"]}),
         "hosts": sorted({c["status"].get("host", "?") for c in cells if c["status"]}),
@@ -203,6 +204,22 @@ def _history(run_dir: str) -> List[Dict[str, Any]]:
                 out.append(json.loads(line))
             except ValueError:  # a line cut by a kill: skip it
                 continue
+    return out
+
+
+def _invocations(history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One entry per runner start: when, how, how many cells, and how it ended (an interrupted
+    runner — killed, crashed — left a start without an end)."""
+    out = []
+    for i, h in enumerate(history):
+        if h.get("event") != "start":
+            continue
+        end = next((e for e in history[i + 1:] if e.get("event") == "end" and e.get("pid") == h.get("pid")
+                    and e.get("host") == h.get("host")), None)
+        out.append({"started": h.get("time"), "host": h.get("host"), "pid": h.get("pid"),
+                    "launcher": h.get("launcher"), "workers": h.get("workers"), "to_run": h.get("to_run"),
+                    "cells": h.get("cells"), "ended": end.get("time") if end else None,
+                    "states": end.get("states") if end else None})
     return out
 
 
@@ -281,7 +298,17 @@ def to_markdown(report: Dict[str, Any]) -> str:
               f"launcher(s): {', '.join(env['launchers']) or '—'}",
               f"- Device(s): {'; '.join(env['devices']) or '—'}",
               f"- Commit(s): {', '.join(env['commits']) or '—'}; host(s): {', '.join(env['hosts']) or '—'}",
-              "", "| cell | state | wall time (s) | attempts | resumed from iter | iterations | device |",
+              ""]
+    if env.get("invocations"):
+        lines += ["| runner started | launcher | cells to run | outcome |", "|---|---|---|---|"]
+        for r in env["invocations"]:
+            outcome = (", ".join(f"{n} {s}" for s, n in sorted(r["states"].items())) if r["states"]
+                       else "none recorded") if r["ended"] else "no end recorded: killed (or still running)"
+            lines.append(f"| {r['started']} (pid {r['pid']}) | {r['launcher']} (workers {r['workers']}) | "
+                         f"{r['to_run']} of {r['cells']} | {outcome} |")
+        lines.append("")
+    lines += ["| cell | state | wall time (s, last attempt) | attempts | resumed from iter | iterations "
+              "| device |",
               "|---|---|---|---|---|---|---|"]
     for c in env["cells"]:
         wall = f"{c['wall_time_s']:.1f}" if c.get("wall_time_s") is not None else "—"
@@ -336,9 +363,9 @@ def _csv_num(v: Optional[float]) -> str:
 
 def write_reports(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
                   base_config: Optional[str] = None, extra_opts: Sequence[str] = (),
-                  with_imbalance: bool = True) -> Dict[str, str]:
+                  with_imbalance: bool = True, label: Optional[str] = None) -> Dict[str, str]:
     """Write ``report.{md,csv,json}`` into ``run_dir`` atomically; returns their paths."""
-    report = build_report(spec, scale, run_dir, rows, base_config, extra_opts, with_imbalance)
+    report = build_report(spec, scale, run_dir, rows, base_config, extra_opts, with_imbalance, label)
     paths = {ext: os.path.join(run_dir, f"report.{ext}") for ext in ("md", "csv", "json")}
     write_text_atomic(paths["md"], to_markdown(report))
     write_text_atomic(paths["csv"], to_csv(report))

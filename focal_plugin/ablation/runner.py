@@ -234,7 +234,7 @@ class Runner:
 
         return write_reports(self.spec, self.scale, self.run_dir, self.all_rows,
                              base_config=self.base_config, extra_opts=self.extra_opts,
-                             with_imbalance=self.imbalance)
+                             with_imbalance=self.imbalance, label=self.label)
 
     def _history(self, event: Dict[str, Any]) -> None:
         event = {"time": now_iso(), "pid": os.getpid(), "host": socket.gethostname(), **event}

@@ -162,7 +162,7 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
         pvals = {r: _paper(paper, r, m) for r in [claim.row, *rivals]}
         known = {r: v for r, v in pvals.items() if v is not None}
         pick = (max if s_sign > 0 else min)(known, key=known.get) if known else None
-        ptxt = f"best: {pick} ({known[pick]:.1f})" if pick else "—"
+        ptxt = f"{'highest' if s_sign > 0 else 'lowest'}: {pick} ({known[pick]:.1f})" if pick else "—"
         out.update(verdict=verdict, ours=ours, paper=ptxt)
         return out
     if claim.type in ("similar", "any_similar"):
