@@ -55,11 +55,37 @@ def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freez
     if opts:
         if len(opts) % 2:
             raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd list: {list(opts)}")
+        for key in opts[0::2]:  # yacs refuses an unknown key with a bare AssertionError
+            if not cfg.key_is_deprecated(key) and not _has_key(cfg, key):
+                raise _unknown_key(cfg, key)
         cfg.merge_from_list(list(opts))
     check_config(cfg)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+def _has_key(cfg: CfgNode, key: str) -> bool:
+    node: Any = cfg
+    for part in str(key).split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _unknown_key(cfg: CfgNode, key: str) -> ValueError:
+    import difflib
+
+    def leaves(node: CfgNode, prefix: str = "") -> List[str]:
+        out: List[str] = []
+        for k, v in node.items():
+            out += leaves(v, f"{prefix}{k}.") if isinstance(v, CfgNode) else [f"{prefix}{k}"]
+        return out
+
+    close = difflib.get_close_matches(str(key).upper(), leaves(cfg), n=1)
+    hint = f"; did you mean cfg.{close[0]}?" if close else ""
+    return ValueError(f"cfg.{key} does not exist (config override){hint}")
 
 
 # Keys detectron2 has that have no effect under FocalRetinaNet -> the key that does. Changing one
