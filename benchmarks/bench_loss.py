@@ -87,9 +87,9 @@ def methods(num_classes: int):
         "torchvision FL": lambda x, t, lab: torchvision.ops.sigmoid_focal_loss(x, t, ALPHA, GAMMA, "sum"),
         "ours FL fused": lambda x, t, lab: sigmoid_focal_loss(x, t, ALPHA, GAMMA, "sum"),
         "ours FL reference": lambda x, t, lab: sigmoid_focal_loss(x, t, ALPHA, GAMMA, "sum", fused=False),
-        "ours FL* fused (g2,b1)": lambda x, t, lab: sigmoid_focal_loss_star(x, t, ALPHA, GAMMA, "sum", BETA),
-        "fvcore FL* (g2,b0)": lambda x, t, lab: fvcore.nn.sigmoid_focal_loss_star(x, t, ALPHA, GAMMA, "sum"),
-        "ours CE fused": lambda x, t, lab: sigmoid_ce_loss(x, t, ALPHA, "sum"),
+        "ours FL* fused (g2 b1)": lambda x, t, lab: sigmoid_focal_loss_star(x, t, ALPHA, GAMMA, "sum", BETA),
+        "fvcore FL* (g2 b0)": lambda x, t, lab: fvcore.nn.sigmoid_focal_loss_star(x, t, ALPHA, GAMMA, "sum"),
+        "ours CE (torch BCE x alpha_t)": lambda x, t, lab: sigmoid_ce_loss(x, t, ALPHA, "sum"),
         "torch BCE-with-logits": lambda x, t, lab: F.binary_cross_entropy_with_logits(x, t, reduction="sum"),
         # what the detector runs: labels in, one-hot built by the caller for fvcore
         "detector: one_hot + fvcore jit": lambda x, t, lab: fvcore.nn.sigmoid_focal_loss_jit(

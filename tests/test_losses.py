@@ -809,3 +809,30 @@ def test_torchscript_compiles_every_function():
         fl(x, t * 2)
     with pytest.raises(Exception, match="Invalid gamma"):
         star(x, t, -1.0, 0.0)
+
+
+def test_log_one_minus_pt_forms_agree_and_stay_finite():
+    """reference.log_one_minus_pt: the general (soft-target) form equals the hard-target form
+    log sigmoid(-x_t) for t in {0, 1}; losses built on either agree for all finite logits (beyond
+    the underflow of 1 - p_t, where the general form clamps, the loss is below the smallest
+    number anyway); derivatives in x and in t are finite everywhere."""
+    from focal_plugin.losses import reference
+
+    for dtype, big in ((F64, 800.0), (torch.float32, 100.0)):
+        rtol = 1e-12 if dtype == F64 else 1e-6
+        x = torch.linspace(-30, 30, 601, dtype=dtype).repeat(2)
+        t = torch.cat([torch.ones(601, dtype=dtype), torch.zeros(601, dtype=dtype)])
+        torch.testing.assert_close(reference.log_one_minus_pt(x, t), reference.log_one_minus_pt(x, t, True),
+                                   rtol=rtol, atol=0)
+        x = torch.cat([x, torch.tensor([-big, big, -big, big, 0.0, 0.0], dtype=dtype)]).requires_grad_()
+        t = torch.cat([t, torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0], dtype=dtype)])
+        for gamma in (0.1, 2.0):
+            losses = [reference.sigmoid_elementwise("focal", x, t, 0.25, gamma, 0.0, hard)
+                      for hard in (False, True)]
+            torch.testing.assert_close(losses[0], losses[1], rtol=rtol, atol=0)
+            grads = [torch.autograd.grad(v.sum(), x)[0] for v in losses]
+            torch.testing.assert_close(grads[0], grads[1], rtol=rtol, atol=1e-300)
+        ts = torch.rand(x.shape, dtype=dtype).requires_grad_()
+        out = reference.log_one_minus_pt(x, ts)
+        gx, gt = torch.autograd.grad(out.sum(), [x, ts])
+        assert torch.isfinite(out).all() and torch.isfinite(gx).all() and torch.isfinite(gt).all()

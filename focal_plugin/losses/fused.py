@@ -24,7 +24,9 @@ Inductor compilation (Triton) but has not been run on a GPU here.
 Closed forms (PAPER.md, Appendix B, extended to targets t in [0, 1] as in ``reference.py``),
 with e = exp(-|x|), sigmoid(x) and sigmoid(-x) formed from e, alpha_t = t a_pos + (1 - t) a_neg:
 
-* FL / CE (CE = FL with gamma = 0): ce = (1 - t) x - log sigmoid(x) (torch's BCE-with-logits),
+* FL / CE (CE = FL with gamma = 0): ce = binary_cross_entropy_with_logits(x, t) (called as such:
+  eager it is torch's op, and Inductor's decomposition gives the same bits on the CPU), so
+  FL <= BCE elementwise as in ``reference.py``;
   log(1 - p_t) = -log1p(e) + log r (see ``reference.log_one_minus_pt``), m = (1 - p_t)^gamma,
   loss = alpha_t m ce,
   dloss/dx = alpha_t m [(1 - t) sigmoid(x) - t sigmoid(-x) + gamma ce (1 - 2t) (e / r) / (1 + e)]

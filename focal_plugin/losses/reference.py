@@ -123,35 +123,42 @@ def alpha_weight(t: Tensor, alpha: float) -> Tensor:
     return alpha * t + (1 - alpha) * (1 - t)
 
 
-def log_one_minus_pt(x: Tensor, t: Tensor) -> Tensor:
+def log_one_minus_pt(x: Tensor, t: Tensor, hard: bool = False) -> Tensor:
     """log(1 - p_t) = log(t sigmoid(-x) + (1 - t) sigmoid(x)), without forming p_t.
 
-    With e = exp(-|x|): 1 - p_t = sigmoid(|x|) r, r = s + (1 - s) e, where s is the weight of the
-    larger of sigmoid(x), sigmoid(-x) (1 - t for x >= 0, t otherwise); so log(1 - p_t) =
-    -log1p(e) + log r. For t in {0, 1} this is log sigmoid(-x_t). Where r underflows to 0 (a hard
-    target at |x| > ~87 in float32) log r = -|x|, its exact value there, so the derivative in x
-    stays finite.
+    ``hard`` (t in {0, 1}, e.g. targets from labels): log sigmoid(-x_t), x_t = (2t - 1) x.
+    Otherwise, with e = exp(-|x|): 1 - p_t = sigmoid(|x|) r, r = s + (1 - s) e, where s is the
+    weight of the larger of sigmoid(x), sigmoid(-x) (1 - t for x >= 0, t otherwise); so
+    log(1 - p_t) = -log1p(e) + log r, the same value for t in {0, 1}. r is clamped at the smallest
+    normal number, reached only by a hard target's easy side beyond |x| ~ 87 (float32) / 708
+    (float64), where loss and gradient are below that number anyway: derivatives stay finite for
+    every finite logit.
     """
+    if hard:
+        return F.logsigmoid(x * (1 - 2 * t))
     pos = x >= 0
-    ax = torch.where(pos, x, -x)  # |x|, with the x >= 0 side's derivative at 0 (abs's is 0)
-    e = torch.exp(-ax)
+    e = torch.exp(-torch.where(pos, x, -x))  # |x|, with the x >= 0 side's derivative at 0
     s = torch.where(pos, 1 - t, t)
     r = s + (1 - s) * e
-    ok = r > 0
-    log_r = torch.where(ok, torch.log(torch.where(ok, r, torch.ones_like(r))), -ax)
-    return log_r - torch.log1p(e)
+    tiny = 2.2250738585072014e-308 if r.dtype == torch.float64 else 1.1754943508222875e-38  # finfo.tiny
+    return torch.log(r.clamp_min(tiny)) - torch.log1p(e)
 
 
-def sigmoid_elementwise(kind: str, x: Tensor, t: Tensor, alpha: float, gamma: float, beta: float) -> Tensor:
-    """Elementwise FL / CE (kind "focal"; gamma = 0 is CE) or FL* (kind "star"), t in [0, 1]."""
+def sigmoid_elementwise(kind: str, x: Tensor, t: Tensor, alpha: float, gamma: float, beta: float,
+                        hard: bool = False) -> Tensor:
+    """Elementwise FL / CE (kind "focal"; gamma = 0 is CE) or FL* (kind "star"), t in [0, 1];
+    ``hard``: t in {0, 1} is known (labels), which allows cheaper forms of the same values."""
     if kind == "focal":
         loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
         if gamma != 0:
-            loss = loss * torch.exp(gamma * log_one_minus_pt(x, t))
+            loss = loss * torch.exp(gamma * log_one_minus_pt(x, t, hard))
     elif kind == "star":
-        pos = -F.logsigmoid(gamma * x + beta)
-        neg = -F.logsigmoid(gamma * -x + beta)
-        loss = (t * pos + (1 - t) * neg) / gamma
+        if hard:
+            loss = -F.logsigmoid(gamma * (x * (2 * t - 1)) + beta) / gamma
+        else:
+            pos = -F.logsigmoid(gamma * x + beta)
+            neg = -F.logsigmoid(gamma * -x + beta)
+            loss = (t * pos + (1 - t) * neg) / gamma
     else:
         raise ValueError(f"unknown sigmoid loss kind '{kind}'; expected 'focal' or 'star'")
     if alpha >= 0:
@@ -178,7 +185,7 @@ def sigmoid_per_anchor(kind: str, x: Tensor, labels: Tensor, alpha: float, gamma
                        beta: float) -> Tensor:
     """(M, K) logits, (M,) labels in [0, K] -> (M,) loss summed over the K classes."""
     t = one_hot_targets(labels, x.shape[1], x.dtype)
-    return sigmoid_elementwise(kind, x, t, alpha, gamma, beta).sum(dim=1)
+    return sigmoid_elementwise(kind, x, t, alpha, gamma, beta, True).sum(dim=1)
 
 
 def softmax_per_sample(x: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
