@@ -623,3 +623,15 @@ def test_runner_refuses_a_folder_in_use(fake_env):
         held.release()
     assert not os.path.exists(os.path.join(runner.run_dir, "a25")), "nothing was run"
 
+
+
+def test_prune_checkpoints_keeps_the_final_model(tmp_path):
+    from focal_plugin.ablation.cell import prune_checkpoints
+
+    for name in ("model_0000002.pth", "model_0000005.pth", "last_checkpoint", "metrics.json"):
+        (tmp_path / name).write_text("x")
+    assert prune_checkpoints(str(tmp_path)) == []  # no final model (diverged or unfinished): keep all
+    (tmp_path / "model_final.pth").write_text("x")
+    assert prune_checkpoints(str(tmp_path)) == ["model_0000002.pth", "model_0000005.pth"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["last_checkpoint", "metrics.json", "model_final.pth"]

@@ -70,6 +70,8 @@ def test_real_cells_sigkill_resume_timing_report(tmp_path):
     assert fl["state"] == "done" and fl["attempts"] == 2
     assert fl["resumed_from_iter"] >= 2 and fl["iterations"] == 8 - fl["resumed_from_iter"]
     assert (run / "fl" / "seed0" / "config.yaml").is_file() and (run / "fl" / "seed0" / "log.txt").is_file()
+    assert sorted(p.name for p in (run / "fl" / "seed0").glob("*.pth")) == ["model_final.pth"]  # pruned
+    assert fl["pruned_checkpoints"]
     md = (run / "report.md").read_text()
     assert "| loss | AP | AP50 | ms/img | AP (paper) | AP50 (paper) | ms/img (paper) |" in md
     assert "| 31.1 | 49.4 | — |" in md and "| FL beats CE | 34.0 vs 31.1 (Δ +2.9) |" in md

@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="training function fn(config_file, opts, resume, num_gpus) -> engine.train's "
                    "dict (default: focal_plugin.ablation.cell:train_cell)")
     p.add_argument("--no-imbalance", action="store_true", help="skip the class-imbalance section")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep a finished cell's "
+                   "intermediate checkpoints (default: only model_final.pth stays)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per cell)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every cell")
     args = p.parse_args(argv)
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
                         submitit_cluster=args.submitit_cluster,
                         submitit_params=_submitit_params(args.submitit_param),
                         progress=not args.no_progress, label=args.label, train_fn=args.train_fn,
-                        imbalance=not args.no_imbalance)
+                        imbalance=not args.no_imbalance, keep_checkpoints=args.keep_checkpoints)
     except (SpecError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

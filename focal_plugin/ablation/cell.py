@@ -211,6 +211,8 @@ def _run_locked(cell_dir: str, cell: Dict[str, Any], train_fn: TrainFn) -> Dict[
             status["timing"] = timing
         status.update(state="done", metrics=metrics, iterations=result.get("iterations"),
                       max_iter=result.get("max_iter"), resumed_from_iter=result.get("resumed_from_iter"))
+        if cell.get("prune_checkpoints", True):
+            status["pruned_checkpoints"] = prune_checkpoints(cell_dir)
     except Exception as exc:  # recorded; the run goes on with the next cell
         at = divergence_iteration(exc)
         if at is not None:
@@ -222,6 +224,19 @@ def _run_locked(cell_dir: str, cell: Dict[str, Any], train_fn: TrainFn) -> Dict[
     status["wall_time_s"] = time.perf_counter() - start
     write_json_atomic(path, status)
     return status
+
+
+def prune_checkpoints(cell_dir: str) -> List[str]:
+    """Delete the intermediate ``model_NNNNNNN.pth`` of a finished cell (it is never resumed),
+    keeping ``model_final.pth``; returns the names deleted. Diverged cells keep theirs."""
+    if not os.path.isfile(os.path.join(cell_dir, "model_final.pth")):
+        return []
+    gone = []
+    for name in sorted(os.listdir(cell_dir)):
+        if re.fullmatch(r"model_\d+\.pth", name):
+            os.remove(os.path.join(cell_dir, name))
+            gone.append(name)
+    return gone
 
 
 def _pick_metrics(result: Dict[str, Any], cell: Dict[str, Any]) -> Dict[str, Any]:

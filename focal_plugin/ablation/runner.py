@@ -102,7 +102,8 @@ class Runner:
     ``gpus_per_cell``: training processes per cell (detectron2's launch; gloo processes on CPU).
     ``train_fn``: the training function, ``"module:function"`` (any launcher) or a callable
     (``workers=0`` or submitit's debug executor only); default :func:`cell.train_cell`.
-    ``imbalance``: compute the data's class imbalance for the report.
+    ``imbalance``: compute the data's class imbalance for the report. ``keep_checkpoints``: keep
+    a finished cell's intermediate checkpoints (default: only ``model_final.pth`` stays).
     """
 
     def __init__(self, spec: Spec, scale: str, output_dir: str, seeds: int = 1,
@@ -111,7 +112,7 @@ class Runner:
                  gpus_per_cell: int = 1, submitit_cluster: Optional[str] = None,
                  submitit_params: Optional[Dict[str, Any]] = None, train_fn: Optional[Callable] = None,
                  progress: bool = True, poll_s: float = 5.0, log: Callable[[str], None] = print,
-                 label: Optional[str] = None, imbalance: bool = True):
+                 label: Optional[str] = None, imbalance: bool = True, keep_checkpoints: bool = False):
         if launcher not in LAUNCHERS:
             raise ValueError(f"launcher {launcher!r} is invalid: expected one of {list(LAUNCHERS)}")
         if seeds < 1:
@@ -135,6 +136,7 @@ class Runner:
         self.train_fn, self.progress, self.poll_s, self.log = train_fn, progress, poll_s, log
         self.label = label
         self.imbalance = imbalance
+        self.keep_checkpoints = keep_checkpoints
         if callable(train_fn) and (launcher != "local" or workers != 0) and submitit_cluster != "debug":
             raise ValueError("a callable train_fn runs only in this process (workers=0 or the debug "
                              "executor); name it as 'module:function' for worker processes")
@@ -151,7 +153,8 @@ class Runner:
                 "opts": list(cell.row.opts), "settings": cell.row.settings,
                 "timing": self.spec.timing if "ms" in self.spec.metrics else None,
                 "num_gpus": self.gpus_per_cell,
-                "train_fn": self.train_fn if isinstance(self.train_fn, str) else None}
+                "train_fn": self.train_fn if isinstance(self.train_fn, str) else None,
+                "prune_checkpoints": not self.keep_checkpoints}
 
     _IDENTITY = ("base_name", "opts", "seed", "timing")
 
