@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.focal_setup.stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all lint bench env clean-venv
+.PHONY: setup demo test test-all lint bench env clean-venv reproduce
 
 setup: $(STAMP)
 
@@ -40,3 +40,8 @@ bench: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# One paper table at mini scale on this machine (or SCALE=paper on a cluster), e.g.
+#   make reproduce SPEC=table1b
+reproduce: setup
+	$(PY) tools/ablate.py --spec $(SPEC) --scale $(or $(SCALE),mini) --workers $(or $(WORKERS),1)
