@@ -15,8 +15,13 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
-from detectron2.data.build import _train_loader_from_config
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.data.build import _test_loader_from_config, _train_loader_from_config
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -179,6 +184,50 @@ def log_inference_settings(cfg: CfgNode) -> None:
         )
 
 
+class SkipUnreadableImages:
+    """Training mapper: an image that cannot be read (truncated or not an image; PIL raises
+    ``OSError``) is skipped with a warning naming its file, image id and the count so far, and
+    another image of the dataset is drawn in its place. (Not by returning None: v0.6's
+    ``MapDataset`` then draws with ``random.sample`` from a set, a TypeError on Python >= 3.11.)"""
+
+    MAX_TRIES = 100
+
+    def __init__(self, mapper: Any, dataset: Sequence[Dict[str, Any]], seed: int = 42):
+        import random
+
+        self.mapper, self.dataset, self.skipped = mapper, dataset, 0
+        self._rng = random.Random(seed)
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Any:
+        for _ in range(self.MAX_TRIES):
+            try:
+                return self.mapper(dataset_dict)
+            except OSError as e:
+                self.skipped += 1
+                logger.warning(
+                    "skipped unreadable training image %s (image id %s): %s; %d skipped so far in "
+                    "this data-loading process", dataset_dict.get("file_name"),
+                    dataset_dict.get("image_id"), e, self.skipped)
+                dataset_dict = self._rng.choice(self.dataset)
+        raise OSError(f"{self.MAX_TRIES} training images in a row could not be read (the last: "
+                      f"{dataset_dict.get('file_name')}); see the warnings above")
+
+
+class NameUnreadableImages:
+    """Test mapper: an image that cannot be read stops evaluation with an ``OSError`` naming its
+    file and image id (skipping it would score a different test set)."""
+
+    def __init__(self, mapper: Any):
+        self.mapper = mapper
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Any:
+        try:
+            return self.mapper(dataset_dict)
+        except OSError as e:
+            raise OSError(f"cannot read test image {dataset_dict.get('file_name')} (image id "
+                          f"{dataset_dict.get('image_id')}): {e}") from e
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with COCO evaluation that works without compiled ops, and a log of the
     effective schedule after ``SOLVER.REFERENCE_WORLD_SIZE`` rescaling."""
@@ -204,7 +253,14 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         kwargs = _train_loader_from_config(cfg)
         cls._last_train_set_size = len(kwargs["dataset"])
+        kwargs["mapper"] = SkipUnreadableImages(kwargs["mapper"], kwargs["dataset"])
         return build_detection_train_loader(**kwargs)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        kwargs = _test_loader_from_config(cfg, dataset_name)
+        kwargs["mapper"] = NameUnreadableImages(kwargs["mapper"])
+        return build_detection_test_loader(**kwargs)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

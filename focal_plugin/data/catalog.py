@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -198,25 +199,87 @@ def prepare_dataset(config: ConfigLike = "demo", root: Optional[PathLike] = None
     return final
 
 
+def _check_coco_content(path: Path, data: Any, image_root: PathLike) -> Tuple[set, str]:
+    """The rules detectron2's loader does not enforce. Errors (:class:`DatasetFormatError`,
+    ``FileNotFoundError``) name the file and the image or annotation id; annotations whose boxes
+    cannot be trained on are returned as (ids to skip, a log line)."""
+    images, anns = data["images"], data.get("annotations") or []
+    seen: Dict[Any, str] = {}
+    for img in images:
+        if img["id"] in seen:
+            raise DatasetFormatError(
+                f"{path}: image id {img['id']!r} appears more than once ({seen[img['id']]!r} and "
+                f"{img['file_name']!r}); image ids must be unique (pycocotools would keep one and "
+                "give it the annotations of both)")
+        seen[img["id"]] = img["file_name"]
+    if images and not anns:
+        raise DatasetFormatError(
+            f"{path}: {len(images)} images but no annotations: nothing to train or evaluate on "
+            "(to run a model on unlabeled images use tools/predict.py)")
+    categories = {c["id"] for c in data.get("categories") or []}
+    sizes = {img["id"]: (img["width"], img["height"]) for img in images}
+    degenerate, outside = [], []
+    for a in anns:
+        if a["category_id"] not in categories:
+            raise DatasetFormatError(
+                f"{path}: annotation id {a['id']!r} (image id {a['image_id']!r}) has category_id "
+                f"{a['category_id']!r}, which is not among the file's categories {sorted(categories)}")
+        x, y, w, h = (float(v) for v in a["bbox"])
+        if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
+            degenerate.append(a["id"])
+        elif a["image_id"] in sizes:
+            width, height = sizes[a["image_id"]]
+            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+                outside.append(a["id"])
+    missing = [(img["id"], img["file_name"]) for img in images
+               if not os.path.isfile(os.path.join(image_root, img["file_name"]))]
+    if missing:
+        raise FileNotFoundError(
+            f"{path}: {len(missing)} of {len(images)} image files are missing under {image_root}, e.g. "
+            + ", ".join(f"image id {i!r}: {f}" for i, f in missing[:3]))
+    skipped = set(degenerate) | set(outside)
+    note = ""
+    if skipped:
+        note = (f"{path}: skipped {len(skipped)} of {len(anns)} annotations whose boxes cannot be "
+                f"trained on: {len(degenerate)} with zero, negative or non-finite width/height, "
+                f"{len(outside)} entirely outside their image (e.g. annotation ids "
+                f"{sorted(skipped, key=str)[:5]}); boxes partly outside are clipped to the image")
+    return skipped, note
+
+
 def load_coco_dicts(json_file: PathLike, image_root: PathLike,
                     dataset_name: Optional[str] = None) -> List[Dict[str, Any]]:
-    """detectron2's ``load_coco_json``, with errors that name the file.
+    """detectron2's ``load_coco_json``, with errors that name the file, and the checks it lacks.
 
     A missing file raises ``FileNotFoundError``; malformed JSON or a file that is not in COCO
     instances format raises :class:`DatasetFormatError` (a ``ValueError``) naming ``json_file``.
+    Errors naming the file and the id: duplicate image ids, an annotation whose ``category_id``
+    is not in ``categories``, images but no annotations (``DatasetFormatError``), image files
+    missing under ``image_root`` (``FileNotFoundError``). Annotations with a zero, negative or
+    non-finite width or height, or a box entirely outside its image, are skipped and counted in a
+    warning (evaluation reads ``json_file`` itself, as the official COCO evaluation does).
     """
     path = Path(json_file)
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {path}")
     try:
-        return load_coco_json(str(path), str(image_root), dataset_name)
+        with open(path, encoding="utf-8") as f:  # parsed once more by pycocotools below
+            skipped, note = _check_coco_content(path, json.load(f), image_root)
+        dicts = load_coco_json(str(path), str(image_root), dataset_name, extra_annotation_keys=["id"])
     except json.JSONDecodeError as e:
         raise DatasetFormatError(f"malformed JSON in COCO annotation file {path}: {e}") from e
     except UnicodeDecodeError as e:
         raise DatasetFormatError(f"COCO annotation file {path} is not UTF-8 text: {e}") from e
-    except (KeyError, TypeError, AttributeError, IndexError, AssertionError) as e:
+    except (KeyError, TypeError, AttributeError, IndexError, AssertionError, ValueError) as e:
+        if isinstance(e, DatasetFormatError):
+            raise
         raise DatasetFormatError(f"{path} is not a valid COCO instances file ({type(e).__name__}: {e})"
                                  ) from e
+    for record in dicts:  # "id" was loaded only to skip by it: the dicts stay detectron2's
+        record["annotations"] = [a for a in record["annotations"] if a.pop("id") not in skipped]
+    if note:
+        logger.warning(note)
+    return dicts
 
 
 def _register(name: str, load, **metadata: Any) -> None:
