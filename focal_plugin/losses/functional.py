@@ -12,7 +12,8 @@ softmax_focal_loss          (no peer; F.cross_entropy at gamma=0)       alpha=0.
 (fvcore's ``sigmoid_focal_loss`` has alpha=-1: replacing it, pass alpha explicitly, as
 detectron2 does.) All take reduction "none" (default) | "mean" | "sum" and raise ValueError with
 "Invalid" for any other; targets in [0, 1] (soft targets use the general formula of
-``reference.py``), anything else raises ValueError naming the function.
+``reference.py``), anything else raises ValueError naming the function (on CUDA: an asynchronous
+device-side assertion, which costs no host sync).
 
 Differences kept on purpose: alpha may be any negative number to disable weighting (torchvision
 accepts only -1); float16/bfloat16 inputs are computed and returned in float32 (as fvcore;

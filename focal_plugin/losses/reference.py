@@ -24,22 +24,18 @@ derivative for every finite logit. CE is torch's own ``binary_cross_entropy_with
 gamma = 0 (and alpha < 0) gives exactly its value, and FL <= CE holds elementwise.
 """
 
-from typing import List, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
-#: loss kinds of the sigmoid family: "focal" (CE is focal with gamma = 0) and "star" (FL*)
-SIGMOID_KINDS = ("focal", "star")
-REDUCTIONS = ("none", "mean", "sum")
-
 
 # ------------------------------------------------------------------------------ checks
 def check_reduction(owner: str, reduction: str) -> None:
     """ValueError (with "Invalid", as torchvision's) unless reduction is none | mean | sum."""
-    if reduction not in ("none", "mean", "sum"):  # REDUCTIONS (TorchScript reads no globals)
+    if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"{owner}: Invalid reduction = '{reduction}': expected one of 'none', 'mean', 'sum'")
 
 
@@ -223,10 +219,3 @@ def check_softmax_inputs(owner: str, inputs: Tensor) -> None:
     if inputs.dim() != 2 or inputs.shape[1] < 2:
         raise ValueError(f"{owner}: inputs must be (N, K+1) logits with K >= 1, got {list(inputs.shape)}")
 
-
-__all__: List[str] = [
-    "SIGMOID_KINDS", "REDUCTIONS", "check_reduction", "check_hyperparameters", "check_targets",
-    "check_labels", "check_softmax_inputs", "compute_dtype", "prepare_sigmoid", "reduce",
-    "alpha_weight", "log_one_minus_pt", "sigmoid_elementwise", "sigmoid_loss", "one_hot_targets",
-    "sigmoid_per_anchor", "softmax_per_sample", "softmax_loss",
-]
