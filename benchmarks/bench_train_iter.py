@@ -3,24 +3,34 @@
 
 Prints s/iter medians and ratios measured in one run (interleaved, so machine noise hits all
 models alike) at a small CPU setting and a paper-like one (R50-FPN, 80 classes, 600 px, batch 2).
-Models: detectron2 RetinaNet (fvcore FL, EMA normalizer), FocalRetinaNet (fused FL, paper's
-normalizer), FocalRetinaNet + OHEM (B=128, NMS .5) and + OHEM 1:3.
+Models: detectron2 RetinaNet (fvcore FL, EMA normalizer), FocalRetinaNet with each classification
+loss (fused FL, CE, FL*, softmax FL; paper's normalizer) and with OHEM (B=128, NMS .5; plain and
+1:3). Ratios: against detectron2's RetinaNet and against FocalRetinaNet FL. Peak memory of one
+step (forward, backward, SGD step) above what the models hold, measured after the timings
+(``_peak_memory.py``: CUDA allocator peak, or the rise of the process's peak RSS on the CPU).
 
-    python benchmarks/bench_train_iter.py            # both settings
+    python benchmarks/bench_train_iter.py            # both settings, all variants
     python benchmarks/bench_train_iter.py --quick    # small setting only, fewer iterations
+    python benchmarks/bench_train_iter.py --settings paper --variants d2,fl   # the headline ratio
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-import focal_plugin  # noqa: F401
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import focal_plugin  # noqa: E402, F401
 
 # isort: split
+from _peak_memory import mmap_small_allocations, peak_mib  # noqa: E402
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -34,7 +44,7 @@ SETTINGS = {
 }
 
 
-def make_cfg(setting: dict, model: str, ohem_fraction: float | None = None):
+def make_cfg(setting: dict, model: str, ohem_fraction: float | None = None, loss: str | None = None):
     cfg = get_focal_cfg()
     cfg.merge_from_file("configs/Base-FocalRetinaNet.yaml")
     cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,7 +68,21 @@ def make_cfg(setting: dict, model: str, ohem_fraction: float | None = None):
         cfg.MODEL.FOCAL.OHEM.POSITIVE_FRACTION = ohem_fraction
         cfg.MODEL.FOCAL.LOSS = "sigmoid_ce"
         cfg.MODEL.FOCAL.ALPHA = -1.0
+    if loss is not None:
+        cfg.MODEL.FOCAL.LOSS = loss
     return cfg
+
+
+#: key -> (label, make_cfg arguments after the setting)
+VARIANTS = {
+    "d2": ("detectron2 RetinaNet", ("d2",)),
+    "fl": ("FocalRetinaNet (fused FL)", ("focal",)),
+    "ce": ("FocalRetinaNet CE", ("focal", None, "sigmoid_ce")),
+    "flstar": ("FocalRetinaNet FL* (g2,b1)", ("focal", None, "sigmoid_focal_star")),
+    "softmax": ("FocalRetinaNet softmax FL", ("focal", None, "softmax_focal")),
+    "ohem": ("FocalRetinaNet OHEM 128/.5", ("focal", -1.0)),
+    "ohem13": ("FocalRetinaNet OHEM 1:3 128/.5", ("focal", 0.25)),
+}
 
 
 def make_batches(setting: dict, n: int, device: str):
@@ -94,13 +118,9 @@ def step(model, opt, batch) -> float:
     return time.perf_counter() - t
 
 
-def run(name: str, setting: dict, warmup: int, iters: int) -> None:
-    variants = {
-        "detectron2 RetinaNet": make_cfg(setting, "d2"),
-        "FocalRetinaNet (fused FL)": make_cfg(setting, "focal"),
-        "FocalRetinaNet OHEM 128/.5": make_cfg(setting, "focal", -1.0),
-        "FocalRetinaNet OHEM 1:3 128/.5": make_cfg(setting, "focal", 0.25),
-    }
+def run(name: str, setting: dict, warmup: int, iters: int, keys=tuple(VARIANTS)) -> dict:
+    keys = ["d2", "fl"] + [k for k in keys if k not in ("d2", "fl")]  # the two baselines always
+    variants = {VARIANTS[k][0]: make_cfg(setting, *VARIANTS[k][1]) for k in keys}
     torch.manual_seed(0)
     models = {}
     reference_state = None
@@ -108,7 +128,10 @@ def run(name: str, setting: dict, warmup: int, iters: int) -> None:
         model = build_model(cfg)
         if reference_state is None:
             reference_state = model.state_dict()
-        model.load_state_dict(reference_state)  # identical weights everywhere
+        # identical weights everywhere (softmax FL's classifier has K+1 outputs: its own init)
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in reference_state.items()
+                               if k in own and own[k].shape == v.shape}, strict=False)
         model.train()
         models[label] = (model, torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
     device = next(iter(models.values()))[0].device.type
@@ -120,27 +143,54 @@ def run(name: str, setting: dict, warmup: int, iters: int) -> None:
                 dt = step(model, opt, batch)
                 if i >= warmup:
                     times[label].append(dt)
+        extra = make_batches(setting, 1, device)[0]
+        if device == "cpu":
+            mmap_small_allocations()
+        peaks = {label: peak_mib(lambda m=m, o=o: step(m, o, extra), torch.device(device))
+                 for label, (m, o) in models.items()}
     base = statistics.median(times["detectron2 RetinaNet"])
     fl = statistics.median(times["FocalRetinaNet (fused FL)"])
+    fl_mem = peaks["FocalRetinaNet (fused FL)"]
     print(f"\n== {name}: R{setting['depth']}-FPN, {setting['classes']} classes, "
           f"{setting['size'][0]}x{setting['size'][1]} px, batch {setting['batch']}, device {device}, "
-          f"{iters} timed iterations after {warmup} warm-up ==")
-    print(f"{'model':34s} {'s/iter (median)':>16s} {'/ d2 RetinaNet':>15s} {'/ FocalRetinaNet FL':>20s}")
+          f"{iters} timed iterations after {warmup} warm-up, load average {os.getloadavg()[0]:.2f} ==")
+    print(f"{'model':34s} {'s/iter (median)':>16s} {'/ d2 RetinaNet':>15s} {'/ FocalRetinaNet FL':>20s} "
+          f"{'peak MiB':>9s} {'mem / FL':>9s}")
+    out = {}
     for label, ts in times.items():
         med = statistics.median(ts)
-        print(f"{label:34s} {med:16.3f} {med / base:15.3f} {med / fl:20.3f}")
+        mem = peaks[label]
+        mem_s = "n/a" if mem is None else f"{mem:.0f}"
+        ratio = "n/a" if mem is None or not fl_mem else f"{mem / fl_mem:.2f}"
+        print(f"{label:34s} {med:16.3f} {med / base:15.3f} {med / fl:20.3f} {mem_s:>9s} {ratio:>9s}")
+        out[label] = {"s_per_iter": med, "vs_d2": med / base, "vs_fl": med / fl, "peak_mib": mem,
+                      "times_s": [round(t, 4) for t in ts]}
+    return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small setting only, fewer iterations")
     parser.add_argument("--settings", nargs="+", default=None, choices=sorted(SETTINGS))
     parser.add_argument("--iters", type=int, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated subset of {','.join(VARIANTS)} (d2 and fl always run)")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+    keys = [k for k in args.variants.split(",") if k]
+    unknown = sorted(set(keys) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}: choose from {list(VARIANTS)}")
     names = args.settings or (["small"] if args.quick else ["small", "paper"])
+    results = {}
     for name in names:
         default_iters = {"small": 10 if args.quick else 20, "paper": 5}[name]
-        run(name, SETTINGS[name], warmup=2, iters=args.iters or default_iters)
+        results[name] = run(name, SETTINGS[name], warmup=args.warmup, iters=args.iters or default_iters,
+                            keys=keys)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

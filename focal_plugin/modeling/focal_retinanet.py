@@ -2,7 +2,11 @@
 sampling chosen in ``cfg.MODEL.FOCAL``.
 
 Only what must change is overridden: construction (``from_config``), the classification loss
-(``losses``), and score computation at inference (sigmoid or softmax).
+(``losses``), and score computation at inference (sigmoid or softmax). For speed, with results
+identical to detectron2's (``tests/test_performance_model.py``): anchors are generated once per
+feature-map geometry (``_anchors``), anchors are labelled for the whole batch at once
+(``label_anchors``), and the training step reads nothing back from the device but the one stacked
+statistics read (``_log_and_check``); see ``benchmarks/profile_train_step.py``.
 """
 
 from __future__ import annotations
@@ -10,21 +14,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Callable, Iterator, List, Optional
+from collections import OrderedDict
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from detectron2.config import configurable
 from detectron2.layers import cat
-from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
 from detectron2.modeling.backbone import build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
+from fvcore.nn import smooth_l1_loss
 
 from focal_plugin.losses import ClassificationLoss, build_classification_loss
 from focal_plugin.modeling.head import FocalRetinaNetHead
@@ -38,6 +44,8 @@ logger = logging.getLogger(__name__)
 _EMA_START, _EMA_MOMENTUM = 100, 0.9
 #: loss normalizers (cfg.MODEL.FOCAL.NORMALIZER): the paper's batch count, detectron2's EMA
 NORMALIZERS = ("num_pos", "ema")
+#: feature-map geometries whose anchors are kept (multi-scale training cycles through a few)
+_ANCHOR_CACHE_SIZE = 16
 
 
 def cfg_value(cfg, key: str):
@@ -120,6 +128,7 @@ class FocalRetinaNet(RetinaNet):
         self.anchor_sampler = anchor_sampler or AllAnchorsSampler()
         self.num_logits = classification_loss.num_logits(self.num_classes)
         self._check_head_matches_loss()
+        self._anchor_cache: OrderedDict = OrderedDict()  # see _anchors
 
     def _check_head_matches_loss(self) -> None:
         # Coupled fields (LazyConfig users set them separately): the head's logits per anchor
@@ -228,13 +237,98 @@ class FocalRetinaNet(RetinaNet):
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
             predictions, [self.num_logits, 4]
         )
-        anchors = self.anchor_generator(features)
+        anchors = self._anchors(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
 
+    def _anchors(self, features: List[torch.Tensor]) -> List[Boxes]:
+        """``self.anchor_generator(features)``, generated once per geometry: the anchors depend only
+        on the feature maps' sizes (and the generator's strides, device and dtype), so they are
+        kept, keyed by these, for the last ``_ANCHOR_CACHE_SIZE`` geometries. The tensors are
+        shared between calls: read-only (detectron2 never writes into anchors). Only detectron2's
+        ``DefaultAnchorGenerator`` is cached (another generator may depend on more than shapes),
+        and nothing is cached while tracing, scripting or compiling."""
+        gen = self.anchor_generator
+        if type(gen) is not DefaultAnchorGenerator or torch.jit.is_scripting() or torch.jit.is_tracing() \
+                or getattr(torch.compiler, "is_compiling", lambda: False)():
+            return gen(features)
+        cells = list(gen.cell_anchors)  # (storage, version): a replaced or edited cell anchor misses
+        key = (tuple(tuple(f.shape[-2:]) for f in features), tuple(gen.strides), float(gen.offset),
+               features[0].device, cells[0].device, cells[0].dtype,
+               tuple((c.data_ptr(), c._version) for c in cells))
+        cached = self._anchor_cache.get(key)
+        if cached is None:
+            cached = [b.tensor for b in gen(features)]
+            self._anchor_cache[key] = cached
+            while len(self._anchor_cache) > _ANCHOR_CACHE_SIZE:
+                self._anchor_cache.popitem(last=False)
+        else:
+            self._anchor_cache.move_to_end(key)
+        return [Boxes(t) for t in cached]
+
+    def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
+        """``RetinaNet.label_anchors`` (same inputs, same outputs, bit for bit) for all images at
+        once and without reading values back to the host: the ground truth is padded to the
+        largest count in the batch (padding IoU -1 never matches), and ``self.anchor_matcher``'s
+        thresholds, labels and low-quality rule are applied with masked fills instead of its
+        per-image boolean indexing, ``nonzero`` and ``assert torch.all(iou >= 0)``."""
+        anchors_t = Boxes.cat(anchors).tensor  # (R, 4)
+        n, r, k = len(gt_instances), anchors_t.shape[0], self.num_classes
+        g = max((len(x) for x in gt_instances), default=0)
+        labels = anchors_t.new_full((n, r), k, dtype=torch.int64)
+        if g == 0:  # no ground truth in the batch: all background
+            return list(labels.unbind(0)), list(anchors_t.new_zeros((n, r, 4)).unbind(0))
+        boxes = anchors_t.new_zeros((n, g, 4))
+        classes = labels.new_full((n, g), -1)  # -1 marks padding
+        for i, inst in enumerate(gt_instances):
+            boxes[i, : len(inst)] = inst.gt_boxes.tensor
+            classes[i, : len(inst)] = inst.gt_classes
+        real = classes >= 0
+        iou = _batched_pairwise_iou(boxes, anchors_t).masked_fill_(~real[:, :, None], -1.0)  # (N, G, R)
+        matcher = self.anchor_matcher
+        matched_vals, matches = iou.max(dim=1)  # (N, R)
+        match_labels = torch.ones_like(matches, dtype=torch.int8)
+        for label, low, high in zip(matcher.labels, matcher.thresholds[:-1], matcher.thresholds[1:]):
+            match_labels.masked_fill_((matched_vals >= low) & (matched_vals < high), label)
+        if matcher.allow_low_quality_matches:  # each gt's best anchors (all ties) are foreground
+            best = (iou == iou.max(dim=2, keepdim=True).values) & real[:, :, None]
+            match_labels.masked_fill_(best.any(dim=1), 1)
+        labels = classes.gather(1, matches)
+        labels.masked_fill_(match_labels == 0, k)
+        labels.masked_fill_(match_labels == -1, -1)
+        labels.masked_fill_(~real.any(dim=1, keepdim=True), k)  # an image without ground truth
+        matched_boxes = boxes.gather(1, matches[:, :, None].expand(n, r, 4))  # zeros for such images
+        return list(labels.unbind(0)), list(matched_boxes.unbind(0))
+
+    def _box_loss(self, anchors: List[Boxes], pred_anchor_deltas, gt_boxes, pos_mask: torch.Tensor):
+        """Summed box regression loss over the foreground anchors, as detectron2's
+        ``_dense_box_regression_loss``. For its smooth-L1 / L1 type it is computed here for the
+        whole batch at once without boolean indexing (masked sum; non-foreground anchors regress
+        onto themselves so every term stays finite): the same terms and gradients, only the
+        order of the final summation differs. Other loss types use detectron2's function."""
+        if self.box_reg_loss_type != "smooth_l1":
+            return _dense_box_regression_loss(
+                anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
+                box_reg_loss_type=self.box_reg_loss_type, smooth_l1_beta=self.smooth_l1_beta,
+            )
+        anchors_t = Boxes.cat(anchors).tensor  # (R, 4)
+        n, r = pos_mask.shape
+        src = anchors_t.expand(n, r, 4)
+        target = torch.where(pos_mask[:, :, None], torch.stack(gt_boxes), src)
+        target_deltas = self.box2box_transform.get_deltas(src.reshape(-1, 4), target.reshape(-1, 4))
+        per_coord = smooth_l1_loss(cat(pred_anchor_deltas, dim=1), target_deltas.view(n, r, 4),
+                                   beta=self.smooth_l1_beta, reduction="none")
+        return torch.where(pos_mask[:, :, None], per_coord, per_coord.new_zeros(())).sum()
+
     def _loss_normalizer(self, num_pos: torch.Tensor):
         if self.normalizer == "ema":
-            return self._ema_update("loss_normalizer", max(num_pos.item(), 1), _EMA_START, _EMA_MOMENTUM)
+            # detectron2's EMA on the device (no .item()): in float64 like detectron2's Python
+            # floats, so its values are exactly detectron2's; cast for the division as before.
+            count = num_pos.to(torch.float64).clamp(min=1)
+            old = getattr(self, "loss_normalizer", None)
+            if isinstance(old, torch.Tensor) and old.device != count.device:
+                self.loss_normalizer = old.to(count.device)
+            return self._ema_update("loss_normalizer", count, _EMA_START, _EMA_MOMENTUM).float()
         # The paper: positives of the whole batch. DDP averages gradients over workers, so each
         # worker divides its sum by the mean count per worker.
         total = num_pos.float()
@@ -261,29 +355,38 @@ class FocalRetinaNet(RetinaNet):
         mask = self.anchor_sampler(
             logits=logits, deltas=pred_anchor_deltas, anchors=anchors, gt_labels=gt_labels
         )
-        per_anchor = self.classification_loss(logits[mask], gt_labels[mask])  # (M,)
+        per_anchor, kept = self._cls_loss_per_anchor(logits, gt_labels, mask)
         cls_sum = per_anchor.sum()
-        box_sum = _dense_box_regression_loss(
-            anchors,
-            self.box2box_transform,
-            pred_anchor_deltas,
-            gt_boxes,
-            pos_mask,
-            box_reg_loss_type=self.box_reg_loss_type,
-            smooth_l1_beta=self.smooth_l1_beta,
-        )
+        box_sum = self._box_loss(anchors, pred_anchor_deltas, gt_boxes, pos_mask)
         losses = {"loss_cls": cls_sum / normalizer, "loss_box_reg": box_sum / normalizer}
-        self._log_and_check(losses, num_images, num_pos, normalizer, per_anchor, pos_mask[mask], mask)
+        pos_kept = pos_mask.flatten()[kept]
+        self._log_and_check(losses, num_images, num_pos, normalizer, per_anchor, pos_kept, mask)
         return losses
+
+    def _cls_loss_per_anchor(self, logits, gt_labels, mask) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(per-anchor loss, index of its anchors into (N, R)) of the anchors in ``mask``.
+
+        A sampler that keeps most anchors (``dense = True``: all non-ignored anchors) gets the loss
+        of every anchor, zero where the mask is False: no boolean indexing (a host sync, and a
+        copy of the logits and its scatter back in backward). A sparse one (OHEM: B per image)
+        gets the loss of its anchors only. The terms and gradients are the same either way."""
+        if getattr(self.anchor_sampler, "dense", False):
+            labels = torch.where(mask, gt_labels, self.num_classes)  # any valid label where unused
+            per_anchor = self.classification_loss(logits.flatten(0, 1), labels.flatten())
+            per_anchor = torch.where(mask.flatten(), per_anchor, per_anchor.new_zeros(()))
+            return per_anchor, (slice(None),)
+        kept = mask.flatten().nonzero().squeeze(1)
+        return self.classification_loss(logits.flatten(0, 1)[kept], gt_labels.flatten()[kept]), kept
 
     def _log_and_check(self, losses, num_images, num_pos, normalizer, per_anchor, pos_kept, mask):
         # One host sync for all statistics and the finiteness check.
+        per_anchor = per_anchor.detach()
         stats = torch.stack(
             [
                 num_pos.float(),
                 torch.as_tensor(normalizer, dtype=torch.float32, device=num_pos.device),
-                per_anchor.detach()[pos_kept].sum().float(),
-                per_anchor.detach().sum().float(),
+                torch.where(pos_kept, per_anchor, per_anchor.new_zeros(())).sum().float(),
+                per_anchor.sum().float(),
                 mask.sum().float(),
                 losses["loss_cls"].detach().float(),
                 losses["loss_box_reg"].detach().float(),
@@ -310,10 +413,25 @@ class FocalRetinaNet(RetinaNet):
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
             predictions, [self.num_logits, 4]
         )
-        anchors = self.anchor_generator(features)
+        anchors = self._anchors(features)
+        scores_all = [self.classification_loss.scores(x) for x in pred_logits]  # whole batch at once
         results: List[Instances] = []
         for img_idx, image_size in enumerate(images.image_sizes):
-            scores = [self.classification_loss.scores(x[img_idx]) for x in pred_logits]
+            scores = [x[img_idx] for x in scores_all]
             deltas = [x[img_idx] for x in pred_anchor_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
+
+
+def _batched_pairwise_iou(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """(N, G, 4) boxes, (R, 4) anchors -> (N, G, R) IoU: detectron2's ``pairwise_iou`` with a
+    batch dimension, the same operations in the same order (so the same float values)."""
+    area1 = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    area2 = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
+    width_height = torch.min(boxes[:, :, None, 2:], anchors[:, 2:]) - torch.max(
+        boxes[:, :, None, :2], anchors[:, :2]
+    )
+    width_height.clamp_(min=0)
+    inter = width_height.prod(dim=3)
+    return torch.where(inter > 0, inter / (area1[:, :, None] + area2 - inter),
+                       torch.zeros(1, dtype=inter.dtype, device=inter.device))

@@ -1,7 +1,10 @@
 """Which anchors enter the classification loss: all non-ignored ones, or OHEM's selection.
 
 This is the seam between anchor labelling and the loss: a sampler returns a (N, R) bool mask;
-``FocalRetinaNet.losses`` applies the classification loss to the masked anchors only.
+``FocalRetinaNet.losses`` applies the classification loss to the masked anchors only. A sampler
+whose mask keeps most anchors says so with ``dense = True``: the loss then runs over every anchor
+and the mask zeroes the others (no boolean indexing, hence no host sync); otherwise the masked
+anchors are gathered first.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from focal_plugin.modeling.ohem import DEFAULT_PRE_NMS_TOPK, check_ohem_args, oh
 class AllAnchorsSampler:
     """The paper's focal-loss setting: every anchor that is not ignored (label >= 0)."""
 
+    dense = True
+
     def __call__(
         self, *, logits: torch.Tensor, deltas: List[torch.Tensor], anchors: List[Boxes],
         gt_labels: torch.Tensor,
@@ -36,6 +41,8 @@ class OhemSampler:
     share of positives, "OHEM 1:3" being 0.25). The hyperparameters are checked here, once
     (``ValueError`` naming the argument); nothing is validated per iteration.
     """
+
+    dense = False  # B anchors per image: gathering them beats a loss over all anchors
 
     def __init__(
         self,
@@ -65,9 +72,10 @@ class OhemSampler:
         n, r = gt_labels.shape
         deltas_all = cat(deltas, dim=1)  # (N, R, 4)
         anchors_all = Boxes.cat(anchors)
-        valid = gt_labels >= 0
-        losses = torch.zeros((n, r), dtype=torch.float32, device=logits.device)
-        losses[valid] = self.scorer(logits[valid].detach(), gt_labels[valid]).float()
+        # Every anchor is scored (an ignored one as background): no boolean indexing, no host sync;
+        # ignored anchors rank last whatever their score (ohem_select masks them).
+        labels = torch.where(gt_labels >= 0, gt_labels, self.num_classes)
+        losses = self.scorer(logits.detach().flatten(0, 1), labels.flatten()).float().view(n, r)
         boxes = self.box2box_transform.apply_deltas(
             deltas_all.detach().reshape(n * r, 4), anchors_all.tensor.repeat(n, 1)
         ).view(n, r, 4)
