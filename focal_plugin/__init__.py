@@ -8,8 +8,8 @@ synthetic datasets. It patches nothing: detectron2 itself is made to work in thi
 
 __version__ = "0.1.0"
 
-from focal_plugin import data, init, losses, modeling  # noqa: E402,F401  (registration)
+# registration on import: models, losses, initializers, datasets (builtin and the mini protocol's)
+from focal_plugin import data, init, losses, modeling, protocol  # noqa: E402,F401
 from focal_plugin.config import add_focal_config  # noqa: E402
-from focal_plugin import protocol  # noqa: E402,F401
 
 __all__ = ["add_focal_config", "data", "init", "losses", "modeling"]
