@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default="png", help="figure formats: png, svg, pdf (default png)")
     parser.add_argument("--title", default=None, help="figure title (default: dataset, images, weights)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image choice and sampling")
+    parser.add_argument("--csv-points", type=int, default=1001,
+                        help="points per curve in the CSV, fractions 0..1 evenly (default 1001)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
 
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     stem = os.path.join(args.out_dir, "fig4_loss_cdf")
     paths = loss_cdf.plot_cdf(acc, stem, [f.strip() for f in args.formats.split(",") if f.strip()], title)
-    loss_cdf.write_csv(acc, stem + ".csv")
+    loss_cdf.write_csv(acc, stem + ".csv", args.csv_points)
     with open(os.path.join(args.out_dir, "fig4_summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(loss_cdf.format_summary(summary))
