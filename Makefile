@@ -34,9 +34,20 @@ test-all: setup lint
 env: setup
 	$(PY) -m focal_plugin.collect_env
 
+# All benchmarks (CPU; minutes to an hour on 2 cores), one Markdown table in $(BENCH_OUT)/bench.md,
+# then the GPU check (skipped with a message where there is no CUDA device). BENCH_ARGS=--quick
+# is passed to every script that has it.
+BENCH_OUT ?= output/bench
+BENCH_ARGS ?=
 bench: setup
-	$(PY) benchmarks/bench_loss.py
-	$(PY) benchmarks/bench_train_iter.py
+	@mkdir -p $(BENCH_OUT)
+	$(PY) benchmarks/bench_loss.py $(BENCH_ARGS) --json $(BENCH_OUT)/loss.json
+	$(PY) benchmarks/bench_train_iter.py $(BENCH_ARGS) --json $(BENCH_OUT)/train.json
+	$(PY) benchmarks/bench_inference.py $(BENCH_ARGS) --json $(BENCH_OUT)/inference.json
+	$(PY) benchmarks/bench_coco_eval.py $(BENCH_ARGS) --json $(BENCH_OUT)/coco.json
+	$(PY) benchmarks/report.py --loss $(BENCH_OUT)/loss.json --train $(BENCH_OUT)/train.json \
+		--inference $(BENCH_OUT)/inference.json --coco $(BENCH_OUT)/coco.json --out $(BENCH_OUT)/bench.md
+	PY=$(PY) bash benchmarks/gpu_check.sh $(BENCH_OUT)/gpu_check
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,8 +1,9 @@
 """Peak memory of one call, shared by the benchmarks: CUDA allocator peak on a GPU; on the CPU the
 rise of the process's peak resident set size (Linux VmHWM, reset through /proc/self/clear_refs)
 above the resident size just before the call, with glibc told (mallopt M_MMAP_THRESHOLD) to serve
-every allocation >= 128 KiB by mmap, so that freed buffers leave the resident set and the figure
-is the call's real high-water mark. Not an allocator-level count (torch has none on the CPU)."""
+every allocation >= 128 KiB by mmap and the free heap handed back (malloc_trim) before the call,
+so that freed buffers leave the resident set and the figure is the call's real high-water mark.
+Not an allocator-level count (torch has none on the CPU)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ def mmap_small_allocations() -> bool:
         return False
 
 
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_cpu_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -49,6 +57,7 @@ def peak_mib(fn: Callable[[], object], device: torch.device) -> Optional[float]:
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    _trim_heap()
     if not _reset_cpu_peak():
         return None
     base = _status_kib("VmRSS")
