@@ -116,6 +116,15 @@ def _cpu_worker(
     comm.synchronize()
     try:
         main_func(*args)
+    except BaseException:
+        # When one worker fails, the others fail too (a peer closed) or are terminated; torch
+        # reports one of them, not necessarily the first. Each worker's own error is shown here.
+        import sys
+        import traceback
+
+        sys.stderr.write(f"[worker rank {global_rank}] failed:\n{traceback.format_exc()}")
+        sys.stderr.flush()
+        raise
     finally:
         dist.destroy_process_group()
 

@@ -249,6 +249,29 @@ class Trainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         self._log_schedule()
 
+    # detectron2 v0.6's DefaultTrainer checkpoints the iteration and the hooks only: a resume then
+    # restarts SGD momentum from zero and runs its first iteration at the lr the optimizer was
+    # built with (warmup's start). The optimizer state goes into every checkpoint, as in later
+    # detectron2 versions (same key, "_trainer"), so a resume continues exactly.
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state.setdefault("_trainer", self._trainer.state_dict())
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+            return
+        from detectron2.solver.lr_scheduler import LRMultiplier
+
+        logger.warning("The checkpoint holds no optimizer state (written without it, e.g. by "
+                       "detectron2's own trainer): SGD momentum restarts from zero at iteration %d",
+                       self.iter + 1)
+        if isinstance(self.scheduler, LRMultiplier):  # its lr is a closed form of the iteration
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
+                group["lr"] = lr  # the lr of the next iteration, not warmup's start
+
     @classmethod
     def build_train_loader(cls, cfg):
         kwargs = _train_loader_from_config(cfg)
