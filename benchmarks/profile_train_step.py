@@ -9,9 +9,12 @@ Each part of the step is wrapped in a ``record_function`` label (here, in the sc
 library): the anchor generator, anchor labelling, the sampler (OHEM), the classification loss,
 the box loss, the normalizer and the statistics read. Printed per part: CPU ms per step, share of
 the step, and the operators that make a CUDA device wait for the host to read a value
-(``aten::_local_scalar_dense`` = ``.item()``/``.tolist()``/``int()``/``bool()`` of a tensor;
-``aten::nonzero`` = boolean-mask indexing, ``nonzero``, NMS output sizes), counted per step.
-On the CPU these cost nothing extra; the counts say what would stall a GPU.
+(``aten::_local_scalar_dense`` = ``.item()``/``int()``/``bool()`` of a tensor; ``aten::nonzero`` =
+boolean-mask indexing, ``nonzero``, NMS output sizes), counted per step and attributed to the
+innermost labelled part ("cls_path" = the classification-loss path around the loss module
+"cls_loss"). The statistics read's ``.tolist()`` is no operator and is not counted. On the CPU
+these reads cost nothing extra (some read CPU tensors, e.g. detectron2's ImageList sizes); the
+counts say what would make a GPU wait.
 """
 
 from __future__ import annotations
@@ -35,8 +38,6 @@ from bench_train_iter import SETTINGS, make_batches, make_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-import focal_plugin.modeling.focal_retinanet as fr  # noqa: E402
-
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")
 
 
@@ -49,7 +50,7 @@ def _labelled(label, fn):
 
 
 def instrument(model) -> list:
-    """Wrap the parts of one model instance (and the module-level box loss) in labels."""
+    """Wrap the parts of one model instance in labels."""
     model.anchor_generator.forward = _labelled("focal:anchors", model.anchor_generator.forward)
     model.label_anchors = _labelled("focal:label_anchors", model.label_anchors)
     sampler = model.anchor_sampler
@@ -57,9 +58,10 @@ def instrument(model) -> list:
     model.classification_loss.forward = _labelled("focal:cls_loss", model.classification_loss.forward)
     model._loss_normalizer = _labelled("focal:normalizer", model._loss_normalizer)
     model._log_and_check = _labelled("focal:stats_read", model._log_and_check)
-    fr._dense_box_regression_loss = _labelled("focal:box_loss", fr._dense_box_regression_loss)
-    return ["focal:anchors", "focal:label_anchors", "focal:sampler", "focal:cls_loss", "focal:box_loss",
-            "focal:normalizer", "focal:stats_read"]
+    model._box_loss = _labelled("focal:box_loss", model._box_loss)
+    model._cls_loss_per_anchor = _labelled("focal:cls_path", model._cls_loss_per_anchor)
+    return ["focal:anchors", "focal:label_anchors", "focal:sampler", "focal:cls_path", "focal:cls_loss",
+            "focal:box_loss", "focal:normalizer", "focal:stats_read"]
 
 
 def main(argv=None) -> None:
@@ -102,14 +104,13 @@ def main(argv=None) -> None:
         wall = (time.perf_counter() - start) / args.steps
     events = prof.events()
     # attribute each sync op to the innermost focal label enclosing it (by CPU time interval)
-    spans = [(e.time_range.start, e.time_range.end, e.name) for e in events if e.name.startswith("focal:")
-             and e.name != "focal:step"]
     syncs = collections.Counter()
     for e in events:
-        if e.name in SYNC_OPS:
-            owner = [s for s in spans if s[0] <= e.time_range.start and e.time_range.end <= s[1]]
-            where = min(owner, key=lambda s: s[1] - s[0])[2] if owner else "(detectron2/backbone/other)"
-            syncs[(where, e.name)] += 1
+        if e.name in SYNC_OPS:  # attributed to the innermost labelled part around it
+            parent = e.cpu_parent
+            while parent is not None and parent.name not in labels:
+                parent = parent.cpu_parent
+            syncs[(parent.name if parent is not None else "(detectron2/backbone/other)", e.name)] += 1
     totals = {k.key: k for k in prof.key_averages()}
     variant = f"OHEM {args.ohem:g}" if args.ohem is not None else cfg.MODEL.FOCAL.LOSS
     step_ms = totals["focal:step"].cpu_time_total / 1e3 / args.steps
