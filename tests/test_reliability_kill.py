@@ -69,6 +69,37 @@ def test_a_save_that_dies_half_way_leaves_the_previous_checkpoint_named(tmp_path
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth"]
 
 
+# ---------------------------------------------------------------- what a checkpoint holds
+@pytest.fixture
+def tiny_data(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path_factory.getbasetemp() / "datasets"))
+
+
+def test_checkpoints_hold_the_optimizer_and_older_ones_resume_at_the_scheduled_lr(tmp_path, tiny_data):
+    from test_reliability_data import captured
+
+    from focal_plugin import engine
+
+    opts = ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "0",
+            "DATASETS.TEST", "()"]
+    engine.train(engine.setup_cfg(str(SMOKE), ["OUTPUT_DIR", str(tmp_path / "new"), *opts]))
+    state = torch.load(tmp_path / "new" / "model_0000001.pth", map_location="cpu", weights_only=True)
+    optimizer = state["trainer"]["_trainer"]["optimizer"]
+    assert optimizer["state"] and all("momentum_buffer" in s for s in optimizer["state"].values())
+
+    # a checkpoint without it (detectron2 v0.6's own trainer): momentum restarts, lr is the schedule's
+    del state["trainer"]["_trainer"]
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / "model_0000001.pth")
+    (tmp_path / "old" / "last_checkpoint").write_text("model_0000001.pth")
+    trainer = engine.Trainer(engine.setup_cfg(str(SMOKE), ["OUTPUT_DIR", str(tmp_path / "old"), *opts]))
+    with captured("focal_plugin") as log:
+        trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 2 and any("no optimizer state" in m for m in log)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == trainer.scheduler.get_lr()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.02)  # warmup (2 its) is over
+
+
 # ---------------------------------------------------------------- SIGKILL during saves (subprocess)
 SAVE_LOOP = textwrap.dedent("""
     import sys, torch
