@@ -61,13 +61,20 @@ def ap_curve(output_dir) -> list:
     import os
 
     rows, last = [], {}
+    max_iter = None
+    results = os.path.join(output_dir, "results.json")
+    if os.path.exists(results):  # the final evaluation is logged at max_iter, not max_iter - 1
+        with open(results) as f:
+            max_iter = json.load(f).get("max_iter")
     with open(os.path.join(output_dir, "metrics.json")) as f:
         for line in f:
             m = json.loads(line)
             if "loss_cls" in m:
                 last = m
             if "bbox/AP" in m:
-                rows.append({"iter": m["iteration"] + 1, "AP": m["bbox/AP"], "AP50": m["bbox/AP50"],
+                it = m["iteration"] + 1
+                it = min(it, max_iter) if max_iter else it
+                rows.append({"iter": it, "AP": m["bbox/AP"], "AP50": m["bbox/AP50"],
                              "AP75": m["bbox/AP75"], "loss_cls": last.get("loss_cls"),
                              "total_loss": last.get("total_loss")})
     return rows
