@@ -101,7 +101,7 @@ def _train_one_step(cfg) -> float:
     optimizer.step()
     bad = first_non_finite(model)
     assert bad is None, f"non-finite state after step 1: {bad}"
-    return float(total)
+    return float(total.detach())
 
 
 def _check_outcome(build, changes: Dict[str, Any]) -> str:
@@ -121,12 +121,12 @@ def _num(value: Any) -> Any:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def known_fault(changes: Dict[str, Any]) -> str:
+def known_fault(changes: Dict[str, Any], from_cli: bool = False) -> str:
     """The value regions of the faults found by this fuzzing in code owned elsewhere (losses,
     init, modeling), each pinned by ``test_known_faults`` below; the random search skips them so
     that it keeps looking for new ones. Empty string: not a known fault."""
     unhashable = [k for k in ("LOSS", "BIAS_INIT") if isinstance(changes.get(k), list)]
-    if unhashable:
+    if unhashable and not from_cli:  # from the command line yacs refuses a list for a str key
         return f"K1: {unhashable} = a list -> TypeError (unhashable) in a registry lookup"
     prior = _num(changes.get("PRIOR_PROB"))
     if prior is not None and 0 < prior < 1e-300:
@@ -173,7 +173,7 @@ def test_focal_values_assigned_in_python_train_or_name_the_key(changes):
 @example(changes={"GAMMA": float("inf"), "LOSS": "sigmoid_focal"})
 @example(changes={"LOSS": "softmax_focal", "OHEM.ENABLED": True, "PRIOR_PROB": 0.4})
 def test_focal_values_from_the_command_line_train_or_name_the_key(tiny_yaml, changes):
-    assume(not known_fault(changes))
+    assume(not known_fault(changes, from_cli=True))
     opts = []
     for key, value in changes.items():
         opts += [f"MODEL.FOCAL.{key}", repr(value) if not isinstance(value, str) else value]
