@@ -20,6 +20,7 @@ import inspect
 import math
 from typing import Any, Callable, Dict, Optional
 
+import numpy as np
 import torch
 from fvcore.common.registry import Registry
 
@@ -49,7 +50,12 @@ def _check_pi(value: Any, owner: str = "prior", name: str = "prior_prob") -> flo
 def prior_bias(pi: float) -> float:
     """Bias b with sigmoid(b) = pi: b = -log((1 - pi) / pi) (§3.3); prior_bias(0.01) = -log(99)."""
     pi = _check_pi(pi, owner="prior_bias", name="pi")
-    return -math.log((1.0 - pi) / pi)
+    with np.errstate(over="ignore", divide="ignore"):  # (1 - pi) / pi overflows for subnormal pi
+        bias = -float(np.log(np.float64(1.0 - pi) / np.float64(pi)))
+    if not math.isfinite(bias):
+        _fail("prior_bias", "pi", pi, "a probability whose bias -log((1 - pi) / pi) is finite "
+              "(not within ~1e-308 of 0)")
+    return bias
 
 
 def _check_context(owner: str, prior_prob: Optional[float], num_classes: Optional[int],
@@ -172,7 +178,7 @@ def normal_initializer(
 def build_initializer(name: str, **params: Any) -> Initializer:
     """The registered initializer ``name`` with ``params`` (validated), as an in-place callable
     ``init(layer)``. Unknown names and parameters raise ``ValueError`` listing what is accepted."""
-    if name not in INITIALIZER_REGISTRY:
+    if not isinstance(name, str) or name not in INITIALIZER_REGISTRY:
         raise ValueError(f"unknown initializer {name!r}: registered initializers are "
                          f"{sorted(k for k, _ in INITIALIZER_REGISTRY)}")
     factory = INITIALIZER_REGISTRY.get(name)

@@ -157,7 +157,7 @@ def build_classification_loss(name: str, **params: Any) -> ClassificationLoss:
     ``fused``. Unknown names, unknown or missing parameters and values out of range raise
     ``ValueError`` saying what is accepted.
     """
-    if name not in LOSS_REGISTRY:
+    if not isinstance(name, str) or name not in LOSS_REGISTRY:
         raise ValueError(f"unknown classification loss {name!r}: registered losses are "
                          f"{sorted(k for k, _ in LOSS_REGISTRY)}")
     cls = LOSS_REGISTRY.get(name)

@@ -40,18 +40,26 @@ def check_reduction(owner: str, reduction: str) -> None:
 
 
 def check_hyperparameters(owner: str, kind: str, alpha: float, gamma: float, beta: float) -> None:
-    """alpha <= 1 (negative disables alpha-weighting); gamma >= 0 finite (> 0 for FL*); beta finite.
-    Raises ValueError naming the parameter, its value and the allowed range."""
+    """alpha <= 1 (negative disables alpha-weighting); 0 <= gamma <= 1000 (FL*: 0.001 <= gamma,
+    |beta| <= 1e6). Raises ValueError naming the parameter, its value and the allowed range.
+
+    The upper limits are float32's: beyond gamma = 1000, (1 - p_t)^gamma is 0 for every example
+    (nothing is learnt) and gamma itself overflows near 3.4e38; FL*'s -log sigmoid(.) / gamma
+    overflows for smaller gamma or larger |beta| (config fuzzing found NaN losses at step 1).
+    Literal numbers, not module constants: this function is compiled by TorchScript."""
     if not alpha <= 1.0:  # also NaN
         raise ValueError(f"{owner}: Invalid alpha = {alpha}: expected a number in [0, 1], "
                          "or negative to disable alpha-weighting")
     if kind == "star":
-        if not (gamma > 0.0 and gamma < float("inf")):
-            raise ValueError(f"{owner}: Invalid gamma = {gamma}: expected a finite number > 0")
-        if not (beta > -float("inf") and beta < float("inf")):
-            raise ValueError(f"{owner}: Invalid beta = {beta}: expected a finite number")
-    elif not (gamma >= 0.0 and gamma < float("inf")):
-        raise ValueError(f"{owner}: Invalid gamma = {gamma}: expected a finite number >= 0")
+        if not (0.001 <= gamma <= 1000.0):
+            raise ValueError(f"{owner}: Invalid gamma = {gamma}: expected a number in "
+                             "[0.001, 1000] (FL* overflows float32 beyond)")
+        if not (-1e6 <= beta <= 1e6):
+            raise ValueError(f"{owner}: Invalid beta = {beta}: expected a number in "
+                             "[-1e6, 1e6] (FL* overflows float32 beyond)")
+    elif not (0.0 <= gamma <= 1000.0):
+        raise ValueError(f"{owner}: Invalid gamma = {gamma}: expected a number in [0, 1000] "
+                         "(beyond, (1 - p_t)^gamma vanishes in float32)")
 
 
 def check_targets(owner: str, t: Tensor) -> None:

@@ -77,7 +77,7 @@ def build_loss_from_cfg(cfg) -> ClassificationLoss:
 
     focal = cfg.MODEL.FOCAL
     with config_keys(cfg, "MODEL.FOCAL.LOSS"):
-        if focal.LOSS not in LOSS_REGISTRY:
+        if not isinstance(focal.LOSS, str) or focal.LOSS not in LOSS_REGISTRY:
             raise ValueError(f"unknown classification loss: registered losses are "
                              f"{sorted(k for k, _ in LOSS_REGISTRY)}")
     names = LOSS_REGISTRY.get(focal.LOSS).hyperparameters
