@@ -139,7 +139,8 @@ def test_rescale_stages_is_an_exact_reparametrization():
     scales = {"res3": 0.5, "res4": 3.0, "res5": 0.1}
     raw, _ = pretrain._frozen_resnet(recipe, state)
     new, _ = pretrain._frozen_resnet(recipe, pretrain.rescale_stages(state, scales))
-    x = torch.randn(2, 3, 64, 80) * 50
-    a, b = raw(x), new(x)
+    x = torch.randn(2, 3, 64, 80, dtype=torch.float64) * 50  # float64: exactness, not rounding
+    a, b = raw.double()(x), new.double()(x)
     for k, s in scales.items():
-        torch.testing.assert_close(b[k], s * a[k], rtol=1e-3, atol=1e-3)
+        err = float((b[k] - s * a[k]).abs().max() / (s * a[k]).abs().max())
+        assert err < 1e-3, (k, err)  # relative to the largest output; BN eps: ~5e-4 at s = .1
