@@ -505,3 +505,5 @@ def build(recipe="proto-r18", force: bool = False) -> Path:
 __all__ = ["PREFIX", "RECIPES", "PretrainRecipe", "build", "build_crops", "build_classifier",
            "cache_root", "get_recipe", "register_path_handler", "resolve", "train_classifier",
            "weights_dir", "weights_path"]
+
+register_path_handler()  # MODEL.WEIGHTS "focal-pretrained://<recipe>" works once the package is imported

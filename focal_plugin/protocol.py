@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from focal_plugin import pretrain
 from focal_plugin.data import SyntheticConfig, register_dense_shapes
 
 #: Detection data of the mini protocol: 80 classes (Zipf 1 long tail, as ``repro``), 160-192 px
@@ -49,7 +48,6 @@ def register_protocol_datasets() -> None:
 
 
 register_protocol_datasets()
-pretrain.register_path_handler()  # MODEL.WEIGHTS "focal-pretrained://<recipe>"
 
 
 
