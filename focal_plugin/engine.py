@@ -30,7 +30,7 @@ from focal_plugin import compat
 from focal_plugin.checkpoint import SafeCheckpointer
 from focal_plugin.config import add_focal_config
 from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
-from focal_plugin.modeling.focal_retinanet import cfg_value
+from focal_plugin.modeling.config_keys import cfg_value
 
 logger = logging.getLogger("focal_plugin")
 

@@ -1,4 +1,5 @@
-from focal_plugin.modeling.focal_retinanet import FocalRetinaNet, build_loss_from_cfg
+from focal_plugin.modeling.config_keys import build_loss_from_cfg
+from focal_plugin.modeling.focal_retinanet import FocalRetinaNet
 from focal_plugin.modeling.head import FocalRetinaNetHead
 from focal_plugin.modeling.sampler import AllAnchorsSampler, OhemSampler
 

@@ -11,11 +11,10 @@ statistics read (``_log_and_check``); see ``benchmarks/profile_train_step.py``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections import OrderedDict
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -33,6 +32,7 @@ from detectron2.utils.events import get_event_storage
 from fvcore.nn import smooth_l1_loss
 
 from focal_plugin.losses import ClassificationLoss, build_classification_loss
+from focal_plugin.modeling.config_keys import build_loss_from_cfg, config_keys
 from focal_plugin.modeling.head import FocalRetinaNetHead
 from focal_plugin.modeling.ohem import check_ohem_args
 from focal_plugin.modeling.sampler import AllAnchorsSampler, OhemSampler
@@ -46,45 +46,6 @@ _EMA_START, _EMA_MOMENTUM = 100, 0.9
 NORMALIZERS = ("num_pos", "ema")
 #: feature-map geometries whose anchors are kept (multi-scale training cycles through a few)
 _ANCHOR_CACHE_SIZE = 16
-
-
-def cfg_value(cfg, key: str):
-    """``cfg.A.B.C`` for ``key`` "A.B.C"."""
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-@contextlib.contextmanager
-def config_keys(cfg, *keys: str) -> Iterator[None]:
-    """Re-raise a constructor's ``ValueError`` naming the config keys its arguments came from.
-
-    The rules live in the constructors (losses, initializers, OHEM sampler, this model); this
-    only says which ``cfg`` keys to change, e.g. "cfg.MODEL.FOCAL.GAMMA = -1.0: ...".
-    """
-    try:
-        yield
-    except ValueError as e:
-        named = ", ".join(f"cfg.{k} = {cfg_value(cfg, k)!r}" for k in keys)
-        raise ValueError(f"{named}: {e}") from e
-
-
-def build_loss_from_cfg(cfg) -> ClassificationLoss:
-    """The classification loss ``cfg.MODEL.FOCAL.LOSS`` with the hyperparameters it takes from
-    ``cfg.MODEL.FOCAL``; a bad value raises ``ValueError`` naming its key."""
-    from focal_plugin.losses import LOSS_REGISTRY
-
-    focal = cfg.MODEL.FOCAL
-    with config_keys(cfg, "MODEL.FOCAL.LOSS"):
-        if not isinstance(focal.LOSS, str) or focal.LOSS not in LOSS_REGISTRY:
-            raise ValueError(f"unknown classification loss: registered losses are "
-                             f"{sorted(k for k, _ in LOSS_REGISTRY)}")
-    names = LOSS_REGISTRY.get(focal.LOSS).hyperparameters
-    with config_keys(cfg, *(f"MODEL.FOCAL.{p.upper()}" for p in names), "MODEL.FOCAL.FUSED_LOSS"):
-        return build_classification_loss(
-            focal.LOSS, fused=focal.FUSED_LOSS, **{p: focal[p.upper()] for p in names}
-        )
 
 
 def _storage():
