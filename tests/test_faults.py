@@ -21,16 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "mini", "smoke_tiny.yaml")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    old = os.environ.get("DETECTRON2_DATASETS")
-    os.environ["DETECTRON2_DATASETS"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("DETECTRON2_DATASETS")
-    else:
-        os.environ["DETECTRON2_DATASETS"] = old
+pytestmark = pytest.mark.usefixtures("data_root")  # conftest: a private DETECTRON2_DATASETS
 
 
 def _cfg(tmp_path, *opts):

@@ -24,16 +24,7 @@ SMOKE = os.path.join(ROOT, "configs", "mini", "smoke_tiny.yaml")
 SIZE = 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    old = os.environ.get("DETECTRON2_DATASETS")
-    os.environ["DETECTRON2_DATASETS"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("DETECTRON2_DATASETS")
-    else:
-        os.environ["DETECTRON2_DATASETS"] = old
+pytestmark = pytest.mark.usefixtures("data_root")  # conftest: a private DETECTRON2_DATASETS
 
 
 def user_coco(root, num_images: int = 6) -> Dict[str, Any]:

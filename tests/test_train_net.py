@@ -27,18 +27,6 @@ def _train_net_module():
 train_net = _train_net_module()
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    old = os.environ.get("DETECTRON2_DATASETS")
-    os.environ["DETECTRON2_DATASETS"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("DETECTRON2_DATASETS")
-    else:
-        os.environ["DETECTRON2_DATASETS"] = old
-
-
 def run_main(*argv):
     args = default_argument_parser().parse_args(["--config-file", SMOKE, *argv])
     return train_net.main(args)
