@@ -47,9 +47,7 @@ part() {  # part NAME LIMIT_S COMMAND...: run with a time limit, log to OUT/NAME
 skipped=()
 "$PY" -m focal_plugin.collect_env > "$OUT/env.txt" 2>&1 || true
 
-part loss 75 "$PY" benchmarks/bench_loss.py --device "$DEV" "${LOSS_ARGS[@]}" \
-  --methods "fvcore FL,fvcore FL (jit, detectron2),torch BCE-with-logits,ours FL fused,ours FL* fused (g2,b1),ours CE fused,detector: one_hot + fvcore jit,detector: ours per-anchor fused" \
-  --json "$OUT/loss.json"
+part loss 75 "$PY" benchmarks/bench_loss.py --device "$DEV" "${LOSS_ARGS[@]}" --json "$OUT/loss.json"
 part train_iter 120 "$PY" benchmarks/bench_train_iter.py "${TRAIN_ARGS[@]}" --json "$OUT/train_iter.json"
 part inference 75 "$PY" benchmarks/bench_inference.py --device "$DEV" "${INF_ARGS[@]}" \
   --json "$OUT/inference.json"
