@@ -52,8 +52,6 @@ def make_cfg(depth: int, arch: str, score_thresh: float, device: str):
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = score_thresh
     # identical anchors for both: explicit sizes (detectron2's RetinaNet ignores MODEL.FOCAL)
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[b * 2 ** (k / 3) for k in range(3)] for b in (32, 64, 128, 256, 512)]
-    cfg.MODEL.FOCAL.ANCHOR_SCALES_PER_OCTAVE = 0
-    cfg.MODEL.FOCAL.ANCHOR_ASPECTS = 0
     cfg.MODEL.META_ARCHITECTURE = ARCHS[arch]
     return cfg
 

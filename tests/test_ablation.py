@@ -422,6 +422,42 @@ def test_run_report_divergence_and_no_rerun(fake_env):
     assert _calls(fake_env["out"], "a25") == [0] and _calls(fake_env["out"], "zero") == [0]
 
 
+def test_identical_cell_of_another_spec_is_reused_not_retrained(fake_env):
+    """Table 3's FL row = Table 1b's γ = 2 row: the second spec takes the finished cell's result
+    (overrides compared as a mapping: spec-level then row-level equals row-level in any order);
+    another seed or another value trains."""
+    kw = dict(workers=0, train_fn=fake_train, progress=False, imbalance=False, log=lambda m: None)
+    spec_level = fake_env["tmp"] / "table_b.yaml"  # GAMMA 2 for every row, set by the spec
+    spec_level.write_text(TEST_SPEC.replace("fake α sweep", "b").replace(
+        "rows:", "overrides: {MODEL.FOCAL.GAMMA: 2.0}\nrows:"))
+    first = Runner(load_spec(str(spec_level)), "mini", fake_env["out"], seeds=2, **kw).run()
+    assert first["states"]["a75/seed1"] == "done"
+    row_level = fake_env["tmp"] / "table_3.yaml"  # the same settings, written per row, other order
+    row_level.write_text(TEST_SPEC.replace("fake α sweep", "3").replace(
+        "overrides: {MODEL.FOCAL.ALPHA: 0.75}", "overrides: {MODEL.FOCAL.GAMMA: 2.0, MODEL.FOCAL.ALPHA: 0.75}"
+    ).replace("overrides: {MODEL.FOCAL.ALPHA: 0.25}",
+              "overrides: {MODEL.FOCAL.ALPHA: 0.25, MODEL.FOCAL.GAMMA: 1.0}"))
+    logs = []
+    second = Runner(load_spec(str(row_level)), "mini", fake_env["out"], seeds=3, only=["a25", "a75"],
+                    **{**kw, "log": logs.append}).run()
+    reused = {c for c in second["states"]
+              if "reused_from" in _status(fake_env["out"], *c.split("/seed"), spec="table_3")}
+    assert reused == {"a75/seed0", "a75/seed1"}  # a75/seed2 has no twin; a25 has GAMMA 1, not 2
+    assert second["ran"] == 4 and second["skipped"] == 2
+    st = _status(fake_env["out"], "a75", 1, spec="table_3")
+    assert st["reused_from"] == os.path.join("table_b", "mini", "a75", "seed1")
+    assert st["metrics"] == _status(fake_env["out"], "a75", 1, spec="table_b")["metrics"]
+    assert not os.path.exists(os.path.join(fake_env["out"], "table_3", "mini", "a75", "seed1", "calls.log"))
+    assert _calls(fake_env["out"], "a75", 2, spec="table_3") == [0]
+    assert _calls(fake_env["out"], "a25", 0, spec="table_3") == [0]
+    assert any("a75/seed1: identical to the finished cell" in m for m in logs)
+    # reuse=False (--no-reuse) trains a cell even when a twin exists
+    same = fake_env["tmp"] / "table_c.yaml"
+    same.write_text(spec_level.read_text())
+    forced = Runner(load_spec(str(same)), "mini", fake_env["out"], only=["a25"], reuse=False, **kw).run()
+    assert forced["ran"] == 1 and _calls(fake_env["out"], "a25", 0, spec="table_c") == [0]
+
+
 def test_one_seed_is_inconclusive_and_report_rebuilds(fake_env):
     spec = load_spec(fake_env["spec"])
     runner = Runner(spec, "mini", fake_env["out"], only=["a25", "a75"], workers=0, train_fn=fake_train,

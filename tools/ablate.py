@@ -65,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep-checkpoints", action="store_true", help="keep a finished cell's "
                    "intermediate checkpoints (default: only model_final.pth stays)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per cell)")
+    p.add_argument("--no-reuse", action="store_true", help="train every cell, even one identical to "
+                   "a finished cell of another spec in the same output folder (default: reuse it)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every cell")
     args = p.parse_args(argv)
     if args.only:  # `--only a b KEY VALUE`: the overrides after the rows are overrides, not rows
@@ -107,7 +109,8 @@ def main(argv=None) -> int:
                         submitit_cluster=args.submitit_cluster,
                         submitit_params=_submitit_params(args.submitit_param),
                         progress=not args.no_progress, label=args.label, train_fn=args.train_fn,
-                        imbalance=not args.no_imbalance, keep_checkpoints=args.keep_checkpoints)
+                        imbalance=not args.no_imbalance, keep_checkpoints=args.keep_checkpoints,
+                        reuse=not args.no_reuse)
     except (SpecError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,13 +9,17 @@ Layout of a run (``RUN_DIR = OUTPUT/<spec name>/<scale>``)::
     RUN_DIR/submitit/              submitit's job files (submitit launcher)
 
 A finished cell (done or diverged) is never run again; an interrupted or failed one is run again
-and resumes from its last checkpoint. A cell folder already holding a different definition (other
+and resumes from its last checkpoint. A cell identical to a finished cell of another spec in the
+same output folder (same base config, overrides, seed and timing: e.g. Table 3's FL row and
+Table 1b's γ = 2 row) takes that cell's result instead of training again; its ``status.json``
+says ``reused_from``. A cell folder already holding a different definition (other
 overrides, base config or seed) is refused, so one output folder never mixes two settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import queue
@@ -104,6 +108,7 @@ class Runner:
     (``workers=0`` or submitit's debug executor only); default :func:`cell.train_cell`.
     ``imbalance``: compute the data's class imbalance for the report. ``keep_checkpoints``: keep
     a finished cell's intermediate checkpoints (default: only ``model_final.pth`` stays).
+    ``reuse``: take the result of an identical finished cell of another spec (module docstring).
     """
 
     def __init__(self, spec: Spec, scale: str, output_dir: str, seeds: int = 1,
@@ -112,7 +117,8 @@ class Runner:
                  gpus_per_cell: int = 1, submitit_cluster: Optional[str] = None,
                  submitit_params: Optional[Dict[str, Any]] = None, train_fn: Optional[Callable] = None,
                  progress: bool = True, poll_s: float = 5.0, log: Callable[[str], None] = print,
-                 label: Optional[str] = None, imbalance: bool = True, keep_checkpoints: bool = False):
+                 label: Optional[str] = None, imbalance: bool = True, keep_checkpoints: bool = False,
+                 reuse: bool = True):
         if launcher not in LAUNCHERS:
             raise ValueError(f"launcher {launcher!r} is invalid: expected one of {list(LAUNCHERS)}")
         if seeds < 1:
@@ -137,6 +143,7 @@ class Runner:
         self.label = label
         self.imbalance = imbalance
         self.keep_checkpoints = keep_checkpoints
+        self.reuse = reuse
         if callable(train_fn) and (launcher != "local" or workers != 0) and submitit_cluster != "debug":
             raise ValueError("a callable train_fn runs only in this process (workers=0 or the debug "
                              "executor); name it as 'module:function' for worker processes")
@@ -174,6 +181,36 @@ class Runner:
                 f"{self.run_dir} holds cells planned with different settings:\n" + "\n".join(bad[:10])
                 + "\nUse another --output-dir (or delete those cell folders) to run the new settings.")
 
+    @staticmethod
+    def _identity(definition: Dict[str, Any]) -> tuple:
+        """What decides a cell's result: overrides as a mapping (the last value of a key wins, so
+        a spec-level and a row-level override in either order compare equal)."""
+        opts = definition.get("opts") or []
+        return (definition.get("base_name"), json.dumps(dict(zip(opts[::2], opts[1::2])), sort_keys=True),
+                definition.get("seed"), json.dumps(definition.get("timing"), sort_keys=True),
+                definition.get("num_gpus"), definition.get("train_fn"))
+
+    def _reuse_twin(self, c: CellPlan) -> bool:
+        """Record a finished twin of ``c`` from another spec's run folder (same output folder and
+        scale) as ``c``'s result; True if one was found. Only ``status.json`` is written."""
+        mine = self._identity(self.definition(c))
+        pattern = os.path.join(self.output_dir, "*", self.scale, "*", f"seed{c.seed}", cell_mod.CELL_FILE)
+        for path in sorted(glob.glob(pattern)):
+            twin_dir = os.path.dirname(path)
+            if os.path.dirname(os.path.dirname(twin_dir)) == self.run_dir:
+                continue
+            status = cell_mod.read_status(twin_dir)
+            if status.get("state") not in cell_mod.FINISHED or status.get("reused_from"):
+                continue
+            if self._identity(read_json(path) or {}) != mine:
+                continue
+            rel = os.path.relpath(twin_dir, self.output_dir)
+            write_json_atomic(os.path.join(c.dir, cell_mod.STATUS_FILE),
+                              {**status, "reused_from": rel, "reused_at": now_iso()})
+            self.log(f"[ablate] {c.id}: identical to the finished cell {rel}; its result is reused")
+            return True
+        return False
+
     def dry_run(self) -> str:
         """The cells with their state and full overrides, as text (nothing is written)."""
         cells = self.plan()
@@ -205,6 +242,10 @@ class Runner:
             for c in cells:
                 write_json_atomic(os.path.join(c.dir, cell_mod.CELL_FILE), self.definition(c))
             states = {c.id: c.state() for c in cells}
+            if self.reuse:
+                for c in cells:
+                    if states[c.id] not in cell_mod.FINISHED and self._reuse_twin(c):
+                        states[c.id] = c.state()
             todo = [c for c in cells if states[c.id] not in cell_mod.FINISHED]
             started = time.time()
             self._history({"event": "start", "launcher": self.launcher, "workers": self.workers,
