@@ -307,6 +307,8 @@ def _paper_rows():
     for g, a in (("0", .75), ("0.1", .75), ("0.2", .75), ("0.5", .5), ("1.0", .25), ("2.0", .25),
                  ("5.0", .25)):
         out["table1b", f"gamma_{g}"] = {"MODEL.FOCAL.GAMMA": float(g), "MODEL.FOCAL.ALPHA": a}
+    # γ = 0 is α-balanced CE: the CE loss itself (Table 1a's α = .75 row, the same cell)
+    out["table1b", "gamma_0"] = dict(out["table1a", "alpha_.75"])
     for sc, ar in ((1, 1), (2, 1), (3, 1), (1, 3), (2, 3), (3, 3), (4, 3)):
         out["table1c", f"sc{sc}_ar{ar}"] = {
             "MODEL.ANCHOR_GENERATOR.SIZES": [[b * 2 ** (k / sc) for k in range(sc)]
@@ -456,6 +458,19 @@ def test_identical_cell_of_another_spec_is_reused_not_retrained(fake_env):
     same.write_text(spec_level.read_text())
     forced = Runner(load_spec(str(same)), "mini", fake_env["out"], only=["a25"], reuse=False, **kw).run()
     assert forced["ran"] == 1 and _calls(fake_env["out"], "a25", 0, spec="table_c") == [0]
+
+
+@pytest.mark.parametrize("scale", ["mini", "paper"])
+def test_shipped_specs_share_their_common_cells(scale, tmp_path):
+    """The rows the paper reports twice are one cell each: Table 3's CE = Table 1a's α = .75 =
+    Table 1b's γ = 0, Table 3's FL = Table 1b's γ = 2 (so the runner reuses them)."""
+    def identity(spec, row):
+        runner = Runner(load_spec(spec), scale, str(tmp_path), only=[row], progress=False, imbalance=False)
+        return Runner._identity(runner.definition(runner.plan()[0]))
+
+    assert identity("table3", "ce") == identity("table1a", "alpha_.75") == identity("table1b", "gamma_0")
+    assert identity("table3", "fl") == identity("table1b", "gamma_2.0")
+    assert identity("table3", "fl") != identity("table3", "ce")
 
 
 def test_one_seed_is_inconclusive_and_report_rebuilds(fake_env):

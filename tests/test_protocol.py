@@ -41,6 +41,10 @@ def test_datasets_registered():
         assert name in DatasetCatalog.list()
     assert protocol.PROTOCOL_DATA.num_classes == 80
     assert protocol.PRETRAIN_SOURCE.seed != protocol.PROTOCOL_DATA.seed  # disjoint images
+    # the same classes (the backbone learns the detection classes' appearance, never their boxes)
+    assert protocol.PRETRAIN_SOURCE.thing_classes() == protocol.PROTOCOL_DATA.thing_classes()
+    # pinned: recalibrating the detection data must not invalidate users' cached backbones
+    assert protocol.PRETRAIN_SOURCE.fingerprint() == "bf528041dc85"
 
 
 @pytest.mark.parametrize("name", PROTOCOL_CONFIGS)
