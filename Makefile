@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.focal_setup.stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all lint bench env clean-venv reproduce
+.PHONY: setup demo test test-all lint bench env clean-venv reproduce reproduce-mini
 
 setup: $(STAMP)
 
@@ -33,6 +33,20 @@ test-all: setup lint
 
 env: setup
 	$(PY) -m focal_plugin.collect_env
+
+# The mini reproduction (issue 12; configs/mini/README.md): the init ablation and Tables 1a, 1b and 3
+# on the CPU protocol, two cells at a time (~22 min of the 2 cores per cell), FL and the best
+# alpha-CE with 3 seeds. Resumable: run it again to continue; cells shared between tables run once.
+MINI_OUT ?= output/ablations
+MINI_RUN = $(PY) tools/ablate.py --scale mini --workers 2 --output-dir $(MINI_OUT)
+reproduce-mini: setup
+	$(PY) tools/pretrain_backbone.py
+	$(MINI_RUN) --spec init
+	$(MINI_RUN) --spec table1b --seeds 3 --only gamma_0 gamma_2.0
+	$(MINI_RUN) --spec table1a
+	$(MINI_RUN) --spec table1b
+	$(MINI_RUN) --spec table3 --seeds 3 --only ce fl
+	$(MINI_RUN) --spec table3
 
 # All benchmarks (CPU; minutes to an hour on 2 cores), one Markdown table in $(BENCH_OUT)/bench.md,
 # then the GPU check (skipped with a message where there is no CUDA device). BENCH_ARGS=--quick

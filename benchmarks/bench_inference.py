@@ -89,10 +89,12 @@ def time_one(model, inp) -> float:
 
 def run_cell(models, scale: int, warmup: int, images: int):
     times = {arch: [] for arch in models}
+    order = list(models)
     for i in range(warmup + images):
         inp = _image(scale, i)
-        for arch, model in models.items():  # round-robin
-            dt = time_one(model, inp)
+        # round-robin, the order rotating every image: neither model always runs first
+        for arch in order[i % len(order):] + order[:i % len(order)]:
+            dt = time_one(models[arch], inp)
             if i >= warmup:
                 times[arch].append(dt)
     return {arch: 1e3 * statistics.median(ts) for arch, ts in times.items()}
@@ -104,7 +106,7 @@ def main(argv=None) -> None:
     parser.add_argument("--depths", default=None, help="comma-separated ResNet depths (default 50,101)")
     parser.add_argument("--scales", default=None, help="comma-separated shorter sides (default 400,...,800)")
     parser.add_argument("--images", type=int, default=None,
-                        help="timed images per cell (default 3 on the CPU, 20 on a GPU)")
+                        help="timed images per cell (default 4 on the CPU, 20 on a GPU)")
     parser.add_argument("--warmup", type=int, default=None, help="default 1 on the CPU, 5 on a GPU")
     parser.add_argument("--score-thresh", type=float, default=0.0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -114,7 +116,7 @@ def main(argv=None) -> None:
     depths = [int(d) for d in (args.depths or ("50" if args.quick else "50,101")).split(",")]
     default_scales = "400,800" if args.quick else "400,500,600,700,800"
     scales = [int(s) for s in (args.scales or default_scales).split(",")]
-    images = args.images or (20 if gpu else 3)
+    images = args.images or (20 if gpu else 4)
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"score threshold {args.score_thresh}, {images} timed images per cell after {warmup} warm-up, "
