@@ -453,6 +453,8 @@ def test_identical_cell_of_another_spec_is_reused_not_retrained(fake_env):
     assert _calls(fake_env["out"], "a75", 2, spec="table_3") == [0]
     assert _calls(fake_env["out"], "a25", 0, spec="table_3") == [0]
     assert any("a75/seed1: identical to the finished cell" in m for m in logs)
+    md = open(second["report"]["md"]).read()  # the report counts it and names where it came from
+    assert f"| a75/seed1 | done (result of {os.path.join('table_b', 'mini', 'a75', 'seed1')}) |" in md
     # reuse=False (--no-reuse) trains a cell even when a twin exists
     same = fake_env["tmp"] / "table_c.yaml"
     same.write_text(spec_level.read_text())

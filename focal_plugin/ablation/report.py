@@ -180,7 +180,8 @@ def build_report(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
                    "resumed_from_iter": c["status"].get("resumed_from_iter"),
                    "iterations": c["status"].get("iterations"),
                    "device": _device_text(c["status"]) if c["status"].get("device") else None,
-                   "commit": c["status"].get("commit"), "finished": c["status"].get("finished")}
+                   "commit": c["status"].get("commit"), "finished": c["status"].get("finished"),
+                   "reused_from": c["status"].get("reused_from")}
                   for c in cells],
         "runs": history[-20:],
     }
@@ -312,7 +313,8 @@ def to_markdown(report: Dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|"]
     for c in env["cells"]:
         wall = f"{c['wall_time_s']:.1f}" if c.get("wall_time_s") is not None else "—"
-        lines.append(f"| {c['cell']} | {c['state']} | {wall} | {c.get('attempts') or '—'} | "
+        state = c["state"] + (f" (result of {c['reused_from']})" if c.get("reused_from") else "")
+        lines.append(f"| {c['cell']} | {_md_escape(state)} | {wall} | {c.get('attempts') or '—'} | "
                      f"{c.get('resumed_from_iter') if c.get('resumed_from_iter') is not None else '—'} | "
                      f"{c.get('iterations') if c.get('iterations') is not None else '—'} | "
                      f"{_md_escape(c.get('device') or '—')} |")
