@@ -111,7 +111,11 @@ def main(argv=None) -> None:
             while parent is not None and parent.name not in labels:
                 parent = parent.cpu_parent
             syncs[(parent.name if parent is not None else "(detectron2/backbone/other)", e.name)] += 1
-    totals = {k.key: k for k in prof.key_averages()}
+    # With CUDA activity a label also appears as a GPU annotation (CPU time 0): keep the CPU one.
+    totals = {}
+    for k in prof.key_averages():
+        if k.key not in totals or k.cpu_time_total > totals[k.key].cpu_time_total:
+            totals[k.key] = k
     variant = f"OHEM {args.ohem:g}" if args.ohem is not None else cfg.MODEL.FOCAL.LOSS
     step_ms = totals["focal:step"].cpu_time_total / 1e3 / args.steps
     print(f"== {args.setting}: {variant}, "
