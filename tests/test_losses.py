@@ -679,12 +679,14 @@ def test_target_check_off_cpu_uses_async_assert(monkeypatch):
     from focal_plugin.losses import reference
 
     seen = []
-    monkeypatch.setattr(torch, "_assert_async", lambda cond, msg: seen.append((cond.device.type, msg)))
+    # one aminmax pass, then a 0-d condition (not four elementwise passes over the targets)
+    monkeypatch.setattr(torch, "_assert_async",
+                        lambda cond, msg: seen.append((cond.device.type, tuple(cond.shape), msg)))
     reference.check_targets("sigmoid_focal_loss", torch.empty(5, device="meta"))
     reference.check_labels("SigmoidFocalLoss", torch.empty(5, 3, device="meta"),
                            torch.zeros(5, dtype=torch.long, device="meta"), 3)
-    assert seen == [("meta", "sigmoid_focal_loss: targets must lie in [0, 1]"),
-                    ("meta", "SigmoidFocalLoss: labels must lie in [0, 3]")]
+    assert seen == [("meta", (), "sigmoid_focal_loss: targets must lie in [0, 1]"),
+                    ("meta", (), "SigmoidFocalLoss: labels must lie in [0, 3] (3 = background)")]
 
 
 # ------------------------------------------------------------------------------ drop-in compatibility

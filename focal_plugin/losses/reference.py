@@ -62,18 +62,28 @@ def check_hyperparameters(owner: str, kind: str, alpha: float, gamma: float, bet
                          "(beyond, (1 - p_t)^gamma vanishes in float32)")
 
 
-def check_targets(owner: str, t: Tensor) -> None:
-    """Targets must lie in [0, 1]. On the CPU a ValueError gives the range found; on other devices
-    a ``torch._assert_async`` (no host sync; the error surfaces at the next synchronisation)."""
-    if t.numel() == 0:
+def _check_range(values: Tensor, lo: float, hi: float, message: str) -> None:
+    """Raise ValueError(``message`` + the range found) unless every value lies in [lo, hi] (NaN
+    fails). One ``aminmax`` pass on every device; on the CPU its two numbers are read, elsewhere a
+    ``torch._assert_async`` on them (no host sync; the error surfaces at the next synchronisation)."""
+    if values.numel() == 0:
         return
-    if t.device.type == "cpu":
-        lo, hi = torch.aminmax(t)
-        lo_v, hi_v = float(lo), float(hi)
-        if not (lo_v >= 0.0 and hi_v <= 1.0):  # also NaN
-            raise ValueError(f"{owner}: targets must lie in [0, 1], got values in [{lo_v}, {hi_v}]")
+    v_lo, v_hi = torch.aminmax(values)
+    if values.device.type != "cpu":
+        torch._assert_async((v_lo >= lo).logical_and(v_hi <= hi), message)
+    elif values.is_floating_point():
+        lo_f, hi_f = float(v_lo), float(v_hi)
+        if not (lo_f >= lo and hi_f <= hi):  # also NaN
+            raise ValueError(f"{message}, got values in [{lo_f}, {hi_f}]")
     else:
-        torch._assert_async((t >= 0).logical_and(t <= 1).all(), f"{owner}: targets must lie in [0, 1]")
+        lo_i, hi_i = int(v_lo), int(v_hi)
+        if lo_i < lo or hi_i > hi:
+            raise ValueError(f"{message}, got values in [{lo_i}, {hi_i}]")
+
+
+def check_targets(owner: str, t: Tensor) -> None:
+    """Targets must lie in [0, 1] (ValueError on the CPU, ``_assert_async`` elsewhere)."""
+    _check_range(t, 0.0, 1.0, f"{owner}: targets must lie in [0, 1]")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -100,16 +110,8 @@ def check_labels(owner: str, logits: Tensor, labels: Tensor, max_label: int) -> 
         raise ValueError(f"{owner}: labels must have shape ({logits.shape[0]},) to match logits "
                          f"{list(logits.shape)}, got {list(labels.shape)}")
     labels = labels.to(device=logits.device, dtype=torch.long)
-    if labels.numel() > 0:
-        if labels.device.type == "cpu":
-            lo, hi = torch.aminmax(labels)
-            lo_v, hi_v = int(lo), int(hi)
-            if lo_v < 0 or hi_v > max_label:
-                raise ValueError(f"{owner}: labels must lie in [0, {max_label}] ({max_label} = background), "
-                                 f"got values in [{lo_v}, {hi_v}]")
-        else:
-            torch._assert_async((labels >= 0).logical_and(labels <= max_label).all(),
-                                f"{owner}: labels must lie in [0, {max_label}]")
+    _check_range(labels, 0.0, float(max_label),
+                 f"{owner}: labels must lie in [0, {max_label}] ({max_label} = background)")
     return labels
 
 
