@@ -417,3 +417,29 @@ def test_cuda_compiled_kernels_equal_cpu_reference(gamma):
         _close(vc.detach().cpu(), vr.detach())
         _close(gc.cpu(), gr, grad=True)
     assert fused_mod.kernel_mode(torch.device("cuda")) == "compiled"
+
+
+def test_sum_kernels_reduce_rows_and_the_total_is_added_up_outside():
+    """The compiled "sum" kernels return (R,) float64 row sums, never one total: Inductor tunes a
+    dynamic-shape reduction to a single number for the first size it compiles, which made the
+    total 5-17x slower on a GPU at sizes far from that first one (results/bench/gpu_h200)."""
+    x = _logits((50, 7))
+    t = (torch.rand(50, 7) < 0.3).float()
+    prm = fused_mod.params_tensor((0.25, 0.75, 2.0, 1.0), torch.float32, x.device)
+    for name in ("focal_sum", "focal_sum_loss", "star_sum", "star_sum_loss"):
+        assert name in fused_mod.SUM_KERNELS
+        out = fused_mod.compiled_kernel(name)(x, t, prm)
+        partial = out[0] if isinstance(out, tuple) else out
+        assert partial.shape == (50,) and partial.dtype == torch.float64
+        total = fused_mod.run_kernel(name, x, t, prm)
+        total = total[0] if isinstance(total, tuple) else total
+        assert total.shape == () and total.dtype == torch.float32
+        torch.testing.assert_close(total, partial.sum().float())
+    assert not {n for n in fused_mod.KERNELS if n not in fused_mod.SUM_KERNELS and "sum" in n}
+    # 1-D and 3-D inputs reach the same total as the reference
+    for shape in ((40,), (3, 5, 7)):
+        x = _logits(shape)
+        t = (torch.rand(shape) < 0.3).float()
+        for red in ("sum", "mean"):
+            torch.testing.assert_close(sigmoid_focal_loss(x, t, 0.25, 2.0, red),
+                                       sigmoid_focal_loss(x, t, 0.25, 2.0, red, fused=False))

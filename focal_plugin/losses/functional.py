@@ -84,8 +84,10 @@ def _sigmoid(owner: str, kind: str, inputs: Tensor, targets: Any, alpha: Any, ga
     ce = kind == "focal" and gamma == 0  # torch's fused BCE-with-logits, bitwise
     if ce or not use_fused_path(fused, x, t):
         return reference.reduce(reference.sigmoid_elementwise(kind, x, t, alpha, gamma, beta), reduction)
-    xf = x.contiguous().view(-1)
-    tf = t.contiguous().view(-1)
+    # "none": flat; "sum"/"mean": rows of the last dimension (the kernel returns row sums)
+    shape = (-1,) if reduction == "none" else (-1, x.shape[-1] if x.dim() >= 2 else 1)
+    xf = x.contiguous().view(shape)
+    tf = t.contiguous().view(shape)
     prm = _prm(alpha, gamma, beta, x)
 
     def ref(v: Tensor) -> Tensor:

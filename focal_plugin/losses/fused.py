@@ -136,11 +136,15 @@ def _softmax_math(x: Tensor, labels: Tensor, prm: Tuple[Tensor, ...]) -> Tuple[T
 # ------------------------------------------------------------------------------ kernels
 # One def per kernel: torch.compile keeps its cache per code object, so distinct functions keep
 # the variants (float32 / float64, CPU / CUDA) of one kernel well under the recompile limit.
-# "elem"/"sum" kernels take targets in [0, 1]; "rows" kernels take (M,) labels (hard targets).
+# "elem"/"sum" kernels take targets in [0, 1]; "rows" kernels take (M,) labels (hard targets);
+# "sum" kernels take (R, C) inputs and return (R,) float64 partial sums (see _total).
 def _total(loss: Tensor) -> Tensor:
-    # Accumulate in float64: a float32 running sum over millions of elements (Inductor's
-    # vectorized accumulators) drifts by ~1e-6 relative; torch.sum's cascade does not.
-    return loss.sum(dtype=torch.float64).to(loss.dtype)
+    # (R, C) -> (R,) partial sums, finished eagerly by run_kernel (SUM_KERNELS). Not one total in
+    # the kernel: Inductor tunes a dynamic-shape reduction to one number for the first size it
+    # compiles (or finds in its on-disk cache), and one compiled for a few hundred elements then
+    # ran 5x (200k x 80) to 17x (2M x 80) slower on a GPU. A row sum is tuned for its row length.
+    # float64: a float32 running sum over millions of elements drifts by ~1e-6 relative.
+    return loss.sum(dim=-1, dtype=torch.float64)
 
 
 def focal_elem(x, t, prm):
@@ -212,6 +216,8 @@ KERNELS: Dict[str, Callable] = {
     )
 }
 
+#: kernels returning partial sums that run_kernel adds up into the total
+SUM_KERNELS = frozenset(n for n in KERNELS if n.endswith(("_sum", "_sum_loss")))
 _COMPILE_DEVICES = ("cpu", "cuda")
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # not a compile failure
 _compiled: Dict[str, Callable] = {}
@@ -242,7 +248,17 @@ def _would_specialize(x: Tensor) -> bool:
 
 def run_kernel(name: str, x: Tensor, aux: Tensor, prm: Tuple[Tensor, ...]):
     """Run kernel ``name`` on (x, aux = targets or labels, prm = hyperparameters): compiled
-    where possible, else eagerly (logged once)."""
+    where possible, else eagerly (logged once). A "sum" kernel's partial sums are added up here
+    (a 0-d total in x's dtype)."""
+    out = _run_kernel(name, x, aux, prm)
+    if name not in SUM_KERNELS:
+        return out
+    if isinstance(out, tuple):
+        return (out[0].sum().to(x.dtype),) + tuple(out[1:])
+    return out.sum().to(x.dtype)
+
+
+def _run_kernel(name: str, x: Tensor, aux: Tensor, prm: Tuple[Tensor, ...]):
     # Detached inputs: the kernels differentiate nothing, and one requires_grad/view state means
     # one compiled graph per kernel and dtype.
     args = (x.detach(), aux.detach(), prm)
@@ -284,14 +300,9 @@ def run_eager(name: str, x: Tensor, aux: Tensor, prm: Tuple[Tensor, ...]):
         return fn(x, aux, prm)
     parts = [fn(x[i:i + step], aux[i:i + step], prm) for i in range(0, x.shape[0], step)]
 
-    def combine(chunks):
-        if chunks[0].dim() == 0:  # a "sum" kernel's total
-            return torch.stack(chunks).sum()
-        return torch.cat(chunks)
-
     if isinstance(parts[0], tuple):
-        return tuple(combine([p[k] for p in parts]) for k in range(len(parts[0])))
-    return combine(parts)
+        return tuple(torch.cat([p[k] for p in parts]) for k in range(len(parts[0])))
+    return torch.cat(parts)
 
 
 # ------------------------------------------------------------------------------ autograd
