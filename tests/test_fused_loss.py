@@ -420,9 +420,10 @@ def test_cuda_compiled_kernels_equal_cpu_reference(gamma):
 
 
 def test_sum_kernels_reduce_rows_and_the_total_is_added_up_outside():
-    """The compiled "sum" kernels return (R,) float64 row sums, never one total: Inductor tunes a
-    dynamic-shape reduction to a single number for the first size it compiles, which made the
-    total 5-17x slower on a GPU at sizes far from that first one (results/bench/gpu_h200)."""
+    """The compiled "sum" kernels return float64 partial sums that run_kernel adds up: one on the
+    CPU, one per row elsewhere (Inductor tunes a dynamic-shape reduction to a single number for
+    the first size it compiles, which made the total 5-17x slower on a GPU at sizes far from that
+    first one, results/bench/gpu_h200)."""
     x = _logits((50, 7))
     t = (torch.rand(50, 7) < 0.3).float()
     prm = fused_mod.params_tensor((0.25, 0.75, 2.0, 1.0), torch.float32, x.device)
@@ -430,7 +431,10 @@ def test_sum_kernels_reduce_rows_and_the_total_is_added_up_outside():
         assert name in fused_mod.SUM_KERNELS
         out = fused_mod.compiled_kernel(name)(x, t, prm)
         partial = out[0] if isinstance(out, tuple) else out
-        assert partial.shape == (50,) and partial.dtype == torch.float64
+        assert partial.shape == (1,) and partial.dtype == torch.float64
+        if torch.cuda.is_available():
+            cuda = fused_mod.compiled_kernel(name)(x.cuda(), t.cuda(), tuple(p.cuda() for p in prm))
+            assert (cuda[0] if isinstance(cuda, tuple) else cuda).shape == (50,)
         total = fused_mod.run_kernel(name, x, t, prm)
         total = total[0] if isinstance(total, tuple) else total
         assert total.shape == () and total.dtype == torch.float32

@@ -137,13 +137,19 @@ def _softmax_math(x: Tensor, labels: Tensor, prm: Tuple[Tensor, ...]) -> Tuple[T
 # One def per kernel: torch.compile keeps its cache per code object, so distinct functions keep
 # the variants (float32 / float64, CPU / CUDA) of one kernel well under the recompile limit.
 # "elem"/"sum" kernels take targets in [0, 1]; "rows" kernels take (M,) labels (hard targets);
-# "sum" kernels take (R, C) inputs and return (R,) float64 partial sums (see _total).
+# "sum" kernels take (R, C) inputs and return float64 partial sums (see _total).
 def _total(loss: Tensor) -> Tensor:
-    # (R, C) -> (R,) partial sums, finished eagerly by run_kernel (SUM_KERNELS). Not one total in
-    # the kernel: Inductor tunes a dynamic-shape reduction to one number for the first size it
-    # compiles (or finds in its on-disk cache), and one compiled for a few hundred elements then
-    # ran 5x (200k x 80) to 17x (2M x 80) slower on a GPU. A row sum is tuned for its row length.
-    # float64: a float32 running sum over millions of elements drifts by ~1e-6 relative.
+    """(R, C) loss -> float64 partial sums, added up by run_kernel (SUM_KERNELS).
+
+    On CUDA, (R,) row sums: Triton's reduction of a dynamic shape to one number is tuned for the
+    first size Inductor compiles (or finds in its on-disk cache), and one compiled at 300 x 33
+    then ran 5x (200k x 80) to 17x (2M x 80) slower on an H200. On the CPU one total, shape (1,):
+    its C++ loop does not depend on that size, and fuses with the gradient's loop where row sums
+    would store two (R, C) intermediates. float64: a float32 running sum over millions of
+    elements drifts by ~1e-6 relative.
+    """
+    if loss.device.type == "cpu":
+        return loss.sum(dtype=torch.float64).reshape(1)
     return loss.sum(dim=-1, dtype=torch.float64)
 
 
