@@ -38,7 +38,8 @@ env: setup
 # on the CPU protocol, two cells at a time (~22 min of the 2 cores per cell), FL and the best
 # alpha-CE with 3 seeds. Resumable: run it again to continue; cells shared between tables run once.
 MINI_OUT ?= output/ablations
-MINI_RUN = $(PY) tools/ablate.py --scale mini --workers 2 --output-dir $(MINI_OUT)
+MINI_EXPORT ?= results/mini
+MINI_RUN = $(PY) tools/ablate.py --scale mini --workers 2 --output-dir $(MINI_OUT) --export $(MINI_EXPORT)
 reproduce-mini: setup
 	$(PY) tools/pretrain_backbone.py
 	$(MINI_RUN) --spec init

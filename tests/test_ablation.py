@@ -462,6 +462,39 @@ def test_identical_cell_of_another_spec_is_reused_not_retrained(fake_env):
     assert forced["ran"] == 1 and _calls(fake_env["out"], "a25", 0, spec="table_c") == [0]
 
 
+def test_export_copies_each_finished_cell_as_it_lands_and_the_report(fake_env):
+    """--export DIR: a finished cell's small files reach DIR/<spec>/<row>/seed<k> before the next
+    cell starts (so a cut run loses nothing committed); the report follows; nothing else is copied."""
+    export = os.path.join(fake_env["tmp"], "results")
+    seen_at_finish = {}
+
+    def log(msg):  # the runner logs "[state] <cell>" right after a cell finishes
+        if msg.startswith("[done]") or msg.startswith("[diverged]"):
+            cell = msg.split()[1]
+            seen_at_finish[cell] = sorted(os.listdir(os.path.join(export, "fake_table", cell)))
+
+    runner = Runner(load_spec(fake_env["spec"]), "mini", fake_env["out"], seeds=2, workers=0,
+                    train_fn=fake_train, progress=False, imbalance=False, log=log, export_dir=export)
+    summary = runner.run()
+    assert set(seen_at_finish) == set(summary["states"])  # every cell, diverged ones included
+    for cell, files in seen_at_finish.items():
+        assert {"cell.json", "status.json"} <= set(files) and "calls.log" not in files, (cell, files)
+        src = os.path.join(fake_env["out"], "fake_table", "mini", cell, "status.json")
+        assert open(os.path.join(export, "fake_table", cell, "status.json")).read() == open(src).read()
+    for name in ("report.md", "report.csv", "report.json", "runs.jsonl"):
+        assert open(os.path.join(export, "fake_table", name)).read() == \
+            open(os.path.join(summary["run_dir"], name)).read()
+    # an unfinished cell is not exported
+    from focal_plugin.ablation.export import export_cell
+
+    cell_dir = os.path.join(fake_env["out"], "fake_table", "mini", "a25", "seed0")
+    status = json.load(open(os.path.join(cell_dir, "status.json")))
+    with open(os.path.join(cell_dir, "status.json"), "w") as f:
+        json.dump({**status, "state": "running"}, f)
+    other = os.path.join(fake_env["tmp"], "other")
+    assert export_cell(cell_dir, summary["run_dir"], other, "fake_table") == []
+
+
 @pytest.mark.parametrize("scale", ["mini", "paper"])
 def test_shipped_specs_share_their_common_cells(scale, tmp_path):
     """The rows the paper reports twice are one cell each: Table 3's CE = Table 1a's α = .75 =

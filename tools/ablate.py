@@ -65,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep-checkpoints", action="store_true", help="keep a finished cell's "
                    "intermediate checkpoints (default: only model_final.pth stays)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per cell)")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="copy each finished cell's small files (cell/status/results/metrics/config) "
+                   "to DIR/<spec>/<row>/seed<k> as it finishes, and the report to DIR/<spec>/ "
+                   "(e.g. results/mini)")
     p.add_argument("--no-reuse", action="store_true", help="train every cell, even one identical to "
                    "a finished cell of another spec in the same output folder (default: reuse it)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every cell")
@@ -110,7 +114,7 @@ def main(argv=None) -> int:
                         submitit_params=_submitit_params(args.submitit_param),
                         progress=not args.no_progress, label=args.label, train_fn=args.train_fn,
                         imbalance=not args.no_imbalance, keep_checkpoints=args.keep_checkpoints,
-                        reuse=not args.no_reuse)
+                        reuse=not args.no_reuse, export_dir=args.export)
     except (SpecError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

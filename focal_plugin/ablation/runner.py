@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation import cell as cell_mod
+from focal_plugin.ablation.export import export_cell, export_run
 from focal_plugin.ablation.files import FileLock, LockHeld, now_iso, read_json, write_json_atomic
 from focal_plugin.ablation.spec import METRIC_LABELS, RowPlan, Spec
 
@@ -109,6 +110,8 @@ class Runner:
     ``imbalance``: compute the data's class imbalance for the report. ``keep_checkpoints``: keep
     a finished cell's intermediate checkpoints (default: only ``model_final.pth`` stays).
     ``reuse``: take the result of an identical finished cell of another spec (module docstring).
+    ``export_dir``: copy each finished cell's small files there as it finishes, and the report when
+    written (:mod:`focal_plugin.ablation.export`; e.g. ``results/mini``, kept in git).
     """
 
     def __init__(self, spec: Spec, scale: str, output_dir: str, seeds: int = 1,
@@ -118,7 +121,7 @@ class Runner:
                  submitit_params: Optional[Dict[str, Any]] = None, train_fn: Optional[Callable] = None,
                  progress: bool = True, poll_s: float = 5.0, log: Callable[[str], None] = print,
                  label: Optional[str] = None, imbalance: bool = True, keep_checkpoints: bool = False,
-                 reuse: bool = True):
+                 reuse: bool = True, export_dir: Optional[str] = None):
         if launcher not in LAUNCHERS:
             raise ValueError(f"launcher {launcher!r} is invalid: expected one of {list(LAUNCHERS)}")
         if seeds < 1:
@@ -144,6 +147,7 @@ class Runner:
         self.imbalance = imbalance
         self.keep_checkpoints = keep_checkpoints
         self.reuse = reuse
+        self.export_dir = os.path.abspath(export_dir) if export_dir else None
         if callable(train_fn) and (launcher != "local" or workers != 0) and submitit_cluster != "debug":
             raise ValueError("a callable train_fn runs only in this process (workers=0 or the debug "
                              "executor); name it as 'module:function' for worker processes")
@@ -276,9 +280,14 @@ class Runner:
         """(Re)write ``report.{md,csv,json}`` from the finished cells; returns their paths."""
         from focal_plugin.ablation.report import write_reports
 
-        return write_reports(self.spec, self.scale, self.run_dir, self.all_rows,
-                             base_config=self.base_config, extra_opts=self.extra_opts,
-                             with_imbalance=self.imbalance, label=self.label)
+        paths = write_reports(self.spec, self.scale, self.run_dir, self.all_rows,
+                              base_config=self.base_config, extra_opts=self.extra_opts,
+                              with_imbalance=self.imbalance, label=self.label)
+        if self.export_dir:
+            for c in self.plan():  # also cells finished earlier or taken from another spec
+                export_cell(c.dir, self.run_dir, self.export_dir, self.spec.name)
+            export_run(self.run_dir, self.export_dir, self.spec.name)
+        return paths
 
     def _history(self, event: Dict[str, Any]) -> None:
         event = {"time": now_iso(), "pid": os.getpid(), "host": socket.gethostname(), **event}
@@ -307,6 +316,8 @@ class Runner:
         elif state == "busy":
             detail = str(status.get("message", ""))[:300]
         wall = status.get("wall_time_s")
+        if self.export_dir:
+            export_cell(c.dir, self.run_dir, self.export_dir, self.spec.name)
         msg = f"[{state}] {c.id} {detail}" + (f" ({wall:.0f} s)" if wall else "")
         if bar.disable:
             self.log(msg)

@@ -1,0 +1,51 @@
+"""Copy a run's small result files (not checkpoints, logs or event files) to a folder kept in git.
+
+``EXPORT/<spec>/<row>/seed<k>/`` receives each finished cell's ``EXPORT_CELL_FILES`` as soon as
+the cell finishes, and ``EXPORT/<spec>/`` the run's report and history when they are written, so
+a long run can be committed cell by cell and nothing is lost when it is cut short
+(``tools/ablate.py --export results/mini``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import List
+
+from focal_plugin.ablation import cell as cell_mod
+from focal_plugin.ablation.files import read_json
+
+#: what a cell leaves that is worth keeping: its definition, outcome, evaluation, training curve, config
+EXPORT_CELL_FILES = (cell_mod.CELL_FILE, cell_mod.STATUS_FILE, "results.json", "metrics.json", "config.yaml")
+#: what the run folder holds that is worth keeping
+EXPORT_RUN_FILES = ("report.md", "report.csv", "report.json", "runs.jsonl")
+
+
+def _copy(src_dir: str, dst_dir: str, names) -> List[str]:
+    copied = []
+    for name in names:
+        src = os.path.join(src_dir, name)
+        if os.path.isfile(src):
+            os.makedirs(dst_dir, exist_ok=True)
+            tmp = os.path.join(dst_dir, f".{name}.tmp.{os.getpid()}")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, os.path.join(dst_dir, name))  # a reader never sees half a file
+            copied.append(os.path.join(dst_dir, name))
+    return copied
+
+
+def export_cell(cell_dir: str, run_dir: str, export_dir: str, spec_name: str) -> List[str]:
+    """Copy one cell's small files if it is finished (done or diverged); returns the files written.
+
+    ``cell_dir`` lies under ``run_dir``; its path relative to it (``<row>/seed<k>``) is kept.
+    """
+    status = read_json(os.path.join(cell_dir, cell_mod.STATUS_FILE)) or {}
+    if status.get("state") not in cell_mod.FINISHED:
+        return []
+    rel = os.path.relpath(cell_dir, run_dir)
+    return _copy(cell_dir, os.path.join(export_dir, spec_name, rel), EXPORT_CELL_FILES)
+
+
+def export_run(run_dir: str, export_dir: str, spec_name: str) -> List[str]:
+    """Copy the run's report and history files to ``export_dir/<spec_name>/``."""
+    return _copy(run_dir, os.path.join(export_dir, spec_name), EXPORT_RUN_FILES)
