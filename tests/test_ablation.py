@@ -484,6 +484,11 @@ def test_export_copies_each_finished_cell_as_it_lands_and_the_report(fake_env):
     for name in ("report.md", "report.csv", "report.json", "runs.jsonl"):
         assert open(os.path.join(export, "fake_table", name)).read() == \
             open(os.path.join(summary["run_dir"], name)).read()
+    # --report --export (any --seeds) exports every finished seed on disk
+    again = os.path.join(fake_env["tmp"], "again")
+    Runner(load_spec(fake_env["spec"]), "mini", fake_env["out"], progress=False, imbalance=False,
+           export_dir=again).report()
+    assert os.path.isfile(os.path.join(again, "fake_table", "a75", "seed1", "status.json"))
     # an unfinished cell is not exported
     from focal_plugin.ablation.export import export_cell
 

@@ -284,8 +284,9 @@ class Runner:
                               base_config=self.base_config, extra_opts=self.extra_opts,
                               with_imbalance=self.imbalance, label=self.label)
         if self.export_dir:
-            for c in self.plan():  # also cells finished earlier or taken from another spec
-                export_cell(c.dir, self.run_dir, self.export_dir, self.spec.name)
+            for row in self.all_rows:  # every seed on disk, finished earlier or taken from another spec
+                for cell_dir in sorted(glob.glob(os.path.join(self.run_dir, row.id, "seed*"))):
+                    export_cell(cell_dir, self.run_dir, self.export_dir, self.spec.name)
             export_run(self.run_dir, self.export_dir, self.spec.name)
         return paths
 
