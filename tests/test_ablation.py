@@ -387,6 +387,21 @@ def test_paper_scale_headline_configs_share_backbone_scale_and_schedule():
 
 
 # -------------------------------------------------------------------------- runs (in process)
+def test_ablate_command_of_a_start_event():
+    from focal_plugin.ablation.report import ablate_command
+
+    old = {"launcher": "local", "workers": 2, "seeds": 1, "only": None, "extra_opts": [], "label": None}
+    want = "python tools/ablate.py --spec init --scale mini --workers 2"
+    assert ablate_command(old, "init", "mini") == want
+    new = {**old, "spec": "table1b", "scale": "paper", "seeds": 3, "only": ["gamma_0", "gamma_2.0"],
+           "launcher": "submitit", "gpus_per_cell": 8, "output_dir": "out dir", "reuse": False,
+           "extra_opts": ["SOLVER.MAX_ITER", 20]}
+    assert ablate_command(new, "x", "mini") == (
+        "python tools/ablate.py --spec table1b --scale paper --seeds 3 --only gamma_0 gamma_2.0 "
+        "--launcher submitit --workers 2 --gpus-per-cell 8 --output-dir 'out dir' --no-reuse "
+        "SOLVER.MAX_ITER 20")
+
+
 def test_run_report_divergence_and_no_rerun(fake_env):
     spec = load_spec(fake_env["spec"])
     runner = Runner(spec, "mini", fake_env["out"], seeds=2, workers=0, train_fn=fake_train, progress=False,
@@ -413,6 +428,13 @@ def test_run_report_divergence_and_no_rerun(fake_env):
             "(Δ +50.00, noise ±0.28) | **reproduced** |") in md
     assert "## Environment" in md and "| a25/seed1 | done |" in md
     assert "| local (workers 0) | 6 of 6 | 2 diverged, 4 done |" in md  # the runner's invocations
+    # ... with the equivalent command (a spec file outside the shipped ones: by its path)
+    spec_shown = os.path.relpath(fake_env["spec"])
+    spec_shown = fake_env["spec"] if spec_shown.startswith("..") else spec_shown
+    out_shown = os.path.relpath(fake_env["out"])
+    out_shown = fake_env["out"] if out_shown.startswith("..") else out_shown
+    assert (f"`python tools/ablate.py --spec {spec_shown} --scale mini --seeds 2 --workers 0 "
+            f"--output-dir {out_shown}`") in md
     csv_lines = open(summary["report"]["csv"]).read().splitlines()
     assert csv_lines[0].startswith("row,α,AP_ours,AP_std,AP_n,AP_paper,AP_delta,")
     assert csv_lines[2].startswith("a75,.75,75.100,0.141,2,31.100,44.000,")

@@ -18,6 +18,7 @@ import csv
 import io
 import math
 import os
+import shlex
 from typing import Any, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation import cell as cell_mod
@@ -171,7 +172,7 @@ def build_report(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
         "base_config_override": base_config, "extra_opts": list(extra_opts),
         "launchers": sorted({f"{h.get('launcher')} (workers {h.get('workers')})" for h in starts}),
         "label": label or next((h["label"] for h in reversed(starts) if h.get("label")), None),
-        "invocations": _invocations(history),
+        "invocations": _invocations(history, spec.name, scale),
         "devices": sorted({_device_text(c["status"]) for c in cells if c["status"].get("device")}),
         "commits": sorted({c["status"].get("commit", "?") for c in cells if c["status"]}),
         "hosts": sorted({c["status"].get("host", "?") for c in cells if c["status"]}),
@@ -208,9 +209,36 @@ def _history(run_dir: str) -> List[Dict[str, Any]]:
     return out
 
 
-def _invocations(history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One entry per runner start: when, how, how many cells, and how it ended (an interrupted
-    runner — killed, crashed — left a start without an end)."""
+def ablate_command(start: Dict[str, Any], spec: str, scale: str) -> str:
+    """The ``tools/ablate.py`` command equivalent to a runner start event of ``runs.jsonl``
+    (events written before the runner recorded spec, scale and output folder fall back to the
+    report's spec and scale, and omit the folder)."""
+    parts = ["python", "tools/ablate.py", "--spec", start.get("spec") or spec,
+             "--scale", start.get("scale") or scale]
+    if (start.get("seeds") or 1) != 1:
+        parts += ["--seeds", str(start["seeds"])]
+    if start.get("only"):
+        parts += ["--only", *start["only"]]
+    if start.get("launcher", "local") != "local":
+        parts += ["--launcher", start["launcher"]]
+    if start.get("workers") is not None:
+        parts += ["--workers", str(start["workers"])]
+    if (start.get("gpus_per_cell") or 1) != 1:
+        parts += ["--gpus-per-cell", str(start["gpus_per_cell"])]
+    if start.get("output_dir"):
+        parts += ["--output-dir", start["output_dir"]]
+    if start.get("base_config"):
+        parts += ["--base-config", start["base_config"]]
+    if start.get("label"):
+        parts += ["--label", start["label"]]
+    if start.get("reuse") is False:
+        parts.append("--no-reuse")
+    return shlex.join(parts + [str(o) for o in start.get("extra_opts") or []])
+
+
+def _invocations(history: List[Dict[str, Any]], spec: str, scale: str) -> List[Dict[str, Any]]:
+    """One entry per runner start: when, how (the equivalent command), how many cells, and how it
+    ended (an interrupted runner — killed, crashed — left a start without an end)."""
     out = []
     for i, h in enumerate(history):
         if h.get("event") != "start":
@@ -220,7 +248,8 @@ def _invocations(history: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         out.append({"started": h.get("time"), "host": h.get("host"), "pid": h.get("pid"),
                     "launcher": h.get("launcher"), "workers": h.get("workers"), "to_run": h.get("to_run"),
                     "cells": h.get("cells"), "ended": end.get("time") if end else None,
-                    "states": end.get("states") if end else None})
+                    "states": end.get("states") if end else None,
+                    "command": ablate_command(h, spec, scale)})
     return out
 
 
@@ -301,12 +330,12 @@ def to_markdown(report: Dict[str, Any]) -> str:
               f"- Commit(s): {', '.join(env['commits']) or '—'}; host(s): {', '.join(env['hosts']) or '—'}",
               ""]
     if env.get("invocations"):
-        lines += ["| runner started | launcher | cells to run | outcome |", "|---|---|---|---|"]
+        lines += ["| runner started | launcher | cells to run | outcome | command |", "|---|---|---|---|---|"]
         for r in env["invocations"]:
             outcome = (", ".join(f"{n} {s}" for s, n in sorted(r["states"].items())) if r["states"]
                        else "none recorded") if r["ended"] else "no end recorded: killed (or still running)"
             lines.append(f"| {r['started']} (pid {r['pid']}) | {r['launcher']} (workers {r['workers']}) | "
-                         f"{r['to_run']} of {r['cells']} | {outcome} |")
+                         f"{r['to_run']} of {r['cells']} | {outcome} | `{_md_escape(r['command'])}` |")
         lines.append("")
     lines += ["| cell | state | wall time (s, last attempt) | attempts | resumed from iter | iterations "
               "| device |",

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from focal_plugin.ablation import cell as cell_mod
 from focal_plugin.ablation.export import export_cell, export_run
 from focal_plugin.ablation.files import FileLock, LockHeld, now_iso, read_json, write_json_atomic
-from focal_plugin.ablation.spec import METRIC_LABELS, RowPlan, Spec
+from focal_plugin.ablation.spec import ABLATIONS_DIR, METRIC_LABELS, RowPlan, Spec
 
 RUNNER_LOCK = ".runner.lock"
 LAUNCHERS = ("local", "submitit")
@@ -252,7 +252,9 @@ class Runner:
                         states[c.id] = c.state()
             todo = [c for c in cells if states[c.id] not in cell_mod.FINISHED]
             started = time.time()
-            self._history({"event": "start", "launcher": self.launcher, "workers": self.workers,
+            self._history({"event": "start", "spec": self._spec_arg(), "scale": self.scale,
+                           "output_dir": _shown_path(self.output_dir), "gpus_per_cell": self.gpus_per_cell,
+                           "reuse": self.reuse, "launcher": self.launcher, "workers": self.workers,
                            "seeds": self.seeds, "cells": len(cells), "to_run": len(todo),
                            "only": [r.id for r in self.rows] if len(self.rows) < len(self.all_rows) else None,
                            "base_config": self.base_config, "extra_opts": self.extra_opts,
@@ -275,6 +277,12 @@ class Runner:
             return summary
         finally:
             lock.release()
+
+    def _spec_arg(self) -> str:
+        """How --spec names this spec: a shipped spec by name, any other by its path."""
+        shipped = os.path.join(ABLATIONS_DIR, f"{self.spec.name}.yaml")
+        same = os.path.isfile(shipped) and os.path.samefile(shipped, self.spec.path)
+        return self.spec.name if same else _shown_path(self.spec.path)
 
     def report(self) -> Dict[str, str]:
         """(Re)write ``report.{md,csv,json}`` from the finished cells; returns their paths."""
@@ -432,6 +440,12 @@ class Runner:
                 if pending:
                     time.sleep(self.poll_s)
         return out
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working directory when inside it (as a user would type it)."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir) else rel
 
 
 def _count(states) -> Dict[str, int]:
