@@ -395,11 +395,19 @@ def test_ablate_command_of_a_start_event():
     assert ablate_command(old, "init", "mini") == want
     new = {**old, "spec": "table1b", "scale": "paper", "seeds": 3, "only": ["gamma_0", "gamma_2.0"],
            "launcher": "submitit", "gpus_per_cell": 8, "output_dir": "out dir", "reuse": False,
-           "extra_opts": ["SOLVER.MAX_ITER", 20]}
+           "extra_opts": ["SOLVER.MAX_ITER", 20], "keep_checkpoints": True, "imbalance": False,
+           "submitit_cluster": "slurm", "submitit_params": {"timeout_min": 60}, "export": "results/paper",
+           "train_fn": "my.mod:train"}
     assert ablate_command(new, "x", "mini") == (
         "python tools/ablate.py --spec table1b --scale paper --seeds 3 --only gamma_0 gamma_2.0 "
         "--launcher submitit --workers 2 --gpus-per-cell 8 --output-dir 'out dir' --no-reuse "
-        "SOLVER.MAX_ITER 20")
+        "--train-fn my.mod:train --keep-checkpoints --no-imbalance --submitit-cluster slurm "
+        "--submitit-param timeout_min=60 --export results/paper SOLVER.MAX_ITER 20")
+    # in Markdown: one table cell whatever the label holds
+    from focal_plugin.ablation.report import _md_code
+
+    cell = _md_code(ablate_command({**old, "label": "my `x` | y\nz"}, "init", "mini"))
+    assert "\n" not in cell and "\\|" in cell and cell.startswith("`` ") and cell.endswith(" ``")
 
 
 def test_run_report_divergence_and_no_rerun(fake_env):
@@ -433,8 +441,8 @@ def test_run_report_divergence_and_no_rerun(fake_env):
     spec_shown = fake_env["spec"] if spec_shown.startswith("..") else spec_shown
     out_shown = os.path.relpath(fake_env["out"])
     out_shown = fake_env["out"] if out_shown.startswith("..") else out_shown
-    assert (f"`python tools/ablate.py --spec {spec_shown} --scale mini --seeds 2 --workers 0 "
-            f"--output-dir {out_shown}`") in md
+    assert (f"`` python tools/ablate.py --spec {spec_shown} --scale mini --seeds 2 --workers 0 "
+            f"--output-dir {out_shown} --train-fn fake_train --no-imbalance ``") in md
     csv_lines = open(summary["report"]["csv"]).read().splitlines()
     assert csv_lines[0].startswith("row,α,AP_ours,AP_std,AP_n,AP_paper,AP_delta,")
     assert csv_lines[2].startswith("a75,.75,75.100,0.141,2,31.100,44.000,")
@@ -520,6 +528,38 @@ def test_export_copies_each_finished_cell_as_it_lands_and_the_report(fake_env):
         json.dump({**status, "state": "running"}, f)
     other = os.path.join(fake_env["tmp"], "other")
     assert export_cell(cell_dir, summary["run_dir"], other, "fake_table") == []
+
+
+def test_export_never_stops_a_run_never_mixes_cells_and_leaves_nothing_stale(fake_env):
+    from focal_plugin.ablation.export import ExportConflict, export_cell
+
+    kw = dict(workers=0, train_fn=fake_train, progress=False, imbalance=False)
+    spec = load_spec(fake_env["spec"])
+    blocker = os.path.join(fake_env["tmp"], "a_file")
+    open(blocker, "w").close()
+    with pytest.raises(ValueError, match="--export .*a_file"):  # refused before any training
+        Runner(spec, "mini", fake_env["out"], export_dir=os.path.join(blocker, "sub"), **kw)
+    export = os.path.join(fake_env["tmp"], "results")
+    Runner(spec, "mini", fake_env["out"], only=["a25"], export_dir=export, log=lambda m: None, **kw).run()
+    exported = os.path.join(export, "fake_table", "a25", "seed0")
+    open(os.path.join(exported, "results.json"), "w").write("{}")  # as if an earlier attempt had one
+    src = os.path.join(fake_env["out"], "fake_table", "mini", "a25", "seed0")
+    assert not os.path.exists(os.path.join(src, "results.json"))
+    export_cell(src, os.path.dirname(os.path.dirname(src)), export, "fake_table")
+    assert not os.path.exists(os.path.join(exported, "results.json"))  # stale file removed
+    # the same spec with other overrides, in another output folder, exported to the same place
+    other = fake_env["tmp"] / "fake_table.yaml"
+    other.write_text(TEST_SPEC.replace("{MODEL.FOCAL.ALPHA: 0.25}", "{MODEL.FOCAL.ALPHA: 0.3}"))
+    logs = []
+    summary = Runner(load_spec(str(other)), "mini", os.path.join(fake_env["tmp"], "out2"), only=["a25"],
+                     export_dir=export, log=logs.append, **kw).run()
+    assert summary["states"]["a25/seed0"] == "done"  # the run finished and reported
+    assert any("export to" in m and "another cell" in m for m in logs)
+    cell = json.load(open(os.path.join(exported, "cell.json")))
+    assert "0.25" in json.dumps(cell["opts"]) and "0.3" not in json.dumps(cell["opts"])  # kept
+    with pytest.raises(ExportConflict, match="another cell"):
+        export_cell(os.path.join(fake_env["tmp"], "out2", "fake_table", "mini", "a25", "seed0"),
+                    os.path.join(fake_env["tmp"], "out2", "fake_table", "mini"), export, "fake_table")
 
 
 @pytest.mark.parametrize("scale", ["mini", "paper"])

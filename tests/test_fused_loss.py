@@ -424,26 +424,47 @@ def test_sum_kernels_reduce_rows_and_the_total_is_added_up_outside():
     CPU, one per row elsewhere (Inductor tunes a dynamic-shape reduction to a single number for
     the first size it compiles, which made the total 5-17x slower on a GPU at sizes far from that
     first one, results/bench/gpu_h200)."""
-    x = _logits((50, 7))
-    t = (torch.rand(50, 7) < 0.3).float()
+    x = _logits((50 * 7,))
+    t = (torch.rand(50 * 7) < 0.3).float()
     prm = fused_mod.params_tensor((0.25, 0.75, 2.0, 1.0), torch.float32, x.device)
+    assert fused_mod.sum_kernel_shape(x.view(50, 7)) == (-1,)  # the CPU: flat, one total
     for name in ("focal_sum", "focal_sum_loss", "star_sum", "star_sum_loss"):
         assert name in fused_mod.SUM_KERNELS
         out = fused_mod.compiled_kernel(name)(x, t, prm)
         partial = out[0] if isinstance(out, tuple) else out
         assert partial.shape == (1,) and partial.dtype == torch.float64
         if torch.cuda.is_available():
-            cuda = fused_mod.compiled_kernel(name)(x.cuda(), t.cuda(), tuple(p.cuda() for p in prm))
+            xc = x.cuda().view(50, 7)
+            assert fused_mod.sum_kernel_shape(xc) == (-1, 7)
+            cuda = fused_mod.compiled_kernel(name)(xc, t.cuda().view(50, 7), tuple(p.cuda() for p in prm))
             assert (cuda[0] if isinstance(cuda, tuple) else cuda).shape == (50,)
         total = fused_mod.run_kernel(name, x, t, prm)
         total = total[0] if isinstance(total, tuple) else total
         assert total.shape == () and total.dtype == torch.float32
         torch.testing.assert_close(total, partial.sum().float())
     assert not {n for n in fused_mod.KERNELS if n not in fused_mod.SUM_KERNELS and "sum" in n}
-    # 1-D and 3-D inputs reach the same total as the reference
-    for shape in ((40,), (3, 5, 7)):
+    # 1-D, (1, N), (N, 1) and 3-D inputs reach the same total as the reference
+    for shape in ((40,), (1, 40), (40, 1), (3, 5, 7)):
         x = _logits(shape)
         t = (torch.rand(shape) < 0.3).float()
         for red in ("sum", "mean"):
             torch.testing.assert_close(sigmoid_focal_loss(x, t, 0.25, 2.0, red),
                                        sigmoid_focal_loss(x, t, 0.25, 2.0, red, fused=False))
+
+
+def test_sum_and_mean_of_many_shapes_stay_within_the_recompile_limit(caplog):
+    """Sum/mean over 1-D, square, (1, N), (N, 1) and 2-D inputs, float32/float64, with and without
+    grad: one flat view per call on the CPU, so the kernels never reach torch.compile's
+    recompile limit (which would turn the fused path eager for the whole process)."""
+    import itertools
+
+    shapes = ((7, 7), (50, 7), (40,), (20, 6), (1, 33), (33, 1), (3, 4, 5), (9, 9))
+    for (shape, dtype, grad), red in itertools.product(
+            itertools.product(shapes, (torch.float32, torch.float64), (False, True)), ("sum", "mean")):
+        x = _logits(shape, dtype).requires_grad_(grad)
+        t = (torch.rand(shape) < 0.3).to(dtype)
+        out = sigmoid_focal_loss(x, t, 0.25, 2.0, red)
+        if grad:
+            out.backward()
+    assert fused_mod.kernel_mode(torch.device("cpu")) == "compiled"
+    assert "failed" not in caplog.text

@@ -3,7 +3,9 @@
 ``EXPORT/<spec>/<row>/seed<k>/`` receives each finished cell's ``EXPORT_CELL_FILES`` as soon as
 the cell finishes, and ``EXPORT/<spec>/`` the run's report and history when they are written, so
 a long run can be committed cell by cell and nothing is lost when it is cut short
-(``tools/ablate.py --export results/mini``).
+(``tools/ablate.py --export results/mini``). An exported cell is replaced only by the same cell
+(same scale, row, seed, base config and overrides): another one raises :class:`ExportConflict`
+rather than mix two settings in one folder; files the new copy lacks are removed, not left stale.
 """
 
 from __future__ import annotations
@@ -21,16 +23,27 @@ EXPORT_CELL_FILES = (cell_mod.CELL_FILE, cell_mod.STATUS_FILE, "results.json", "
 EXPORT_RUN_FILES = ("report.md", "report.csv", "report.json", "runs.jsonl")
 
 
+#: what makes two cells the same cell (cell.json keys)
+IDENTITY_KEYS = ("spec", "scale", "row", "seed", "base_name", "opts")
+
+
+class ExportConflict(RuntimeError):
+    """The export folder holds another cell or another scale's report at that place."""
+
+
 def _copy(src_dir: str, dst_dir: str, names) -> List[str]:
     copied = []
     for name in names:
         src = os.path.join(src_dir, name)
-        if os.path.isfile(src):
-            os.makedirs(dst_dir, exist_ok=True)
-            tmp = os.path.join(dst_dir, f".{name}.tmp.{os.getpid()}")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, os.path.join(dst_dir, name))  # a reader never sees half a file
-            copied.append(os.path.join(dst_dir, name))
+        if not os.path.isfile(src):
+            if os.path.isfile(os.path.join(dst_dir, name)):  # from an earlier attempt: stale now
+                os.remove(os.path.join(dst_dir, name))
+            continue
+        os.makedirs(dst_dir, exist_ok=True)
+        tmp = os.path.join(dst_dir, f".{name}.tmp.{os.getpid()}")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, os.path.join(dst_dir, name))  # a reader never sees half a file
+        copied.append(os.path.join(dst_dir, name))
     return copied
 
 
@@ -43,9 +56,22 @@ def export_cell(cell_dir: str, run_dir: str, export_dir: str, spec_name: str) ->
     if status.get("state") not in cell_mod.FINISHED:
         return []
     rel = os.path.relpath(cell_dir, run_dir)
-    return _copy(cell_dir, os.path.join(export_dir, spec_name, rel), EXPORT_CELL_FILES)
+    dst = os.path.join(export_dir, spec_name, rel)
+    ours = read_json(os.path.join(cell_dir, cell_mod.CELL_FILE)) or {}
+    theirs = read_json(os.path.join(dst, cell_mod.CELL_FILE))
+    if theirs is not None and any(theirs.get(k) != ours.get(k) for k in IDENTITY_KEYS):
+        diff = {k: (theirs.get(k), ours.get(k)) for k in IDENTITY_KEYS if theirs.get(k) != ours.get(k)}
+        raise ExportConflict(f"{dst} holds another cell (exported vs this one: {diff}); move it away "
+                             "or export elsewhere")
+    return _copy(cell_dir, dst, EXPORT_CELL_FILES)
 
 
 def export_run(run_dir: str, export_dir: str, spec_name: str) -> List[str]:
     """Copy the run's report and history files to ``export_dir/<spec_name>/``."""
-    return _copy(run_dir, os.path.join(export_dir, spec_name), EXPORT_RUN_FILES)
+    dst = os.path.join(export_dir, spec_name)
+    scale = ((read_json(os.path.join(run_dir, "report.json")) or {}).get("environment") or {}).get("scale")
+    theirs = ((read_json(os.path.join(dst, "report.json")) or {}).get("environment") or {}).get("scale")
+    if theirs is not None and scale is not None and theirs != scale:
+        raise ExportConflict(f"{dst} holds the report of scale {theirs!r}, this run is {scale!r}: "
+                             "export each scale to its own folder (e.g. results/mini, results/paper)")
+    return _copy(run_dir, dst, EXPORT_RUN_FILES)

@@ -233,6 +233,18 @@ def ablate_command(start: Dict[str, Any], spec: str, scale: str) -> str:
         parts += ["--label", start["label"]]
     if start.get("reuse") is False:
         parts.append("--no-reuse")
+    if start.get("train_fn"):  # a callable (tests, in-process runs) is named, not importable
+        parts += ["--train-fn", start["train_fn"]]
+    if start.get("keep_checkpoints"):
+        parts.append("--keep-checkpoints")
+    if start.get("imbalance") is False:
+        parts.append("--no-imbalance")
+    if start.get("submitit_cluster"):
+        parts += ["--submitit-cluster", start["submitit_cluster"]]
+    for key, value in sorted((start.get("submitit_params") or {}).items()):
+        parts += ["--submitit-param", f"{key}={value}"]
+    if start.get("export"):
+        parts += ["--export", start["export"]]
     return shlex.join(parts + [str(o) for o in start.get("extra_opts") or []])
 
 
@@ -263,6 +275,12 @@ def _device_text(status: Dict[str, Any]) -> str:
 # -------------------------------------------------------------------------------- renderers
 def _md_escape(text: Any) -> str:
     return str(text).replace("|", "\\|")
+
+
+def _md_code(text: str) -> str:
+    """``text`` as an inline code span that survives a table cell: double backticks (a single one
+    inside stays literal), pipes escaped, line breaks shown as ⏎ (report.json has the exact text)."""
+    return "`` " + _md_escape(text).replace("\n", "⏎") + " ``"
 
 
 def to_markdown(report: Dict[str, Any]) -> str:
@@ -335,7 +353,7 @@ def to_markdown(report: Dict[str, Any]) -> str:
             outcome = (", ".join(f"{n} {s}" for s, n in sorted(r["states"].items())) if r["states"]
                        else "none recorded") if r["ended"] else "no end recorded: killed (or still running)"
             lines.append(f"| {r['started']} (pid {r['pid']}) | {r['launcher']} (workers {r['workers']}) | "
-                         f"{r['to_run']} of {r['cells']} | {outcome} | `{_md_escape(r['command'])}` |")
+                         f"{r['to_run']} of {r['cells']} | {outcome} | {_md_code(r['command'])} |")
         lines.append("")
     lines += ["| cell | state | wall time (s, last attempt) | attempts | resumed from iter | iterations "
               "| device |",

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation import cell as cell_mod
-from focal_plugin.ablation.export import export_cell, export_run
+from focal_plugin.ablation.export import ExportConflict, export_cell, export_run
 from focal_plugin.ablation.files import FileLock, LockHeld, now_iso, read_json, write_json_atomic
 from focal_plugin.ablation.spec import ABLATIONS_DIR, METRIC_LABELS, RowPlan, Spec
 
@@ -148,6 +148,11 @@ class Runner:
         self.keep_checkpoints = keep_checkpoints
         self.reuse = reuse
         self.export_dir = os.path.abspath(export_dir) if export_dir else None
+        if self.export_dir:  # before any training: a bad folder is a usage error, not a lost run
+            try:
+                os.makedirs(self.export_dir, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"--export {export_dir!r} is not a usable folder: {e}") from e
         if callable(train_fn) and (launcher != "local" or workers != 0) and submitit_cluster != "debug":
             raise ValueError("a callable train_fn runs only in this process (workers=0 or the debug "
                              "executor); name it as 'module:function' for worker processes")
@@ -255,6 +260,10 @@ class Runner:
             self._history({"event": "start", "spec": self._spec_arg(), "scale": self.scale,
                            "output_dir": _shown_path(self.output_dir), "gpus_per_cell": self.gpus_per_cell,
                            "reuse": self.reuse, "launcher": self.launcher, "workers": self.workers,
+                           "train_fn": _train_fn_name(self.train_fn),
+                           "keep_checkpoints": self.keep_checkpoints, "imbalance": self.imbalance,
+                           "submitit_cluster": self.submitit_cluster, "submitit_params": self.submitit_params,
+                           "export": _shown_path(self.export_dir) if self.export_dir else None,
                            "seeds": self.seeds, "cells": len(cells), "to_run": len(todo),
                            "only": [r.id for r in self.rows] if len(self.rows) < len(self.all_rows) else None,
                            "base_config": self.base_config, "extra_opts": self.extra_opts,
@@ -294,9 +303,17 @@ class Runner:
         if self.export_dir:
             for row in self.all_rows:  # every seed on disk, finished earlier or taken from another spec
                 for cell_dir in sorted(glob.glob(os.path.join(self.run_dir, row.id, "seed*"))):
-                    export_cell(cell_dir, self.run_dir, self.export_dir, self.spec.name)
-            export_run(self.run_dir, self.export_dir, self.spec.name)
+                    self._export(export_cell, cell_dir, self.run_dir)
+            self._export(export_run, self.run_dir)
         return paths
+
+    def _export(self, fn: Callable, *args) -> None:
+        """Export without ever stopping the run: a failure is logged, the results stay in run_dir."""
+        try:
+            fn(*args, self.export_dir, self.spec.name)
+        except (OSError, ExportConflict) as e:
+            self.log(f"[ablate] export to {self.export_dir} failed ({type(e).__name__}: {e}); "
+                     f"the results stay in {self.run_dir}")
 
     def _history(self, event: Dict[str, Any]) -> None:
         event = {"time": now_iso(), "pid": os.getpid(), "host": socket.gethostname(), **event}
@@ -326,7 +343,7 @@ class Runner:
             detail = str(status.get("message", ""))[:300]
         wall = status.get("wall_time_s")
         if self.export_dir:
-            export_cell(c.dir, self.run_dir, self.export_dir, self.spec.name)
+            self._export(export_cell, c.dir, self.run_dir)
         msg = f"[{state}] {c.id} {detail}" + (f" ({wall:.0f} s)" if wall else "")
         if bar.disable:
             self.log(msg)
@@ -440,6 +457,13 @@ class Runner:
                 if pending:
                     time.sleep(self.poll_s)
         return out
+
+
+def _train_fn_name(train_fn) -> Optional[str]:
+    """As --train-fn names it ("module:function"); a callable by its name (not importable)."""
+    if train_fn is None or isinstance(train_fn, str):
+        return train_fn
+    return getattr(train_fn, "__qualname__", repr(train_fn))
 
 
 def _shown_path(path: str) -> str:

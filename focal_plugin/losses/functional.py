@@ -39,7 +39,7 @@ import torch
 
 from focal_plugin.losses import reference
 from focal_plugin.losses._common import alpha_weights, as_number
-from focal_plugin.losses.fused import fused_loss, params_tensor
+from focal_plugin.losses.fused import fused_loss, params_tensor, sum_kernel_shape
 
 Tensor = torch.Tensor
 
@@ -84,8 +84,7 @@ def _sigmoid(owner: str, kind: str, inputs: Tensor, targets: Any, alpha: Any, ga
     ce = kind == "focal" and gamma == 0  # torch's fused BCE-with-logits, bitwise
     if ce or not use_fused_path(fused, x, t):
         return reference.reduce(reference.sigmoid_elementwise(kind, x, t, alpha, gamma, beta), reduction)
-    # "none": flat; "sum"/"mean": rows of the last dimension (the kernel returns row sums)
-    shape = (-1,) if reduction == "none" else (-1, x.shape[-1] if x.dim() >= 2 else 1)
+    shape = (-1,) if reduction == "none" else sum_kernel_shape(x)
     xf = x.contiguous().view(shape)
     tf = t.contiguous().view(shape)
     prm = _prm(alpha, gamma, beta, x)

@@ -137,18 +137,27 @@ def _softmax_math(x: Tensor, labels: Tensor, prm: Tuple[Tensor, ...]) -> Tuple[T
 # One def per kernel: torch.compile keeps its cache per code object, so distinct functions keep
 # the variants (float32 / float64, CPU / CUDA) of one kernel well under the recompile limit.
 # "elem"/"sum" kernels take targets in [0, 1]; "rows" kernels take (M,) labels (hard targets);
-# "sum" kernels take (R, C) inputs and return float64 partial sums (see _total).
-def _total(loss: Tensor) -> Tensor:
-    """(R, C) loss -> float64 partial sums, added up by run_kernel (SUM_KERNELS).
+# "sum" kernels take sum_kernel_shape views and return float64 partial sums (see _total).
+def sum_kernel_shape(x: Tensor) -> Tuple[int, ...]:
+    """The view a "sum" kernel takes of ``x``: (R, C) rows of the last dimension on CUDA when
+    there are several rows of several elements, else flat (-1,) (see _total; flat keeps the
+    compiled variants to one per dtype and grad mode, and a (1, N) or (N, 1) input compiled)."""
+    if x.device.type == "cuda" and x.dim() >= 2 and x.shape[-1] > 1 and x.numel() > x.shape[-1]:
+        return (-1, x.shape[-1])
+    return (-1,)
 
-    On CUDA, (R,) row sums: Triton's reduction of a dynamic shape to one number is tuned for the
-    first size Inductor compiles (or finds in its on-disk cache), and one compiled at 300 x 33
-    then ran 5x (200k x 80) to 17x (2M x 80) slower on an H200. On the CPU one total, shape (1,):
-    its C++ loop does not depend on that size, and fuses with the gradient's loop where row sums
-    would store two (R, C) intermediates. float64: a float32 running sum over millions of
-    elements drifts by ~1e-6 relative.
+
+def _total(loss: Tensor) -> Tensor:
+    """Loss of ``sum_kernel_shape`` -> float64 partial sums, added up by run_kernel (SUM_KERNELS).
+
+    (R, C) on CUDA -> (R,) row sums: Triton's reduction of a dynamic shape to one number is tuned
+    for the first size Inductor compiles (or finds in its on-disk cache), and one compiled at
+    300 x 33 then ran 5x (200k x 80) to 17x (2M x 80) slower on an H200. Flat -> one total,
+    shape (1,): on the CPU its C++ loop does not depend on that size and fuses with the gradient's
+    loop (row sums would store two (R, C) intermediates); a flat CUDA input (1-D logits) keeps the
+    first-size tuning. float64: a float32 running sum over millions of elements drifts by ~1e-6.
     """
-    if loss.device.type == "cpu":
+    if loss.dim() == 1:
         return loss.sum(dtype=torch.float64).reshape(1)
     return loss.sum(dim=-1, dtype=torch.float64)
 
