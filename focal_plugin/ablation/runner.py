@@ -25,7 +25,6 @@ import os
 import queue
 import shlex
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -35,11 +34,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from focal_plugin.ablation import cell as cell_mod
 from focal_plugin.ablation.export import ExportConflict, export_cell, export_run
 from focal_plugin.ablation.files import FileLock, LockHeld, now_iso, read_json, write_json_atomic
+from focal_plugin.ablation.launch import core_shares, spawn_cell, visible_gpus
 from focal_plugin.ablation.spec import ABLATIONS_DIR, METRIC_LABELS, RowPlan, Spec
 
 RUNNER_LOCK = ".runner.lock"
 LAUNCHERS = ("local", "submitit")
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class PlanMismatch(RuntimeError):
@@ -72,31 +71,6 @@ class CellPlan:
         opts = [*self.row.opts, "SEED", str(self.seed), "OUTPUT_DIR", self.dir]
         return "python train_net.py --config-file " + " ".join(
             shlex.quote(x) for x in [self.row.base, *opts])
-
-
-def core_shares(workers: int, cpus: Optional[Sequence[int]] = None) -> List[List[int]]:
-    """Split the CPUs this process may use into ``workers`` contiguous, disjoint shares.
-
-    With more workers than CPUs, workers share CPUs round-robin (one each).
-    """
-    cpus = sorted(cpus if cpus is not None else (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity")
-                                                  else range(os.cpu_count() or 1)))
-    n = len(cpus)
-    if workers <= n:
-        return [cpus[i * n // workers:(i + 1) * n // workers] for i in range(workers)]
-    return [[cpus[i % n]] for i in range(workers)]
-
-
-def _visible_gpus() -> List[str]:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g for g in env.split(",") if g.strip()]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # pragma: no cover
-        return []
 
 
 class Runner:
@@ -364,7 +338,7 @@ class Runner:
     def _run_local(self, todo: Sequence[CellPlan]) -> Dict[str, str]:
         workers = max(1, min(self.workers, len(todo))) if todo else 1
         shares = core_shares(self.workers)
-        gpus = _visible_gpus()
+        gpus = visible_gpus()
         gpu_shares = [gpus[i * len(gpus) // self.workers:(i + 1) * len(gpus) // self.workers]
                       if len(gpus) >= self.workers else [gpus[i % len(gpus)]] if gpus else []
                       for i in range(self.workers)]
@@ -379,7 +353,7 @@ class Runner:
         def one(c: CellPlan) -> None:
             slot = slots.get()
             try:
-                status = self._spawn(c, shares[slot], gpu_shares[slot])
+                status = spawn_cell(c.dir, shares[slot], gpu_shares[slot])
             finally:
                 slots.put(slot)
             with lock:
@@ -390,31 +364,6 @@ class Runner:
                 f.result()
         return out
 
-    def _spawn(self, c: CellPlan, cpus: Sequence[int], gpus: Sequence[str]) -> Dict[str, Any]:
-        cmd = [sys.executable, "-m", "focal_plugin.ablation.cell", c.dir, "--parent-pid", str(os.getpid()),
-               "--cpus", ",".join(map(str, cpus))]
-        threads = str(len(cpus))
-        path = os.pathsep.join(p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=path)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        with open(os.path.join(c.dir, "run.log"), "a") as log:
-            log.write(f"==== {now_iso()} runner pid {os.getpid()} on {socket.gethostname()}: "
-                      f"cpus {list(cpus)} gpus {list(gpus)}\n")
-            log.flush()
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        status = cell_mod.read_status(c.dir)
-        if rc == cell_mod.EXIT_BUSY:
-            lock = FileLock(os.path.join(c.dir, cell_mod.LOCK_FILE))
-            h = lock.holder() or {}
-            return {"state": "busy",
-                    "message": f"another process runs it (pid {h.get('pid')} on {h.get('host')})"}
-        if rc != 0 and status.get("state") in (None, "running"):
-            return {"state": "interrupted",
-                    "error": f"cell process exited with code {rc}; see {c.dir}/run.log"}
-        return status
-
     def _run_submitit(self, todo: Sequence[CellPlan]) -> Dict[str, str]:
         try:
             import submitit
@@ -422,7 +371,7 @@ class Runner:
             raise RuntimeError("--launcher submitit needs submitit: pip install 'focal_plugin[slurm]'") from e
         executor = submitit.AutoExecutor(folder=os.path.join(self.run_dir, "submitit", "%j"),
                                          cluster=self.submitit_cluster)
-        gpus = self.gpus_per_cell if executor.cluster == "slurm" or _visible_gpus() else 0
+        gpus = self.gpus_per_cell if executor.cluster == "slurm" or visible_gpus() else 0
         params = {"timeout_min": 60 * 24, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": gpus,
                   "name": f"ablate-{self.spec.name}-{self.scale}"}
         params.update(self.submitit_params)
