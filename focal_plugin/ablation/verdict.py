@@ -6,6 +6,11 @@ finished seeds and sample standard deviations ``s_a``, ``s_b``, the noise is
 seed of either row the noise is unknown, so every comparison is **inconclusive**. A row whose
 seeds all diverged ranks below any row that trained. Verdicts: ``reproduced``, ``not reproduced``,
 ``inconclusive`` (within noise, or one seed), ``no data`` (cells not finished).
+
+A claim over several rows ("α = .75 is the best α", "AP increases with depth") is only judged
+once every row it names has finished: a rival that has not run could still beat the claimed
+row, so until then the verdict is ``no data`` and the text lists the pending rows — unless the
+finished rows already refute the claim (``not reproduced`` cannot be undone by more rows).
 """
 
 from __future__ import annotations
@@ -144,11 +149,14 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
         s_sign = sign if claim.direction is None else (1 if claim.direction == "max" else -1)
         comps = {r: compare(stats[claim.row], stats[r], m, s_sign) for r in rivals}
         rels = {c.relation for c in comps.values()}
-        if rels == {"no data"} or stats[claim.row].seeds == 0:
+        pending = [r for r, c in comps.items() if c.relation == "no data"]
+        if stats[claim.row].seeds == 0:
             verdict = NO_DATA
         elif "worse" in rels:
             verdict = NOT_REPRODUCED
-        elif rels <= {"better", "no data"}:
+        elif pending:  # an unfinished rival could still beat it
+            verdict = NO_DATA
+        elif rels == {"better"}:
             verdict = REPRODUCED
         else:
             verdict = INCONCLUSIVE
@@ -159,6 +167,7 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
             ours += f"; beaten beyond noise by {', '.join(beaten_by)}"
         if close:
             ours += f"; not separated from {'; '.join(close[:3])}" + (" ..." if len(close) > 3 else "")
+        ours += _pending_text(pending, len(rivals))
         pvals = {r: _paper(paper, r, m) for r in [claim.row, *rivals]}
         known = {r: v for r, v in pvals.items() if v is not None}
         pick = (max if s_sign > 0 else min)(known, key=known.get) if known else None
@@ -176,6 +185,8 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
             verdict = REPRODUCED
         elif len(rows) - counts[NOT_REPRODUCED] < need:
             verdict = NOT_REPRODUCED
+        elif counts[NO_DATA]:  # unfinished rows could still meet it
+            verdict = NO_DATA
         else:
             verdict = INCONCLUSIVE
         parts = [f"{r} {label} {fmt_stat(stats[r], m)}{per[r][1]}" for r in rows]
@@ -189,10 +200,10 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
     if claim.type == "increasing":
         comps = [compare(stats[b], stats[a], m, 1) for a, b in zip(claim.rows, claim.rows[1:])]
         rels = {c.relation for c in comps}
-        if "no data" in rels:
-            verdict = NO_DATA
-        elif "worse" in rels:
+        if "worse" in rels:  # a finished pair already goes the wrong way
             verdict = NOT_REPRODUCED
+        elif "no data" in rels:
+            verdict = NO_DATA
         elif rels == {"better"}:
             verdict = REPRODUCED
         else:
@@ -201,6 +212,13 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
         out.update(verdict=verdict, ours=f"{label}: {ours}", paper=_paper_text(paper, list(claim.rows), m))
         return out
     raise ValueError(f"unknown claim type {claim.type!r}")  # pragma: no cover (spec validates)
+
+
+def _pending_text(pending: Sequence[str], of: int) -> str:
+    if not pending:
+        return ""
+    shown = ", ".join(pending[:4]) + (" ..." if len(pending) > 4 else "")
+    return f"; pending: {len(pending)} of {of} other rows ({shown})"
 
 
 def _similar(a: RowStats, b: RowStats, metric: str, tol: float) -> tuple:

@@ -1,0 +1,81 @@
+"""Verdicts on the paper's claims (focal_plugin.ablation.verdict): a claim over several rows is
+judged only when every row it names has finished, unless the finished rows already refute it."""
+
+from __future__ import annotations
+
+import pytest
+
+from focal_plugin.ablation.spec import Claim
+from focal_plugin.ablation.verdict import INCONCLUSIVE, NO_DATA, NOT_REPRODUCED, REPRODUCED, RowStats, judge
+
+
+def _rows(**values):
+    """RowStats per row from AP values per seed (None: the row has not run)."""
+    out = {}
+    for row, aps in values.items():
+        s = RowStats(row)
+        if aps is not None:
+            s.values["AP"] = list(aps)
+            s.seeds = s.planned = len(aps)
+        out[row] = s
+    return out
+
+
+THREE_SEEDS_HIGH, THREE_SEEDS_LOW = (9.0, 9.2, 9.4), (4.0, 4.5, 5.0)
+BEST = Claim(text="g2 is the best", type="best", row="g2")
+
+
+@pytest.mark.parametrize("values, verdict", [
+    # every rival finished, all beaten beyond noise
+    ({"g2": THREE_SEEDS_HIGH, "g0": THREE_SEEDS_LOW, "g5": THREE_SEEDS_LOW}, REPRODUCED),
+    # a rival has not run: it could still beat g2 (was "reproduced": the pending rival was ignored)
+    ({"g2": THREE_SEEDS_HIGH, "g0": THREE_SEEDS_LOW, "g5": None}, NO_DATA),
+    # ... but a finished rival that beats g2 already refutes the claim
+    ({"g2": THREE_SEEDS_LOW, "g0": THREE_SEEDS_HIGH, "g5": None}, NOT_REPRODUCED),
+    # the claimed row has not run
+    ({"g2": None, "g0": THREE_SEEDS_LOW, "g5": THREE_SEEDS_LOW}, NO_DATA),
+    # every row finished, one rival with one seed: noise unknown
+    ({"g2": THREE_SEEDS_HIGH, "g0": THREE_SEEDS_LOW, "g5": (4.0,)}, INCONCLUSIVE),
+])
+def test_best_is_judged_only_against_finished_rivals(values, verdict):
+    out = judge(BEST, _rows(**values), {})
+    assert out["verdict"] == verdict
+    pending = [r for r, v in values.items() if v is None and r != "g2"]
+    if pending and verdict == NO_DATA:
+        assert f"pending: {len(pending)} of 2 other rows ({', '.join(pending)})" in out["ours"]
+
+
+def test_best_with_lower_is_better_direction():
+    claim = Claim(text="a10 is the worst", type="best", row="a10", direction="min")
+    rows = _rows(a10=(0.1, 0.2, 0.0), a75=THREE_SEEDS_LOW, a25=None)
+    assert judge(claim, rows, {})["verdict"] == NO_DATA
+    rows["a25"] = _rows(a25=THREE_SEEDS_HIGH)["a25"]
+    assert judge(claim, rows, {})["verdict"] == REPRODUCED
+
+
+INCREASING = Claim(text="AP grows", type="increasing", rows=("r1", "r2", "r3"))
+
+
+@pytest.mark.parametrize("values, verdict", [
+    ({"r1": THREE_SEEDS_LOW, "r2": THREE_SEEDS_HIGH, "r3": (12.0, 12.1, 12.2)}, REPRODUCED),
+    ({"r1": THREE_SEEDS_LOW, "r2": THREE_SEEDS_HIGH, "r3": None}, NO_DATA),
+    # a finished pair going down refutes it whatever the pending row gives (was "no data")
+    ({"r1": THREE_SEEDS_HIGH, "r2": THREE_SEEDS_LOW, "r3": None}, NOT_REPRODUCED),
+    ({"r1": THREE_SEEDS_LOW, "r2": (4.2, 4.6, 4.4), "r3": (12.0, 12.1, 12.2)}, INCONCLUSIVE),
+])
+def test_increasing(values, verdict):
+    assert judge(INCREASING, _rows(**values), {})["verdict"] == verdict
+
+
+ANY_SIMILAR = Claim(text="some FL* is like FL", type="any_similar", rows=("s1", "s2"), to="fl", tol=0.5,
+                    min_count=1)
+
+
+@pytest.mark.parametrize("values, verdict", [
+    ({"fl": THREE_SEEDS_HIGH, "s1": THREE_SEEDS_HIGH, "s2": None}, REPRODUCED),  # one is enough
+    ({"fl": THREE_SEEDS_HIGH, "s1": THREE_SEEDS_LOW, "s2": None}, NO_DATA),  # s2 could still be
+    ({"fl": THREE_SEEDS_HIGH, "s1": THREE_SEEDS_LOW, "s2": THREE_SEEDS_LOW}, NOT_REPRODUCED),
+    ({"fl": THREE_SEEDS_HIGH, "s1": THREE_SEEDS_LOW, "s2": (9.2,)}, INCONCLUSIVE),
+])
+def test_any_similar(values, verdict):
+    assert judge(ANY_SIMILAR, _rows(**values), {})["verdict"] == verdict
