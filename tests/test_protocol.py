@@ -105,7 +105,7 @@ def test_pretraining_is_deterministic_and_cached(tiny_recipe, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("cached weights must not be rebuilt")
 
-    monkeypatch.setattr(pretrain, "train_classifier", no_training)
+    monkeypatch.setattr(pretrain.zoo, "train_classifier", no_training)  # what build() calls
     assert pretrain.build("tiny-test") == path
 
 
@@ -141,8 +141,8 @@ def test_rescale_stages_is_an_exact_reparametrization():
             m.bias.data.uniform_(-1, 1)
     state = {pretrain.KEY_PREFIX + k: v for k, v in net.state_dict().items()}
     scales = {"res3": 0.5, "res4": 3.0, "res5": 0.1}
-    raw, _ = pretrain._frozen_resnet(recipe, state)
-    new, _ = pretrain._frozen_resnet(recipe, pretrain.rescale_stages(state, scales))
+    raw = pretrain.rescale.frozen_resnet(recipe, state)
+    new = pretrain.rescale.frozen_resnet(recipe, pretrain.rescale_stages(state, scales))
     x = torch.randn(2, 3, 64, 80, dtype=torch.float64) * 50  # float64: exactness, not rounding
     a, b = raw.double()(x), new.double()(x)
     for k, s in scales.items():
