@@ -371,18 +371,24 @@ def test_paper_scale_configs_equal_the_papers_settings(name):
         assert not bad, f"{name}/{r.id}: config != PAPER.md: {bad}"
 
 
-def test_paper_scale_headline_configs_share_backbone_scale_and_schedule():
-    rows = {r.id: setup_cfg(r.base, list(r.opts)) for r in load_spec("table2_headline").resolve("paper")}
+@pytest.mark.parametrize("scale", ["paper", "mini"])
+def test_headline_configs_share_backbone_scale_and_schedule(scale):
+    rows = {r.id: setup_cfg(r.base, list(r.opts)) for r in load_spec("table2_headline").resolve(scale)}
     retina, frcnn = rows["retinanet"], rows["faster_rcnn"]
     assert retina.MODEL.META_ARCHITECTURE == "FocalRetinaNet"
     assert frcnn.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
-    # Table 2: RetinaNet-101-800, scale jitter, 1.5x longer than the 90k schedule
-    assert retina.MODEL.RESNETS.DEPTH == 101 and retina.INPUT.MIN_SIZE_TEST == 800
-    assert max(retina.INPUT.MIN_SIZE_TRAIN) == 800 and len(retina.INPUT.MIN_SIZE_TRAIN) > 1
-    assert retina.SOLVER.MAX_ITER == 1.5 * 90000 and retina.SOLVER.IMS_PER_BATCH == 16
-    for key in ("MODEL.RESNETS.DEPTH", "MODEL.WEIGHTS", "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",
-                "INPUT.MAX_SIZE_TEST", "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.IMS_PER_BATCH",
-                "DATASETS.TRAIN", "DATASETS.TEST"):
+    if scale == "paper":  # Table 2: RetinaNet-101-800, scale jitter, 1.5x longer than the 90k schedule
+        assert retina.MODEL.RESNETS.DEPTH == 101 and retina.INPUT.MIN_SIZE_TEST == 800
+        assert max(retina.INPUT.MIN_SIZE_TRAIN) == 800 and len(retina.INPUT.MIN_SIZE_TRAIN) > 1
+        assert retina.SOLVER.MAX_ITER == 1.5 * 90000 and retina.SOLVER.IMS_PER_BATCH == 16
+    else:  # the mini protocol's RetinaNet (its Table 1 cells) against Faster R-CNN on the same footing
+        assert retina.DATASETS.TRAIN == ("dense_shapes_proto_train",)
+        assert retina.MODEL.FOCAL.LOSS == "sigmoid_focal" and retina.MODEL.FOCAL.GAMMA == 2.0
+        assert retina.SOLVER.BASE_LR == frcnn.SOLVER.BASE_LR  # the protocol's one recipe (paper: each its own)
+    for key in ("MODEL.RESNETS.DEPTH", "MODEL.WEIGHTS", "MODEL.RESNETS.NORM", "MODEL.BACKBONE.FREEZE_AT",
+                "MODEL.FPN.OUT_CHANNELS", "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
+                "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.IMS_PER_BATCH",
+                "SOLVER.CLIP_GRADIENTS.ENABLED", "DATASETS.TRAIN", "DATASETS.TEST"):
         assert _get(retina, key) == _get(frcnn, key), key
 
 
