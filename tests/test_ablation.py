@@ -26,6 +26,7 @@ from focal_plugin.ablation import (
     core_shares,
     list_specs,
     load_spec,
+    twins,
 )
 from focal_plugin.ablation.cell import divergence_iteration
 from focal_plugin.anchors import anchor_sizes
@@ -59,6 +60,8 @@ def train(config_file, opts, resume, num_gpus=1):
         with open(ckpt + ".tmp", "w") as f:
             f.write(str(it + 1))
         os.replace(ckpt + ".tmp", ckpt)
+    with open(os.path.join(out, "model_final.pth"), "w") as f:  # as detectron2's trainer at the end
+        f.write(f"weights of {out}")
     ap = 100 * float(o.get("MODEL.FOCAL.ALPHA", 0.25)) + seed / 5
     return {"metrics": {"fake_val": {"bbox": {"AP": ap, "AP50": ap + 10, "AP75": ap - 1,
                                                "AP-cls0": 1.0}}},
@@ -384,9 +387,10 @@ def test_headline_configs_share_backbone_scale_and_schedule(scale):
     else:  # the mini protocol's RetinaNet (its Table 1 cells) against Faster R-CNN on the same footing
         assert retina.DATASETS.TRAIN == ("dense_shapes_proto_train",)
         assert retina.MODEL.FOCAL.LOSS == "sigmoid_focal" and retina.MODEL.FOCAL.GAMMA == 2.0
-        assert retina.SOLVER.BASE_LR == frcnn.SOLVER.BASE_LR  # the protocol's one recipe (paper: each its own)
+        assert retina.SOLVER.BASE_LR == frcnn.SOLVER.BASE_LR  # one recipe (paper: each its own lr)
     for key in ("MODEL.RESNETS.DEPTH", "MODEL.WEIGHTS", "MODEL.RESNETS.NORM", "MODEL.BACKBONE.FREEZE_AT",
-                "MODEL.FPN.OUT_CHANNELS", "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
+                "MODEL.FPN.OUT_CHANNELS", "INPUT.MIN_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",
+                "INPUT.MAX_SIZE_TEST",
                 "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.IMS_PER_BATCH",
                 "SOLVER.CLIP_GRADIENTS.ENABLED", "DATASETS.TRAIN", "DATASETS.TEST"):
         assert _get(retina, key) == _get(frcnn, key), key
@@ -572,13 +576,95 @@ def test_export_never_stops_a_run_never_mixes_cells_and_leaves_nothing_stale(fak
 def test_shipped_specs_share_their_common_cells(scale, tmp_path):
     """The rows the paper reports twice are one cell each: Table 3's CE = Table 1a's α = .75 =
     Table 1b's γ = 0, Table 3's FL = Table 1b's γ = 2 (so the runner reuses them)."""
-    def identity(spec, row):
+    def identity(spec, row, timing=True):
         runner = Runner(load_spec(spec), scale, str(tmp_path), only=[row], progress=False, imbalance=False)
-        return Runner._identity(runner.definition(runner.plan()[0]))
+        return twins.identity(runner.definition(runner.plan()[0]), timing)
 
     assert identity("table3", "ce") == identity("table1a", "alpha_.75") == identity("table1b", "gamma_0")
     assert identity("table3", "fl") == identity("table1b", "gamma_2.0")
+    # timed rows (Tables 1e and 2) train like an untimed row: they take its weights, then are timed
+    assert identity("table1b", "gamma_2.0") != identity("table1b", "gamma_0")
+    if scale == "paper":
+        assert identity("table1e", "r50_600") != identity("table1b", "gamma_2.0")
+        assert identity("table1e", "r50_600", False) == identity("table1b", "gamma_2.0", False)
+        assert identity("table1e", "r101_600", False) == identity("table1d", "fl", False)
+    else:
+        assert identity("table2_headline", "retinanet", False) == identity("table1b", "gamma_2.0", False)
     assert identity("table3", "fl") != identity("table3", "ce")
+
+
+def test_twins_compare_the_config_a_cell_really_trained_with(fake_env):
+    """A finished cell's saved config.yaml decides: a base file edited since it ran (here its
+    saved lr differs) makes it nobody's twin; the same values reached through other overrides do."""
+    kw = dict(workers=0, train_fn=fake_train, progress=False, imbalance=False, log=lambda m: None)
+    spec = load_spec(fake_env["spec"])
+    Runner(spec, "mini", fake_env["out"], seeds=2, only=["a75"], **kw).run()
+    cfg = setup_cfg(spec.resolve("mini")[1].base, ["MODEL.FOCAL.ALPHA", "0.75"], freeze=False)
+    for seed, lr in ((0, cfg.SOLVER.BASE_LR), (1, cfg.SOLVER.BASE_LR * 2)):
+        cfg.SOLVER.BASE_LR = lr
+        saved = os.path.join(fake_env["out"], "fake_table", "mini", "a75", f"seed{seed}", "config.yaml")
+        with open(saved, "w") as f:
+            f.write(cfg.dump())
+    other = fake_env["tmp"] / "other.yaml"  # ALPHA .75 through the spec, GAMMA 2 (the default) per row
+    other.write_text(TEST_SPEC.replace("fake α sweep", "other")
+                     .replace("rows:", "overrides: {MODEL.FOCAL.ALPHA: 0.75}\nrows:")
+                     .replace("{MODEL.FOCAL.ALPHA: 0.75}}", "{MODEL.FOCAL.GAMMA: 2.0}}"))
+    out = Runner(load_spec(str(other)), "mini", fake_env["out"], seeds=2, only=["a75"], **kw).run()
+    assert _status(fake_env["out"], "a75", 0, spec="other")["reused_from"]
+    assert "reused_from" not in _status(fake_env["out"], "a75", 1, spec="other")  # trained with lr x 2
+    assert out["ran"] == 1
+
+
+def test_timed_cell_takes_the_weights_of_its_untimed_twin_and_only_evaluates(fake_env, monkeypatch):
+    """Table 2's RetinaNet row = Table 1b's γ = 2 row but timed: the twin's final checkpoint is
+    copied (not linked), the cell resumes at the last iteration (no training step), is evaluated
+    and timed here; an exact twin still wins, and a cell with its own checkpoint keeps it."""
+    from focal_plugin.ablation import cell as cell_mod
+
+    monkeypatch.setattr(cell_mod, "_time_cell", lambda cfg, opts, timing: {"ms": 12.5, **timing})
+    kw = dict(workers=0, train_fn=fake_train, progress=False, imbalance=False)
+    Runner(load_spec(fake_env["spec"]), "mini", fake_env["out"], only=["a25", "a75"], **kw,
+           log=lambda m: None).run()
+    twin = os.path.join(fake_env["out"], "fake_table", "mini", "a75", "seed0")
+    timed = fake_env["tmp"] / "timed.yaml"
+    timed.write_text(TEST_SPEC.replace("fake α sweep", "timed").replace(
+        "metrics: [AP, AP50, AP75]", "metrics: [AP, AP50, AP75, ms]\ntiming: {images: 5, warmup: 1}"))
+    # a25 already has a checkpoint of its own (an interrupted attempt): it resumes that one
+    own = os.path.join(fake_env["out"], "timed", "mini", "a25", "seed0")
+    os.makedirs(own)
+    with open(os.path.join(own, "last_checkpoint"), "w") as f:
+        f.write("4")
+    logs = []
+    out = Runner(load_spec(str(timed)), "mini", fake_env["out"], only=["a25", "a75"], **kw,
+                 log=logs.append).run()
+    assert out["states"] == {"a25/seed0": "done", "a75/seed0": "done"}
+    st = _status(fake_env["out"], "a75", spec="timed")
+    assert st["trained_by"] == os.path.join("fake_table", "mini", "a75", "seed0")
+    assert _calls(fake_env["out"], "a75", spec="timed") == [6]  # resumed at the end: no step trained
+    assert st["iterations"] == 0 and st["metrics"]["ms"] == 12.5
+    assert st["metrics"]["AP"] == _status(fake_env["out"], "a75")["metrics"]["AP"]
+    copied = os.path.join(fake_env["out"], "timed", "mini", "a75", "seed0", "model_final.pth")
+    # the trainer rewrites model_final.pth at its end (detectron2 does): the twin's file is untouched
+    assert open(os.path.join(twin, "model_final.pth")).read() == f"weights of {twin}"
+    assert not os.path.samefile(copied, os.path.join(twin, "model_final.pth"))  # a copy, not a link
+    assert any("a75/seed0: trained as the finished cell" in m for m in logs)
+    assert "trained_by" not in _status(fake_env["out"], "a25", spec="timed")
+    assert _calls(fake_env["out"], "a25", spec="timed") == [4]
+    md = open(out["report"]["md"]).read()
+    assert f"| a75/seed0 | done (weights of {os.path.join('fake_table', 'mini', 'a75', 'seed0')}) |" in md
+    # the timed cell is an exact twin for a spec timed the same way: its result (and ms) is taken
+    third = fake_env["tmp"] / "third.yaml"
+    third.write_text(timed.read_text().replace('"Test table: timed"', '"Test table: third"'))
+    again = Runner(load_spec(str(third)), "mini", fake_env["out"], only=["a75"], **kw,
+                   log=lambda m: None).run()
+    assert again["ran"] == 0 and _status(fake_env["out"], "a75", spec="third")["reused_from"] == os.path.join(
+        "timed", "mini", "a75", "seed0")
+    # an exact twin (same timing) is preferred: its result is taken, nothing runs
+    fourth = fake_env["tmp"] / "fourth.yaml"
+    fourth.write_text(TEST_SPEC.replace("fake α sweep", "fourth"))
+    last = Runner(load_spec(str(fourth)), "mini", fake_env["out"], only=["a75"], **kw,
+                  log=lambda m: None).run()
+    assert last["ran"] == 0 and "reused_from" in _status(fake_env["out"], "a75", spec="fourth")
 
 
 def test_one_seed_is_inconclusive_and_report_rebuilds(fake_env):

@@ -35,9 +35,9 @@ claims:
 """
 
 
-def _ablate(tmp_path, *args):
+def _ablate(tmp_path, *args, spec="e2e.yaml"):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "ablate.py"), "--spec", str(tmp_path / "e2e.yaml"),
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "ablate.py"), "--spec", str(tmp_path / spec),
            "--output-dir", str(tmp_path / "out"), "--no-progress", *args]
     return subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -76,3 +76,16 @@ def test_real_cells_sigkill_resume_timing_report(tmp_path):
     assert "| loss | AP | AP50 | ms/img | AP (paper) | AP50 (paper) | ms/img (paper) |" in md
     assert "| 31.1 | 49.4 | — |" in md and "| FL beats CE | 34.0 vs 31.1 (Δ +2.9) |" in md
     assert "**inconclusive** |" in md  # one seed
+
+    # the same cells timed another way (Table 2 / 1e vs the untimed tables): the finished cell's
+    # weights are copied and only evaluated and timed — detectron2 resumes at the last iteration
+    (tmp_path / "e2e_retimed.yaml").write_text(SPEC.replace("timing: {images: 3, warmup: 1}",
+                                                            "timing: {images: 2, warmup: 1}"))
+    retimed = _ablate(tmp_path, "--only", "fl", "--workers", "1", spec="e2e_retimed.yaml")
+    text, _ = retimed.communicate(timeout=1800)
+    assert retimed.returncode == 0, text[-3000:]
+    assert "trained as the finished cell" in text
+    st = json.loads((tmp_path / "out" / "e2e_retimed" / "mini" / "fl" / "seed0" / "status.json").read_text())
+    assert st["state"] == "done" and st["trained_by"] == os.path.join("e2e", "mini", "fl", "seed0")
+    assert st["iterations"] == 0 and st["resumed_from_iter"] == 8 and st["timing"]["images"] == 2
+    assert st["metrics"]["AP"] == fl["metrics"]["AP"] and st["metrics"]["ms"] > 0

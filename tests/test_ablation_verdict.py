@@ -79,3 +79,47 @@ ANY_SIMILAR = Claim(text="some FL* is like FL", type="any_similar", rows=("s1", 
 ])
 def test_any_similar(values, verdict):
     assert judge(ANY_SIMILAR, _rows(**values), {})["verdict"] == verdict
+
+
+def _diverged(row, seeds=3):
+    s = RowStats(row)
+    s.seeds = s.planned = seeds
+    s.diverged_at = [100] * seeds
+    return s
+
+
+def test_a_diverged_row_has_the_worst_value():
+    """Table 1a: "α = .10 is the worst setting (training fails)". A row whose seeds all diverged
+    is the lowest AP: it wins a 'worst' claim and loses a 'best' one."""
+    worst = Claim(text="a10 is the worst", type="best", row="a10", direction="min")
+    rows = _rows(a75=THREE_SEEDS_HIGH, a25=THREE_SEEDS_LOW)
+    rows["a10"] = _diverged("a10")
+    assert judge(worst, rows, {})["verdict"] == REPRODUCED
+    # a10 trains (AP ~0) but another row diverged: that one is the worst
+    rows = _rows(a10=(0.1, 0.0, 0.2), a75=THREE_SEEDS_HIGH)
+    rows["a999"] = _diverged("a999")
+    assert judge(worst, rows, {})["verdict"] == NOT_REPRODUCED
+    best = Claim(text="a75 is the best", type="best", row="a75")
+    assert judge(best, rows, {})["verdict"] == REPRODUCED
+    rows["a75"] = _diverged("a75")
+    assert judge(best, rows, {})["verdict"] == NOT_REPRODUCED
+    # lower-is-better metric (ms/image): a diverged row is no fastest row either
+    fastest = Claim(text="r1 is the fastest", type="best", row="r1", metric="ms")
+    timed = {"r1": RowStats("r1", {"ms": [10.0, 10.2, 10.1]}, seeds=3), "r2": _diverged("r2")}
+    assert judge(fastest, timed, {})["verdict"] == REPRODUCED
+
+
+def test_pending_lists_only_rows_not_run():
+    # the claimed row has not run: nothing else is "pending"
+    out = judge(BEST, _rows(g2=None, g0=THREE_SEEDS_LOW, g5=THREE_SEEDS_LOW), {})
+    assert out["verdict"] == NO_DATA and "pending" not in out["ours"].replace("g2 AP pending", "")
+    # a finished rival without a value of the metric (e.g. AP75 missing) is not "pending" forever
+    rows = _rows(g2=THREE_SEEDS_HIGH, g0=THREE_SEEDS_LOW)
+    rows["g5"] = RowStats("g5", {}, seeds=3)
+    out = judge(BEST, rows, {})
+    assert out["verdict"] == REPRODUCED and "pending" not in out["ours"]
+
+
+def test_increasing_is_refuted_across_a_row_not_run():
+    rows = _rows(r1=THREE_SEEDS_HIGH, r2=None, r3=THREE_SEEDS_LOW)
+    assert judge(INCREASING, rows, {})["verdict"] == NOT_REPRODUCED

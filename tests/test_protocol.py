@@ -55,7 +55,12 @@ def test_protocol_configs_load_with_explicit_anchors(name):
     text = (CONFIG_DIR / name).read_text() + (CONFIG_DIR / "Base-Protocol.yaml").read_text()
     assert "ANCHOR_SCALES_PER_OCTAVE" not in text and "ANCHOR_ASPECTS" not in text
     cfg = setup_cfg(str(CONFIG_DIR / name))
-    want = anchor_sizes(3, (16, 32, 64, 128, 256))
+    if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":  # Table 2's two-stage row: 1 size per level
+        want = [[16.0], [32.0], [64.0], [128.0], [256.0]]
+        assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 80 and cfg.MODEL.RPN.IN_FEATURES[0] == "p2"
+    else:
+        want = anchor_sizes(3, (16, 32, 64, 128, 256))
+        assert cfg.MODEL.META_ARCHITECTURE == "FocalRetinaNet"
     got = [list(s) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
     assert len(got) == len(want)
     assert all(g == pytest.approx(w, abs=1e-4) for g, w in zip(got, want))

@@ -69,8 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="copy each finished cell's small files (cell/status/results/metrics/config) "
                    "to DIR/<spec>/<row>/seed<k> as it finishes, and the report to DIR/<spec>/ "
                    "(e.g. results/mini)")
-    p.add_argument("--no-reuse", action="store_true", help="train every cell, even one identical to "
-                   "a finished cell of another spec in the same output folder (default: reuse it)")
+    p.add_argument("--no-reuse", action="store_true", help="train every cell, even one that trains the "
+                   "same config as a finished cell of another spec in the same output folder (default: "
+                   "take its result, or its weights to evaluate and time when only the timing differs)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every cell")
     args = p.parse_args(argv)
     if args.only:  # `--only a b KEY VALUE`: the overrides after the rows are overrides, not rows

@@ -199,6 +199,8 @@ def _run_locked(cell_dir: str, cell: Dict[str, Any], train_fn: TrainFn) -> Dict[
         "attempts": int(previous.get("attempts", 0)) + 1, "resumed": resume,
         "commit": _git_commit(), "device": describe_device(num_gpus), "python": sys.version.split()[0],
     }
+    if previous.get("trained_by"):  # weights copied from a twin cell (focal_plugin.ablation.twins)
+        status["trained_by"] = previous["trained_by"]
     write_json_atomic(path, status)
     opts = cell_opts(cell, cell_dir)
     start = time.perf_counter()

@@ -182,7 +182,7 @@ def build_report(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
                    "iterations": c["status"].get("iterations"),
                    "device": _device_text(c["status"]) if c["status"].get("device") else None,
                    "commit": c["status"].get("commit"), "finished": c["status"].get("finished"),
-                   "reused_from": c["status"].get("reused_from")}
+                   "reused_from": c["status"].get("reused_from"), "trained_by": c["status"].get("trained_by")}
                   for c in cells],
         "runs": history[-20:],
     }
@@ -324,7 +324,9 @@ def to_markdown(report: Dict[str, Any]) -> str:
         lines += ["", report["note"]]
     lines += ["", "## The paper's claims", "",
               "Verdict: *reproduced* / *not reproduced* when the gap exceeds the seed noise "
-              "(2·sqrt(s²/n + s²/n)); *inconclusive* when it does not, or with one seed.", "",
+              "(2·sqrt(s²/n + s²/n)); *inconclusive* when it does not, or with one seed; *no data* "
+              "while a row the claim names has not run (a claim over several rows waits for all of "
+              "them, unless the finished ones already refute it).", "",
               "| claim | paper | ours | verdict |", "|---|---|---|---|"]
     for c in report["claims"]:
         lines.append(f"| {_md_escape(c['claim'])} | {_md_escape(c['paper'])} | {_md_escape(c['ours'])} | "
@@ -360,7 +362,8 @@ def to_markdown(report: Dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|"]
     for c in env["cells"]:
         wall = f"{c['wall_time_s']:.1f}" if c.get("wall_time_s") is not None else "—"
-        state = c["state"] + (f" (result of {c['reused_from']})" if c.get("reused_from") else "")
+        state = c["state"] + (f" (result of {c['reused_from']})" if c.get("reused_from") else
+                              f" (weights of {c['trained_by']})" if c.get("trained_by") else "")
         lines.append(f"| {c['cell']} | {_md_escape(state)} | {wall} | {c.get('attempts') or '—'} | "
                      f"{c.get('resumed_from_iter') if c.get('resumed_from_iter') is not None else '—'} | "
                      f"{c.get('iterations') if c.get('iterations') is not None else '—'} | "

@@ -10,10 +10,11 @@ Layout of a run (``RUN_DIR = OUTPUT/<spec name>/<scale>``)::
 
 A finished cell (done or diverged) is never run again; an interrupted or failed one is run again
 and resumes from its last checkpoint. A cell identical to a finished cell of another spec in the
-same output folder (same base config, overrides, seed and timing: e.g. Table 3's FL row and
-Table 1b's γ = 2 row) takes that cell's result instead of training again; its ``status.json``
-says ``reused_from``. A cell folder already holding a different definition (other
-overrides, base config or seed) is refused, so one output folder never mixes two settings.
+same output folder (same base config, overrides and seed: e.g. Table 3's FL row and Table 1b's
+γ = 2 row) takes that cell's result, or only its final weights when just the inference timing
+differs, instead of training again (focal_plugin.ablation.twins). A cell folder already holding
+a different definition (other overrides, base config or seed) is refused, so one output folder
+never mixes two settings.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation import cell as cell_mod
+from focal_plugin.ablation import twins
 from focal_plugin.ablation.export import ExportConflict, export_cell, export_run
 from focal_plugin.ablation.files import FileLock, LockHeld, now_iso, read_json, write_json_atomic
 from focal_plugin.ablation.launch import core_shares, spawn_cell, visible_gpus
@@ -164,36 +166,6 @@ class Runner:
                 f"{self.run_dir} holds cells planned with different settings:\n" + "\n".join(bad[:10])
                 + "\nUse another --output-dir (or delete those cell folders) to run the new settings.")
 
-    @staticmethod
-    def _identity(definition: Dict[str, Any]) -> tuple:
-        """What decides a cell's result: overrides as a mapping (the last value of a key wins, so
-        a spec-level and a row-level override in either order compare equal)."""
-        opts = definition.get("opts") or []
-        return (definition.get("base_name"), json.dumps(dict(zip(opts[::2], opts[1::2])), sort_keys=True),
-                definition.get("seed"), json.dumps(definition.get("timing"), sort_keys=True),
-                definition.get("num_gpus"), definition.get("train_fn"))
-
-    def _reuse_twin(self, c: CellPlan) -> bool:
-        """Record a finished twin of ``c`` from another spec's run folder (same output folder and
-        scale) as ``c``'s result; True if one was found. Only ``status.json`` is written."""
-        mine = self._identity(self.definition(c))
-        pattern = os.path.join(self.output_dir, "*", self.scale, "*", f"seed{c.seed}", cell_mod.CELL_FILE)
-        for path in sorted(glob.glob(pattern)):
-            twin_dir = os.path.dirname(path)
-            if os.path.dirname(os.path.dirname(twin_dir)) == self.run_dir:
-                continue
-            status = cell_mod.read_status(twin_dir)
-            if status.get("state") not in cell_mod.FINISHED or status.get("reused_from"):
-                continue
-            if self._identity(read_json(path) or {}) != mine:
-                continue
-            rel = os.path.relpath(twin_dir, self.output_dir)
-            write_json_atomic(os.path.join(c.dir, cell_mod.STATUS_FILE),
-                              {**status, "reused_from": rel, "reused_at": now_iso()})
-            self.log(f"[ablate] {c.id}: identical to the finished cell {rel}; its result is reused")
-            return True
-        return False
-
     def dry_run(self) -> str:
         """The cells with their state and full overrides, as text (nothing is written)."""
         cells = self.plan()
@@ -227,7 +199,9 @@ class Runner:
             states = {c.id: c.state() for c in cells}
             if self.reuse:
                 for c in cells:
-                    if states[c.id] not in cell_mod.FINISHED and self._reuse_twin(c):
+                    if states[c.id] not in cell_mod.FINISHED and twins.reuse(
+                            c.dir, self.definition(c), self.output_dir, self.scale, self.run_dir,
+                            self.log, c.id):
                         states[c.id] = c.state()
             todo = [c for c in cells if states[c.id] not in cell_mod.FINISHED]
             started = time.time()

@@ -8,9 +8,10 @@ seeds all diverged ranks below any row that trained. Verdicts: ``reproduced``, `
 ``inconclusive`` (within noise, or one seed), ``no data`` (cells not finished).
 
 A claim over several rows ("α = .75 is the best α", "AP increases with depth") is only judged
-once every row it names has finished: a rival that has not run could still beat the claimed
-row, so until then the verdict is ``no data`` and the text lists the pending rows — unless the
-finished rows already refute the claim (``not reproduced`` cannot be undone by more rows).
+once every row it names has a finished seed: a rival that has not run could still beat the
+claimed row, so until then the verdict is ``no data`` and the text lists the rows not run —
+unless the finished rows already refute the claim (``not reproduced`` cannot be undone by more
+rows). Like every comparison, it uses the seeds finished so far.
 """
 
 from __future__ import annotations
@@ -65,13 +66,17 @@ class Comparison:
 
 
 def compare(a: RowStats, b: RowStats, metric: str, sign: int = 1) -> Comparison:
-    """Is ``a`` better than ``b`` on ``metric`` beyond seed noise? ``sign`` +1: higher is better."""
+    """Is ``a`` better than ``b`` on ``metric`` beyond seed noise? ``sign`` +1: higher values win,
+    -1: lower values win. A row whose seeds all diverged has the worst value of the metric (the
+    lowest AP, the highest ms), so it loses, unless the claim looks for the worst row (Table 1a's
+    "α = .10 is the worst": AP with ``sign`` -1), where it wins."""
     if a.seeds == 0 or b.seeds == 0:
         return Comparison("no data")
     if a.all_diverged or b.all_diverged:
         if a.all_diverged and b.all_diverged:
             return Comparison("within")
-        return Comparison("worse" if a.all_diverged else "better")
+        worst_wins = sign != (-1 if metric in LOWER_IS_BETTER else 1)
+        return Comparison("better" if a.all_diverged == worst_wins else "worse")
     if not a.n(metric) or not b.n(metric):
         return Comparison("no data")
     diff = a.mean(metric) - b.mean(metric)
@@ -148,13 +153,13 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
         rivals = [r for r in (claim.rows or stats) if r != claim.row]
         s_sign = sign if claim.direction is None else (1 if claim.direction == "max" else -1)
         comps = {r: compare(stats[claim.row], stats[r], m, s_sign) for r in rivals}
-        rels = {c.relation for c in comps.values()}
-        pending = [r for r, c in comps.items() if c.relation == "no data"]
+        rels = {c.relation for c in comps.values()} - {"no data"}  # no data: not run, or no value
+        pending = [r for r in rivals if stats[r].seeds == 0]
         if stats[claim.row].seeds == 0:
-            verdict = NO_DATA
+            verdict, pending = NO_DATA, []
         elif "worse" in rels:
             verdict = NOT_REPRODUCED
-        elif pending:  # an unfinished rival could still beat it
+        elif pending or not rels:  # a rival not run yet could still beat it
             verdict = NO_DATA
         elif rels == {"better"}:
             verdict = REPRODUCED
@@ -185,7 +190,7 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
             verdict = REPRODUCED
         elif len(rows) - counts[NOT_REPRODUCED] < need:
             verdict = NOT_REPRODUCED
-        elif counts[NO_DATA]:  # unfinished rows could still meet it
+        elif any(stats[r].seeds == 0 for r in rows):  # rows not run yet could still meet it
             verdict = NO_DATA
         else:
             verdict = INCONCLUSIVE
@@ -200,7 +205,9 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
     if claim.type == "increasing":
         comps = [compare(stats[b], stats[a], m, 1) for a, b in zip(claim.rows, claim.rows[1:])]
         rels = {c.relation for c in comps}
-        if "worse" in rels:  # a finished pair already goes the wrong way
+        rows = list(claim.rows)
+        if any(compare(stats[b], stats[a], m, 1).relation == "worse"  # any finished pair, gaps too
+               for i, a in enumerate(rows) for b in rows[i + 1:]):
             verdict = NOT_REPRODUCED
         elif "no data" in rels:
             verdict = NO_DATA

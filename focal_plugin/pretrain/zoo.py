@@ -94,7 +94,8 @@ def build(recipe="proto-r18", force: bool = False) -> Path:
     if weights_path(recipe).is_file() and not force:
         return weights_path(recipe)
     author = "focal_plugin.pretrain " + recipe.name
-    # iopath's lock (.<folder>.lock), as the dataset cache: a second build waits (up to 30 min)
+    # iopath's lock (.<folder>.lock), as the dataset cache; a second build waits (up to portalocker's
+    # 1-hour timeout)
     with file_lock(str(final.parent / f".{final.name}")):
         if weights_path(recipe).is_file() and not force:
             return weights_path(recipe)
