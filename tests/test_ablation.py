@@ -712,6 +712,29 @@ def test_interrupted_cell_resumes_failed_cell_retries_changed_plan_refused(fake_
         Runner(spec, "mini", fake_env["out"], train_fn=flaky, extra_opts=["SOLVER.MAX_ITER", "9"], **kw).run()
 
 
+def test_commit_is_dirty_only_with_uncommitted_code(tmp_path):
+    """A cell records the commit it ran; results and docs updated by the runs themselves
+    (--export results/mini) do not make it "+dirty", an edited module or config does."""
+    from focal_plugin.ablation.cell import _git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    for rel in ("focal_plugin/configs/a.yaml", "results/mini/report.md", "README.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = _git_commit(str(tmp_path))
+    assert len(clean) == 12 and "+" not in clean
+    (tmp_path / "results/mini/report.md").write_text("y\n")
+    (tmp_path / "README.md").write_text("y\n")
+    assert _git_commit(str(tmp_path)) == clean
+    (tmp_path / "focal_plugin/configs/a.yaml").write_text("y\n")
+    assert _git_commit(str(tmp_path)) == clean + "+dirty"
+
+
 def test_divergence_message_parsing():
     assert divergence_iteration(FloatingPointError("loss_cls = nan at iteration 17 (...)")) == 17
     assert divergence_iteration(FloatingPointError("Loss became infinite or NaN at iteration=88!")) == 88

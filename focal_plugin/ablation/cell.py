@@ -120,13 +120,19 @@ def _time_cell(config_file: str, opts: Sequence[str], timing: Dict[str, int]) ->
 
 
 # ------------------------------------------------------------------------------ environment
-def _git_commit() -> str:
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CODE_PATHS = ("focal_plugin", "tools", "train_net.py", "setup.py")
+
+
+def _git_commit(repo: Optional[str] = None) -> str:
+    """This checkout's commit, "+dirty" with uncommitted changes to :data:`CODE_PATHS`."""
+    repo = repo or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         head = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True,
                               text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        # "+dirty": uncommitted changes to what a cell runs (code, configs, specs) — not to the
+        # results/ and docs that runs such as `make reproduce-mini` themselves update
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no", "--",
+                                *CODE_PATHS], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head + ("+dirty" if dirty else "")) if head else "unknown (not a git checkout)"
