@@ -398,7 +398,7 @@ def test_headline_configs_share_backbone_scale_and_schedule(scale):
 
 # -------------------------------------------------------------------------- runs (in process)
 def test_ablate_command_of_a_start_event():
-    from focal_plugin.ablation.report import ablate_command
+    from focal_plugin.ablation.history import ablate_command
 
     old = {"launcher": "local", "workers": 2, "seeds": 1, "only": None, "extra_opts": [], "label": None}
     want = "python tools/ablate.py --spec init --scale mini --workers 2"
@@ -414,7 +414,7 @@ def test_ablate_command_of_a_start_event():
         "--train-fn my.mod:train --keep-checkpoints --no-imbalance --submitit-cluster slurm "
         "--submitit-param timeout_min=60 --export results/paper SOLVER.MAX_ITER 20")
     # in Markdown: one table cell whatever the label holds
-    from focal_plugin.ablation.report import _md_code
+    from focal_plugin.ablation.render import _md_code
 
     cell = _md_code(ablate_command({**old, "label": "my `x` | y\nz"}, "init", "mini"))
     assert "\n" not in cell and "\\|" in cell and cell.startswith("`` ") and cell.endswith(" ``")

@@ -14,24 +14,18 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
-import shlex
 from typing import Any, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation import cell as cell_mod
 from focal_plugin.ablation.files import read_json, write_json_atomic, write_text_atomic
-from focal_plugin.ablation.spec import LOWER_IS_BETTER, METRIC_LABELS, RowPlan, Spec
+from focal_plugin.ablation.history import invocations, read_history
+from focal_plugin.ablation.render import to_csv, to_markdown
+from focal_plugin.ablation.spec import LOWER_IS_BETTER, RowPlan, Spec
 from focal_plugin.ablation.verdict import RowStats, fmt_stat, judge
 
 IMBALANCE_IMAGES = 50
-_IMBALANCE_ROWS = (("anchors / image", "anchors_per_image", "{:,.0f}"),
-                   ("classes K", "num_classes", "{:d}"),
-                   ("positive anchors / image", "positive_anchors_per_image", "{:,.1f}"),
-                   ("anchors x classes per positive anchor", "anchor_classes_per_positive", "{:,.0f}"),
-                   ("binary negatives per positive", "negatives_per_positive", "{:,.0f}"))
 
 
 # ------------------------------------------------------------------------------ collection
@@ -89,10 +83,6 @@ def _ours_text(s: RowStats, metric: str) -> str:
     if s.seeds < s.planned:
         text += f" ({s.seeds}/{s.planned} seeds)"
     return text
-
-
-def _num(v: Optional[float], digits: int = 1) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
 
 
 # --------------------------------------------------------------------------------- imbalance
@@ -163,7 +153,7 @@ def build_report(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
                 "best_ours": row.id in best_ours[m], "best_paper": row.id in best_paper[m]}
         table.append(entry)
     claims = [judge(c, stats, paper) for c in spec.claims]
-    history = _history(run_dir)
+    history = read_history(run_dir)
     starts = [h for h in history if h.get("event") == "start"]
     cells = [c for r in rows for c in found[r.id]["cells"]]
     env = {
@@ -172,7 +162,7 @@ def build_report(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
         "base_config_override": base_config, "extra_opts": list(extra_opts),
         "launchers": sorted({f"{h.get('launcher')} (workers {h.get('workers')})" for h in starts}),
         "label": label or next((h["label"] for h in reversed(starts) if h.get("label")), None),
-        "invocations": _invocations(history, spec.name, scale),
+        "invocations": invocations(history, spec.name, scale),
         "devices": sorted({_device_text(c["status"]) for c in cells if c["status"].get("device")}),
         "commits": sorted({c["status"].get("commit", "?") for c in cells if c["status"]}),
         "hosts": sorted({c["status"].get("host", "?") for c in cells if c["status"]}),
@@ -193,224 +183,11 @@ def build_report(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
             "environment": env}
 
 
-def _history(run_dir: str) -> List[Dict[str, Any]]:
-    import json
-
-    path = os.path.join(run_dir, "runs.jsonl")
-    if not os.path.isfile(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:  # a line cut by a kill: skip it
-                continue
-    return out
-
-
-def ablate_command(start: Dict[str, Any], spec: str, scale: str) -> str:
-    """The ``tools/ablate.py`` command equivalent to a runner start event of ``runs.jsonl``
-    (events written before the runner recorded spec, scale and output folder fall back to the
-    report's spec and scale, and omit the folder)."""
-    parts = ["python", "tools/ablate.py", "--spec", start.get("spec") or spec,
-             "--scale", start.get("scale") or scale]
-    if (start.get("seeds") or 1) != 1:
-        parts += ["--seeds", str(start["seeds"])]
-    if start.get("only"):
-        parts += ["--only", *start["only"]]
-    if start.get("launcher", "local") != "local":
-        parts += ["--launcher", start["launcher"]]
-    if start.get("workers") is not None:
-        parts += ["--workers", str(start["workers"])]
-    if (start.get("gpus_per_cell") or 1) != 1:
-        parts += ["--gpus-per-cell", str(start["gpus_per_cell"])]
-    if start.get("output_dir"):
-        parts += ["--output-dir", start["output_dir"]]
-    if start.get("base_config"):
-        parts += ["--base-config", start["base_config"]]
-    if start.get("label"):
-        parts += ["--label", start["label"]]
-    if start.get("reuse") is False:
-        parts.append("--no-reuse")
-    if start.get("train_fn"):  # a callable (tests, in-process runs) is named, not importable
-        parts += ["--train-fn", start["train_fn"]]
-    if start.get("keep_checkpoints"):
-        parts.append("--keep-checkpoints")
-    if start.get("imbalance") is False:
-        parts.append("--no-imbalance")
-    if start.get("submitit_cluster"):
-        parts += ["--submitit-cluster", start["submitit_cluster"]]
-    for key, value in sorted((start.get("submitit_params") or {}).items()):
-        parts += ["--submitit-param", f"{key}={value}"]
-    if start.get("export"):
-        parts += ["--export", start["export"]]
-    return shlex.join(parts + [str(o) for o in start.get("extra_opts") or []])
-
-
-def _invocations(history: List[Dict[str, Any]], spec: str, scale: str) -> List[Dict[str, Any]]:
-    """One entry per runner start: when, how (the equivalent command), how many cells, and how it
-    ended (an interrupted runner — killed, crashed — left a start without an end)."""
-    out = []
-    for i, h in enumerate(history):
-        if h.get("event") != "start":
-            continue
-        end = next((e for e in history[i + 1:] if e.get("event") == "end" and e.get("pid") == h.get("pid")
-                    and e.get("host") == h.get("host")), None)
-        out.append({"started": h.get("time"), "host": h.get("host"), "pid": h.get("pid"),
-                    "launcher": h.get("launcher"), "workers": h.get("workers"), "to_run": h.get("to_run"),
-                    "cells": h.get("cells"), "ended": end.get("time") if end else None,
-                    "states": end.get("states") if end else None,
-                    "command": ablate_command(h, spec, scale)})
-    return out
-
-
 def _device_text(status: Dict[str, Any]) -> str:
     d = status.get("device") or {}
     if d.get("gpu"):
         return f"{d['gpu']} x{d.get('gpus', 1)}"
     return f"CPU {d.get('cpu', '?')} ({len(d.get('cpus', []))} core(s), {d.get('torch_threads')} thread(s))"
-
-
-# -------------------------------------------------------------------------------- renderers
-def _md_escape(text: Any) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def _md_code(text: str) -> str:
-    """``text`` as an inline code span that survives a table cell: double backticks (a single one
-    inside stays literal), pipes escaped, line breaks shown as ⏎ (report.json has the exact text)."""
-    return "`` " + _md_escape(text).replace("\n", "⏎") + " ``"
-
-
-def to_markdown(report: Dict[str, Any]) -> str:
-    metrics, env = report["metrics"], report["environment"]
-    labels = [METRIC_LABELS[m] for m in metrics]
-    lines = [f"# {report['title']} — ours vs paper", ""]
-    if env.get("label"):
-        lines += [f"> **{env['label']}**", ""]
-    lines += [f"- Paper setting: {report['source'] or '—'}",
-              f"- Our scale: **{env['scale']}**; seeds per row: {env['seeds']}; "
-              f"spec: `{_rel(report['spec_file'])}`"]
-    if env.get("base_config_override"):
-        lines.append(f"- Base config replaced by `{_rel(env['base_config_override'])}` (--base-config)")
-    if env.get("extra_opts"):
-        lines.append(f"- Extra overrides on every cell: `{' '.join(env['extra_opts'])}`")
-    if env["scale"] != "paper":
-        lines.append("- Δ compares our synthetic-data numbers with the paper's COCO numbers: read the "
-                     "trends and the verdicts, not the size of Δ.")
-    lines.append("")
-    header = [*report["columns"], *labels, *[f"{x} (paper)" for x in labels], *[f"Δ{x}" for x in labels]]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for e in report["table"]:
-        ours = []
-        for m in metrics:
-            t = e["metrics"][m]["ours_text"]
-            ours.append(f"**{t}**" if e["metrics"][m]["best_ours"] else t)
-        paper = []
-        for m in metrics:
-            p = e["metrics"][m]["paper"]
-            t = _num(p) if p is not None else (e["paper_note"] or "—")
-            paper.append(f"**{t}**" if e["metrics"][m]["best_paper"] else t)
-        delta = [f"{e['metrics'][m]['delta']:+.1f}" if e["metrics"][m]["delta"] is not None else "—"
-                 for m in metrics]
-        settings = [_md_escape(e["settings"].get(c, "")) for c in report["columns"]]
-        lines.append("| " + " | ".join([*settings, *ours, *paper, *delta]) + " |")
-    lines += ["", "Bold: the best value per column (highest AP, lowest ms/img). Ours: mean ± sample std over "
-              "the finished seeds. ms/img: median batch-1 inference time after warm-up on our device "
-              "(the paper: Nvidia M40)." if "ms" in metrics else
-              "Bold: the best value per column. Ours: mean ± sample std over the finished seeds."]
-    if report.get("note"):
-        lines += ["", report["note"]]
-    lines += ["", "## The paper's claims", "",
-              "Verdict: *reproduced* / *not reproduced* when the gap exceeds the seed noise "
-              "(2·sqrt(s²/n + s²/n)); *inconclusive* when it does not, or with one seed; *no data* "
-              "while a row the claim names has not run (a claim over several rows waits for all of "
-              "them, unless the finished ones already refute it).", "",
-              "| claim | paper | ours | verdict |", "|---|---|---|---|"]
-    for c in report["claims"]:
-        lines.append(f"| {_md_escape(c['claim'])} | {_md_escape(c['paper'])} | {_md_escape(c['ours'])} | "
-                     f"**{c['verdict']}** |")
-    if not report["claims"]:
-        lines.append("| (none stated) | | | |")
-    lines += ["", "## Class imbalance of the data", ""]
-    imb = report["imbalance"]
-    if imb.get("available"):
-        o, c = imb["ours"], imb["coco"]
-        lines += [f"| | {_md_escape(o['dataset'])} ({o['images']} images) | {_md_escape(c['dataset'])} |",
-                  "|---|---|---|"]
-        for label, key, fmt in _IMBALANCE_ROWS:
-            lines.append(f"| {label} | {_fmt(o.get(key), fmt)} | {_fmt(c.get(key), fmt)} |")
-    else:
-        lines.append(f"n/a: {imb.get('reason', 'not computed')}")
-    lines += ["", "## Environment", "",
-              f"- Scale: {env['scale']}; seeds: {env['seeds']}; "
-              f"launcher(s): {', '.join(env['launchers']) or '—'}",
-              f"- Device(s): {'; '.join(env['devices']) or '—'}",
-              f"- Commit(s): {', '.join(env['commits']) or '—'}; host(s): {', '.join(env['hosts']) or '—'}",
-              ""]
-    if env.get("invocations"):
-        lines += ["| runner started | launcher | cells to run | outcome | command |", "|---|---|---|---|---|"]
-        for r in env["invocations"]:
-            outcome = (", ".join(f"{n} {s}" for s, n in sorted(r["states"].items())) if r["states"]
-                       else "none recorded") if r["ended"] else "no end recorded: killed (or still running)"
-            lines.append(f"| {r['started']} (pid {r['pid']}) | {r['launcher']} (workers {r['workers']}) | "
-                         f"{r['to_run']} of {r['cells']} | {outcome} | {_md_code(r['command'])} |")
-        lines.append("")
-    lines += ["| cell | state | wall time (s, last attempt) | attempts | resumed from iter | iterations "
-              "| device |",
-              "|---|---|---|---|---|---|---|"]
-    for c in env["cells"]:
-        wall = f"{c['wall_time_s']:.1f}" if c.get("wall_time_s") is not None else "—"
-        state = c["state"] + (f" (result of {c['reused_from']})" if c.get("reused_from") else
-                              f" (weights of {c['trained_by']})" if c.get("trained_by") else "")
-        lines.append(f"| {c['cell']} | {_md_escape(state)} | {wall} | {c.get('attempts') or '—'} | "
-                     f"{c.get('resumed_from_iter') if c.get('resumed_from_iter') is not None else '—'} | "
-                     f"{c.get('iterations') if c.get('iterations') is not None else '—'} | "
-                     f"{_md_escape(c.get('device') or '—')} |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(v: Any, fmt: str) -> str:
-    if v is None:
-        return "—"
-    try:
-        return fmt.format(int(v) if fmt == "{:d}" else v)
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def _rel(path: str) -> str:
-    from focal_plugin.configs import CONFIG_ROOT
-
-    path = str(path)
-    return "configs/" + os.path.relpath(path, CONFIG_ROOT) if path.startswith(CONFIG_ROOT) else path
-
-
-def to_csv(report: Dict[str, Any]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    metrics = report["metrics"]
-    header = ["row", *report["columns"]]
-    for m in metrics:
-        header += [f"{m}_ours", f"{m}_std", f"{m}_n", f"{m}_paper", f"{m}_delta"]
-    header += ["seeds_finished", "seeds_planned", "diverged_at", "best_ours", "best_paper", "paper_note"]
-    w.writerow(header)
-    for e in report["table"]:
-        line = [e["row"], *[e["settings"].get(c, "") for c in report["columns"]]]
-        for m in metrics:
-            x = e["metrics"][m]
-            line += [_csv_num(x["ours"]), _csv_num(x["std"]), x["n"], _csv_num(x["paper"]),
-                     _csv_num(x["delta"])]
-        line += [e["seeds_finished"], e["seeds_planned"], ";".join(map(str, e["diverged_at"])),
-                 ";".join(m for m in metrics if e["metrics"][m]["best_ours"]),
-                 ";".join(m for m in metrics if e["metrics"][m]["best_paper"]), e["paper_note"]]
-        w.writerow(line)
-    return buf.getvalue()
-
-
-def _csv_num(v: Optional[float]) -> str:
-    return "" if v is None else f"{v:.4g}" if abs(v) < 1e-3 else f"{v:.3f}"
 
 
 def write_reports(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
