@@ -635,6 +635,8 @@ def test_timed_cell_takes_the_weights_of_its_untimed_twin_and_only_evaluates(fak
     with open(os.path.join(own, "last_checkpoint"), "w") as f:
         f.write("4")
     logs = []
+    plan = Runner(load_spec(str(timed)), "mini", fake_env["out"], only=["a25", "a75"], **kw).dry_run()
+    assert f"takes the weights of {os.path.join('fake_table', 'mini', 'a75', 'seed0')} (evaluated" in plan
     out = Runner(load_spec(str(timed)), "mini", fake_env["out"], only=["a25", "a75"], **kw,
                  log=logs.append).run()
     assert out["states"] == {"a25/seed0": "done", "a75/seed0": "done"}
@@ -665,6 +667,12 @@ def test_timed_cell_takes_the_weights_of_its_untimed_twin_and_only_evaluates(fak
     last = Runner(load_spec(str(fourth)), "mini", fake_env["out"], only=["a75"], **kw,
                   log=lambda m: None).run()
     assert last["ran"] == 0 and "reused_from" in _status(fake_env["out"], "a75", spec="fourth")
+    fifth = fake_env["tmp"] / "fifth.yaml"
+    fifth.write_text(TEST_SPEC.replace("fake α sweep", "fifth"))
+    plan = Runner(load_spec(str(fifth)), "mini", fake_env["out"], only=["a75"], **kw).dry_run()
+    assert f"takes the result of {os.path.join('fake_table', 'mini', 'a75', 'seed0')}\n" in plan
+    assert "takes the" not in Runner(load_spec(str(fifth)), "mini", fake_env["out"], only=["a75"], **kw,
+                                     reuse=False).dry_run()
 
 
 def test_one_seed_is_inconclusive_and_report_rebuilds(fake_env):

@@ -175,8 +175,15 @@ class Runner:
             paper = " ".join(f"{METRIC_LABELS[m]} {v:.1f}" if v is not None else f"{METRIC_LABELS[m]} —"
                              for m, v in c.row.paper.items())
             settings = ", ".join(f"{k}={v}" for k, v in c.row.settings.items())
-            lines.append(f"[{c.state():11s}] {c.id:28s} {settings:30s} paper: {paper}"
+            state = c.state()
+            lines.append(f"[{state:11s}] {c.id:28s} {settings:30s} paper: {paper}"
                          + (f" ({c.row.paper_note})" if c.row.paper_note else ""))
+            twin, exact = (twins.find_twin(self.output_dir, self.scale, self.run_dir, self.definition(c))
+                           if self.reuse and state not in cell_mod.FINISHED else (None, False))
+            if twin:  # what the run will do instead of training
+                rel = os.path.relpath(twin, self.output_dir)
+                lines.append(f"    takes the result of {rel}" if exact else
+                             f"    takes the weights of {rel} (evaluated and timed, not trained)")
             lines.append(f"    {c.command()}")
         return "\n".join(lines)
 
