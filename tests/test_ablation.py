@@ -593,6 +593,76 @@ def test_shipped_specs_share_their_common_cells(scale, tmp_path):
     assert identity("table3", "fl") != identity("table3", "ce")
 
 
+def _timed_spec(fake_env, name="timed"):
+    path = fake_env["tmp"] / f"{name}.yaml"
+    path.write_text(TEST_SPEC.replace("fake α sweep", name).replace(
+        "metrics: [AP, AP50, AP75]", "metrics: [AP, AP50, AP75, ms]\ntiming: {images: 5, warmup: 1}"))
+    return load_spec(str(path))
+
+
+def test_twin_edge_cases_never_record_a_wrong_result(fake_env, monkeypatch):
+    """A finished cell keeps the definition it ran with (a later run with other GPUs or another
+    trainer does not relabel it); another trainer's cells are nobody's twins; a diverged twin
+    gives its result to a timed cell; a copy cut short is redone; --no-reuse undoes a copy and
+    trains; a cell running in another process is left alone; glob characters in the folder."""
+    from focal_plugin.ablation import cell as cell_mod
+    from focal_plugin.ablation.files import FileLock
+
+    monkeypatch.setattr(cell_mod, "_time_cell", lambda cfg, opts, timing: {"ms": 1.0, **timing})
+    out = str(fake_env["tmp"] / "runs[1]")  # glob characters in the output folder
+    kw = dict(workers=0, progress=False, imbalance=False, log=lambda m: None)
+    spec = load_spec(fake_env["spec"])
+    Runner(spec, "mini", out, only=["a75", "zero"], train_fn=fake_train, **kw).run()
+    Runner(spec, "mini", out, only=["a75"], train_fn=fake_train, gpus_per_cell=2, **kw).run()  # nothing runs
+    definition = json.load(open(os.path.join(out, "fake_table", "mini", "a75", "seed0", "cell.json")))
+    assert definition["num_gpus"] == 1
+
+    def other(name, **extra):
+        return Runner(_timed_spec(fake_env, name), "mini", out, only=["a75"],
+                      **{**kw, "train_fn": fake_train, **extra})
+
+    assert "takes the weights of" in other("t1").dry_run()
+    assert "takes the" not in other("t2", gpus_per_cell=2).dry_run()  # 2 processes: another training
+
+    def named_fake(*a, **k):
+        return fake_train(*a, **k)
+
+    assert "takes the" not in other("t3", train_fn=named_fake).dry_run()  # another trainer
+    # a diverged twin: the timed cell diverges too, without training again
+    zero = Runner(_timed_spec(fake_env, "t4"), "mini", out, only=["zero"], train_fn=fake_train, **kw).run()
+    st = _status(out, "zero", spec="t4")
+    assert zero["ran"] == 0 and st["state"] == "diverged" and st["reused_from"]
+    # killed while copying: status written, pointer not yet -> the next run copies again
+    cell = os.path.join(out, "t5", "mini", "a75", "seed0")
+    twin = os.path.join(out, "fake_table", "mini", "a75", "seed0")
+    twins.take_weights(cell, twin, out)
+    os.remove(os.path.join(cell, "last_checkpoint"))
+    other("t5").run()
+    st = _status(out, "a75", spec="t5")
+    assert _calls(out, "a75", spec="t5") == [6] and st["trained_by"] and st["iterations"] == 0
+    # copied, then the cell failed: --no-reuse removes the copy and trains from scratch
+    cell = os.path.join(out, "t6", "mini", "a75", "seed0")
+    twins.take_weights(cell, twin, out)
+    json.dump({"state": "failed", "trained_by": "x", "error": "timing failed"},
+              open(os.path.join(cell, "status.json"), "w"))
+    other("t6", reuse=False).run()
+    st = _status(out, "a75", spec="t6")
+    assert _calls(out, "a75", spec="t6") == [0] and "trained_by" not in st and st["iterations"] == 6
+    # a cell another process runs is not touched (its status stays; the run reports it busy)
+    cell = os.path.join(out, "t7", "mini", "a75", "seed0")
+    os.makedirs(cell)
+    json.dump({"state": "running"}, open(os.path.join(cell, "status.json"), "w"))
+    holder = FileLock(os.path.join(cell, cell_mod.LOCK_FILE))
+    holder.acquire()
+    try:
+        assert "takes the" not in other("t7").dry_run()
+        other("t7").run()
+        assert _status(out, "a75", spec="t7") == {"state": "running"}
+        assert not os.path.exists(os.path.join(cell, "last_checkpoint"))
+    finally:
+        holder.release()
+
+
 def test_twins_compare_the_config_a_cell_really_trained_with(fake_env):
     """A finished cell's saved config.yaml decides: a base file edited since it ran (here its
     saved lr differs) makes it nobody's twin; the same values reached through other overrides do."""
@@ -637,6 +707,7 @@ def test_timed_cell_takes_the_weights_of_its_untimed_twin_and_only_evaluates(fak
     logs = []
     plan = Runner(load_spec(str(timed)), "mini", fake_env["out"], only=["a25", "a75"], **kw).dry_run()
     assert f"takes the weights of {os.path.join('fake_table', 'mini', 'a75', 'seed0')} (evaluated" in plan
+    assert "a25/seed0" in plan and "weights of " + os.path.join("fake_table", "mini", "a25") not in plan
     out = Runner(load_spec(str(timed)), "mini", fake_env["out"], only=["a25", "a75"], **kw,
                  log=logs.append).run()
     assert out["states"] == {"a25/seed0": "done", "a75/seed0": "done"}

@@ -205,7 +205,7 @@ def _run_locked(cell_dir: str, cell: Dict[str, Any], train_fn: TrainFn) -> Dict[
         "attempts": int(previous.get("attempts", 0)) + 1, "resumed": resume,
         "commit": _git_commit(), "device": describe_device(num_gpus), "python": sys.version.split()[0],
     }
-    if previous.get("trained_by"):  # weights copied from a twin cell (focal_plugin.ablation.twins)
+    if previous.get("trained_by") and resume:  # resumes weights copied from a twin (ablation.twins)
         status["trained_by"] = previous["trained_by"]
     write_json_atomic(path, status)
     opts = cell_opts(cell, cell_dir)
@@ -219,6 +219,8 @@ def _run_locked(cell_dir: str, cell: Dict[str, Any], train_fn: TrainFn) -> Dict[
             status["timing"] = timing
         status.update(state="done", metrics=metrics, iterations=result.get("iterations"),
                       max_iter=result.get("max_iter"), resumed_from_iter=result.get("resumed_from_iter"))
+        if result.get("iterations"):  # it trained steps of its own: not only the twin's weights
+            status.pop("trained_by", None)
         if cell.get("prune_checkpoints", True):
             status["pruned_checkpoints"] = prune_checkpoints(cell_dir)
     except Exception as exc:  # recorded; the run goes on with the next cell

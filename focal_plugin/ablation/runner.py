@@ -146,6 +146,7 @@ class Runner:
                 "timing": self.spec.timing if "ms" in self.spec.metrics else None,
                 "num_gpus": self.gpus_per_cell,
                 "train_fn": self.train_fn if isinstance(self.train_fn, str) else None,
+                "trainer": _train_fn_name(self.train_fn),  # None: detectron2's (train_cell)
                 "prune_checkpoints": not self.keep_checkpoints}
 
     _IDENTITY = ("base_name", "opts", "seed", "timing")
@@ -178,8 +179,9 @@ class Runner:
             state = c.state()
             lines.append(f"[{state:11s}] {c.id:28s} {settings:30s} paper: {paper}"
                          + (f" ({c.row.paper_note})" if c.row.paper_note else ""))
-            twin, exact = (twins.find_twin(self.output_dir, self.scale, self.run_dir, self.definition(c))
-                           if self.reuse and state not in cell_mod.FINISHED else (None, False))
+            twin, exact = (twins.planned_twin(c.dir, self.definition(c), self.output_dir, self.scale,
+                                              self.run_dir)
+                           if self.reuse and state not in (*cell_mod.FINISHED, "running") else (None, False))
             if twin:  # what the run will do instead of training
                 rel = os.path.relpath(twin, self.output_dir)
                 lines.append(f"    takes the result of {rel}" if exact else
@@ -201,15 +203,20 @@ class Runner:
         try:
             cells = self.plan()
             self.check_definitions(cells)
-            for c in cells:
-                write_json_atomic(os.path.join(c.dir, cell_mod.CELL_FILE), self.definition(c))
+            twins.clear_cache()
             states = {c.id: c.state() for c in cells}
-            if self.reuse:
-                for c in cells:
-                    if states[c.id] not in cell_mod.FINISHED and twins.reuse(
-                            c.dir, self.definition(c), self.output_dir, self.scale, self.run_dir,
-                            self.log, c.id):
-                        states[c.id] = c.state()
+            for c in cells:  # a finished (or running) cell keeps the definition it runs with
+                path = os.path.join(c.dir, cell_mod.CELL_FILE)
+                if states[c.id] not in (*cell_mod.FINISHED, "running") or not os.path.isfile(path):
+                    write_json_atomic(path, self.definition(c))
+            for c in cells:
+                if states[c.id] in (*cell_mod.FINISHED, "running"):  # running: another process's
+                    continue
+                if not self.reuse:
+                    twins.forget_weights(c.dir)
+                elif twins.reuse(c.dir, self.definition(c), self.output_dir, self.scale, self.run_dir,
+                                 self.log, c.id):
+                    states[c.id] = c.state()
             todo = [c for c in cells if states[c.id] not in cell_mod.FINISHED]
             started = time.time()
             self._history({"event": "start", "spec": self._spec_arg(), "scale": self.scale,

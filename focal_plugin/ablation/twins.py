@@ -64,7 +64,8 @@ def identity(definition: Dict[str, Any], timing: bool = True, cell_dir: Optional
         base = definition.get("base") or ""
         config = _resolved(base, tuple(definition.get("opts") or ()),
                            os.path.getmtime(base) if os.path.isfile(base) else 0.0)
-    out = (config, definition.get("seed"), definition.get("num_gpus"), definition.get("train_fn"))
+    trainer = definition.get("trainer", definition.get("train_fn"))  # older cells: train_fn only
+    out = (config, definition.get("seed"), definition.get("num_gpus"), trainer)
     return out + (json.dumps(definition.get("timing"), sort_keys=True),) if timing else out
 
 
@@ -73,7 +74,8 @@ def find_twin(output_dir: str, scale: str, run_dir: str, definition: Dict[str, A
     """``(twin folder, exact)``: a finished cell of another run folder of ``output_dir`` whose
     result ``definition``'s cell can take (``exact``: timing included), preferring an exact
     twin; a cell that itself reused another's result is never a twin. ``(None, False)`` if none."""
-    pattern = os.path.join(output_dir, "*", scale, "*", f"seed{definition.get('seed')}", cell_mod.CELL_FILE)
+    pattern = os.path.join(glob.escape(output_dir), "*", glob.escape(scale), "*",
+                           f"seed{definition.get('seed')}", cell_mod.CELL_FILE)
     mine = identity(definition)
     if mine[0] is None:
         return None, False
@@ -88,8 +90,8 @@ def find_twin(output_dir: str, scale: str, run_dir: str, definition: Dict[str, A
         other = identity(read_json(path) or {}, cell_dir=twin_dir)
         if other[0] is None:
             continue
-        if other == mine:
-            return twin_dir, True
+        if other == mine or (other[:-1] == mine[:-1] and status.get("state") == "diverged"):
+            return twin_dir, True  # (the same training diverges again, however it is timed)
         if (trained is None and status.get("state") == "done" and not status.get("trained_by")
                 and other[:-1] == mine[:-1]  # all but the timing
                 and os.path.isfile(os.path.join(twin_dir, FINAL_CHECKPOINT))
@@ -108,16 +110,44 @@ def take_result(cell_dir: str, twin_dir: str, output_dir: str) -> str:
 
 def take_weights(cell_dir: str, twin_dir: str, output_dir: str) -> str:
     """Copy the twin's final checkpoint (and detectron2's pointer to it) into the cell, so that
-    the cell's run evaluates and times the twin's model without training."""
+    the cell's run evaluates and times the twin's model without training. The status is written
+    first and the pointer last: a copy cut short is never resumed, and a resumed copy is always
+    recorded as the twin's (``trained_by``)."""
     rel = os.path.relpath(twin_dir, output_dir)
     os.makedirs(cell_dir, exist_ok=True)
-    for name in (FINAL_CHECKPOINT, LAST_CHECKPOINT):  # the pointer last: a half copy is not resumed
+    write_json_atomic(os.path.join(cell_dir, cell_mod.STATUS_FILE),
+                      {"state": "pending", "trained_by": rel, "weights_copied_at": now_iso()})
+    for name in (FINAL_CHECKPOINT, LAST_CHECKPOINT):
         tmp = os.path.join(cell_dir, f".tmp-{name}")
         shutil.copyfile(os.path.join(twin_dir, name), tmp)
         os.replace(tmp, os.path.join(cell_dir, name))
-    write_json_atomic(os.path.join(cell_dir, cell_mod.STATUS_FILE),
-                      {"state": "pending", "trained_by": rel, "weights_copied_at": now_iso()})
     return rel
+
+
+def forget_weights(cell_dir: str) -> bool:
+    """Undo :func:`take_weights` on an unfinished cell (``--no-reuse``: it trains itself); True if
+    there was something to undo."""
+    status = cell_mod.read_status(cell_dir)
+    if not status.get("trained_by") or status.get("state") in cell_mod.FINISHED:
+        return False
+    for name in (LAST_CHECKPOINT, FINAL_CHECKPOINT):  # the pointer first
+        path = os.path.join(cell_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    write_json_atomic(os.path.join(cell_dir, cell_mod.STATUS_FILE),
+                      {k: v for k, v in status.items() if k not in ("trained_by", "weights_copied_at")})
+    return True
+
+
+def planned_twin(cell_dir: str, definition: Dict[str, Any], output_dir: str, scale: str, run_dir: str
+                 ) -> Tuple[Optional[str], bool]:
+    """What :func:`reuse` will do for this unfinished cell: ``(twin, exact)`` as
+    :func:`find_twin`, except that a cell with a checkpoint of its own resumes it rather than
+    taking a twin's weights (``(None, False)``)."""
+    twin_dir, exact = find_twin(output_dir, scale, run_dir, definition)
+    if twin_dir and not exact and os.path.isfile(os.path.join(cell_dir, LAST_CHECKPOINT)):
+        return None, False
+    return twin_dir, exact
 
 
 def reuse(cell_dir: str, definition: Dict[str, Any], output_dir: str, scale: str, run_dir: str,
@@ -125,19 +155,24 @@ def reuse(cell_dir: str, definition: Dict[str, Any], output_dir: str, scale: str
     """Give an unfinished cell its twin's result (True) or its twin's weights (False: the cell
     still runs, without training). A cell with a checkpoint of its own keeps it (resumes it)
     rather than taking a twin's weights."""
-    twin_dir, exact = find_twin(output_dir, scale, run_dir, definition)
+    twin_dir, exact = planned_twin(cell_dir, definition, output_dir, scale, run_dir)
     if twin_dir is None:
         return False
     if exact:
         rel = take_result(cell_dir, twin_dir, output_dir)
         log(f"[ablate] {cell_id}: identical to the finished cell {rel}; its result is reused")
         return True
-    if os.path.isfile(os.path.join(cell_dir, LAST_CHECKPOINT)):
-        return False
     rel = take_weights(cell_dir, twin_dir, output_dir)
     log(f"[ablate] {cell_id}: trained as the finished cell {rel} (only the timing differs); "
         "its final weights are evaluated and timed here")
     return False
 
 
-__all__ = ["find_twin", "identity", "reuse", "take_result", "take_weights"]
+def clear_cache() -> None:
+    """Forget the resolved configs (a runner calls it when it starts: base files may have changed,
+    including ``_BASE_`` parents the cache key does not see)."""
+    _resolved.cache_clear()
+
+
+__all__ = ["clear_cache", "find_twin", "forget_weights", "identity", "planned_twin", "reuse", "take_result",
+           "take_weights"]
