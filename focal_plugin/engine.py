@@ -61,8 +61,8 @@ def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freez
         if len(opts) % 2:
             raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd list: {list(opts)}")
         for key in opts[0::2]:  # yacs refuses an unknown key with a bare AssertionError
-            if not cfg.key_is_deprecated(key) and not _has_key(cfg, key):
-                raise _unknown_key(cfg, key)
+            if not cfg.key_is_deprecated(key) and not has_key(cfg, key):
+                raise unknown_key(cfg, key)
         cfg.merge_from_list(list(opts))
     check_config(cfg)
     if freeze:
@@ -70,7 +70,8 @@ def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freez
     return cfg
 
 
-def _has_key(cfg: CfgNode, key: str) -> bool:
+def has_key(cfg: CfgNode, key: str) -> bool:
+    """Whether ``key`` (dotted, e.g. ``MODEL.FOCAL.GAMMA``) is a leaf or node of ``cfg``."""
     node: Any = cfg
     for part in str(key).split("."):
         if not isinstance(node, CfgNode) or part not in node:
@@ -79,7 +80,8 @@ def _has_key(cfg: CfgNode, key: str) -> bool:
     return True
 
 
-def _unknown_key(cfg: CfgNode, key: str) -> ValueError:
+def unknown_key(cfg: CfgNode, key: str) -> ValueError:
+    """The error for a key ``cfg`` lacks, naming the closest existing key."""
     import difflib
 
     def leaves(node: CfgNode, prefix: str = "") -> List[str]:

@@ -142,7 +142,8 @@ def _bad_spec(tmp_path, mutate):
     (lambda r: r.update(colums=["x"]), None, "unknown key(s) ['colums']"),
     (lambda r: r["rows"][1].update(overide={}), "a75", "unknown key(s) ['overide']"),
     (lambda r: r["rows"][1]["overrides"].update({"MODEL.FOCAL.GAMA": 2.0}), "a75",
-     "'MODEL.FOCAL.GAMA' is not a config key"),
+     "'MODEL.FOCAL.GAMA' is not a config key (base mini/smoke_tiny.yaml): cfg.MODEL.FOCAL.GAMA does not "
+     "exist (config override); did you mean cfg.MODEL.FOCAL.GAMMA?"),
     (lambda r: r["rows"][0]["overrides"].update({"MODEL.FOCAL.GAMMA": "high"}), "a25", "MODEL.FOCAL.GAMMA"),
     (lambda r: r["rows"][0]["paper"].update(APs=1.0), "a25", "'APs', which is not one of the spec's metrics"),
     (lambda r: r["rows"][0]["settings"].update(γ="2"), "a25", "must name exactly the columns"),

@@ -208,22 +208,16 @@ class Spec:
         return cache[base_name].clone()
 
     def _merge(self, cfg, opts: List[str], row: str, base_name: str) -> None:
+        from focal_plugin.engine import has_key, unknown_key
+
         for key, value in zip(opts[::2], opts[1::2]):
-            if not _has_key(cfg, key):
-                raise self.fail(f"override {key!r} is not a config key (base {base_name})", row)
+            if not has_key(cfg, key):
+                raise self.fail(f"override {key!r} is not a config key (base {base_name}): "
+                                f"{unknown_key(cfg, key)}", row)
             try:
                 cfg.merge_from_list([key, value])
             except (KeyError, ValueError, AssertionError) as e:
                 raise self.fail(f"override {key} = {value!r} is invalid: {e}", row) from e
-
-
-def _has_key(cfg, key: str) -> bool:
-    node = cfg
-    for part in key.split("."):
-        if not hasattr(node, "keys") or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def _opt_value(value: Any) -> str:
