@@ -463,6 +463,10 @@ def test_run_report_divergence_and_no_rerun(fake_env):
                    imbalance=False, log=lambda m: None).run()
     assert again["skipped"] == 6 and again["ran"] == 0
     assert _calls(fake_env["out"], "a25") == [0] and _calls(fake_env["out"], "zero") == [0]
+    md = open(again["report"]["md"]).read()  # the no-op run is counted, not listed
+    assert md.count("| local (workers 0) |") == 1
+    assert "1 more invocation(s) found every cell finished and changed nothing" in md
+    assert len(json.load(open(again["report"]["json"]))["environment"]["invocations"]) == 2
 
 
 def test_identical_cell_of_another_spec_is_reused_not_retrained(fake_env):

@@ -75,6 +75,7 @@ def invocations(history: List[Dict[str, Any]], spec: str, scale: str) -> List[Di
                     and e.get("host") == h.get("host")), None)
         out.append({"started": h.get("time"), "host": h.get("host"), "pid": h.get("pid"),
                     "launcher": h.get("launcher"), "workers": h.get("workers"), "to_run": h.get("to_run"),
+                    "reused": h.get("reused"),
                     "cells": h.get("cells"), "ended": end.get("time") if end else None,
                     "states": end.get("states") if end else None,
                     "command": ablate_command(h, spec, scale)})

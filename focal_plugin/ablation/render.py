@@ -96,13 +96,21 @@ def to_markdown(report: Dict[str, Any]) -> str:
               f"- Device(s): {'; '.join(env['devices']) or '—'}",
               f"- Commit(s): {', '.join(env['commits']) or '—'}; host(s): {', '.join(env['hosts']) or '—'}",
               ""]
+    # a run that found every cell finished and took nothing from other specs changed nothing
+    no_ops = [r for r in env.get("invocations") or []
+              if r["ended"] and r["to_run"] == 0 and r.get("reused") == 0]
     if env.get("invocations"):
         lines += ["| runner started | launcher | cells to run | outcome | command |", "|---|---|---|---|---|"]
         for r in env["invocations"]:
+            if r in no_ops:
+                continue
             outcome = (", ".join(f"{n} {s}" for s, n in sorted(r["states"].items())) if r["states"]
                        else "none recorded") if r["ended"] else "no end recorded: killed (or still running)"
             lines.append(f"| {r['started']} (pid {r['pid']}) | {r['launcher']} (workers {r['workers']}) | "
                          f"{r['to_run']} of {r['cells']} | {outcome} | {_md_code(r['command'])} |")
+        if no_ops:
+            lines.append(f"\n{len(no_ops)} more invocation(s) found every cell finished and changed nothing "
+                         f"(report.json lists them).")
         lines.append("")
     lines += ["| cell | state | wall time (s, last attempt) | attempts | resumed from iter | iterations "
               "| device |",

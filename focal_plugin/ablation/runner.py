@@ -209,6 +209,7 @@ class Runner:
                 path = os.path.join(c.dir, cell_mod.CELL_FILE)
                 if states[c.id] not in (*cell_mod.FINISHED, "running") or not os.path.isfile(path):
                     write_json_atomic(path, self.definition(c))
+            reused = 0
             for c in cells:
                 if states[c.id] in (*cell_mod.FINISHED, "running"):  # running: another process's
                     continue
@@ -217,6 +218,7 @@ class Runner:
                 elif twins.reuse(c.dir, self.definition(c), self.output_dir, self.scale, self.run_dir,
                                  self.log, c.id):
                     states[c.id] = c.state()
+                    reused += 1
             todo = [c for c in cells if states[c.id] not in cell_mod.FINISHED]
             started = time.time()
             self._history({"event": "start", "spec": self._spec_arg(), "scale": self.scale,
@@ -226,7 +228,7 @@ class Runner:
                            "keep_checkpoints": self.keep_checkpoints, "imbalance": self.imbalance,
                            "submitit_cluster": self.submitit_cluster, "submitit_params": self.submitit_params,
                            "export": _shown_path(self.export_dir) if self.export_dir else None,
-                           "seeds": self.seeds, "cells": len(cells), "to_run": len(todo),
+                           "seeds": self.seeds, "cells": len(cells), "to_run": len(todo), "reused": reused,
                            "only": [r.id for r in self.rows] if len(self.rows) < len(self.all_rows) else None,
                            "base_config": self.base_config, "extra_opts": self.extra_opts,
                            "label": self.label})
