@@ -10,7 +10,7 @@ Layout of a run (``RUN_DIR = OUTPUT/<spec name>/<scale>``)::
 
 A finished cell (done or diverged) is never run again; an interrupted or failed one is run again
 and resumes from its last checkpoint. A cell identical to a finished cell of another spec in the
-same output folder (same base config, overrides and seed: e.g. Table 3's FL row and Table 1b's
+same output folder (the same resolved config and seed: e.g. Table 3's FL row and Table 1b's
 γ = 2 row) takes that cell's result, or only its final weights when just the inference timing
 differs, instead of training again (focal_plugin.ablation.twins). A cell folder already holding
 a different definition (other overrides, base config or seed) is refused, so one output folder
