@@ -56,6 +56,8 @@ reproduce-mini: setup
 	$(MINI_RUN) --spec table3
 	$(MINI_RUN) --spec table1b
 	$(MINI_RUN) --spec table2_headline
+	$(MINI_RUN) --spec imbalance_scan
+	$(PY) tools/imbalance_scan.py --report $(MINI_OUT)/imbalance_scan/mini/report.json --out $(MINI_EXPORT)/imbalance_scan/gap_vs_imbalance
 
 # All benchmarks (CPU; minutes to an hour on 2 cores), one Markdown table in $(BENCH_OUT)/bench.md,
 # then the GPU check (skipped with a message where there is no CUDA device). BENCH_ARGS=--quick

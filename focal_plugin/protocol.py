@@ -10,11 +10,18 @@ Registered names::
     dense_shapes_proto_train / dense_shapes_proto_val   the protocol's detection data (seed 0)
     dense_shapes_proto_pretrain                         same generator, seed 1000 (disjoint images):
                                                         the source of the backbone pre-training crops
+    dense_shapes_proto_c{8,16,40}_train / _val          the imbalance scan (issue 12, point 3): the
+                                                        protocol's images, labels merged to 8/16/40
+                                                        classes (fewer negatives per positive)
+    dense_shapes_proto_sparse_train / _val              the imbalance scan: the protocol's generator
+                                                        with ~half the objects per image (more)
 """
 
 from __future__ import annotations
 
-from focal_plugin.data import SyntheticConfig, register_dense_shapes
+import dataclasses
+
+from focal_plugin.data import SyntheticConfig, register_dense_shapes, register_merged_classes
 
 #: Detection data of the mini protocol: 80 classes (a Zipf 0.5 long tail: the rarest class has
 #: half the uniform share, so every class is learnable in the budget while AP is averaged over all),
@@ -39,17 +46,32 @@ PRETRAIN_SOURCE = SyntheticConfig(
     distractor_weights=(0.3, 0.3, 0.4, 0.0), min_visible_fraction=0.3,
 )
 
+#: The imbalance scan's sparse level: the protocol's data with 1 + Poisson(1) objects per image
+#: instead of 1 + Poisson(3) — half the positive anchors per image for the same anchors and classes,
+#: so about twice the negatives per positive (closer to COCO's; tools/dataset_stats.py measures it).
+SPARSE_DATA = dataclasses.replace(PROTOCOL_DATA, name="proto-sparse", mean_objects=2.0)
+
 DATASETS = {
     "dense_shapes_proto_train": (PROTOCOL_DATA, "train"),
     "dense_shapes_proto_val": (PROTOCOL_DATA, "val"),
     "dense_shapes_proto_pretrain": (PRETRAIN_SOURCE, "train"),
+    "dense_shapes_proto_sparse_train": (SPARSE_DATA, "train"),
+    "dense_shapes_proto_sparse_val": (SPARSE_DATA, "val"),
 }
+
+#: The imbalance scan's class-count levels: the protocol's images with labels merged k -> k mod C
+#: (C a multiple of 8 keeps the shape, merges colour families): the same images, boxes and positive
+#: anchors, negatives per positive scaled by C / 80. Registered as dense_shapes_proto_c{C}_{split}.
+MERGED_CLASS_COUNTS = (8, 16, 40)
 
 
 def register_protocol_datasets() -> None:
-    """Register :data:`DATASETS` (idempotent, cheap: nothing is generated)."""
+    """Register :data:`DATASETS` and the merged-class views (idempotent, cheap: nothing is generated)."""
     for name, (config, split) in DATASETS.items():
         register_dense_shapes(name, config, split)
+    for c in MERGED_CLASS_COUNTS:
+        for split in ("train", "val"):
+            register_merged_classes(f"dense_shapes_proto_c{c}_{split}", f"dense_shapes_proto_{split}", c)
 
 
 register_protocol_datasets()
@@ -115,5 +137,5 @@ def write_curves(runs: dict, csv_path, png_path=None, title: str = "") -> None:
         plt.close(fig)
 
 
-__all__ = ["DATASETS", "PRETRAIN_SOURCE", "PROTOCOL_DATA", "ap_curve", "register_protocol_datasets",
-           "write_curves"]
+__all__ = ["DATASETS", "MERGED_CLASS_COUNTS", "PRETRAIN_SOURCE", "PROTOCOL_DATA", "SPARSE_DATA", "ap_curve",
+           "register_protocol_datasets", "write_curves"]

@@ -123,3 +123,18 @@ def test_pending_lists_only_rows_not_run():
 def test_increasing_is_refuted_across_a_row_not_run():
     rows = _rows(r1=THREE_SEEDS_HIGH, r2=None, r3=THREE_SEEDS_LOW)
     assert judge(INCREASING, rows, {})["verdict"] == NOT_REPRODUCED
+
+
+def test_best_claim_reports_its_margin_over_the_strongest_rival():
+    """The imbalance scan plots this margin (FL minus the best α-CE) against the imbalance."""
+    stats = _rows(g2=THREE_SEEDS_HIGH, g0=THREE_SEEDS_LOW, g5=(7.5, 8.5, 9.5), g1=None)
+    m = judge(BEST, stats, {})["margin"]
+    assert m["rival"] == "g5" and m["diff"] == pytest.approx(9.2 - 8.5)
+    assert m["noise"] == pytest.approx(2 * ((0.2 ** 2 + 1.0 ** 2) / 3) ** 0.5) and m["relation"] == "within"
+    low = Claim(text="g0 is the worst", type="best", row="g0", direction="min")
+    m = judge(low, stats, {})["margin"]  # the strongest rival of a "worst" claim is the lowest one
+    assert m["rival"] == "g5" and m["diff"] == pytest.approx(4.5 - 8.5) and m["relation"] == "better"
+    one = judge(BEST, _rows(g2=THREE_SEEDS_HIGH, g0=(9.5,)), {})["margin"]
+    assert one["diff"] == pytest.approx(-0.3) and one["noise"] is None and one["relation"] == "one seed"
+    assert "margin" not in judge(BEST, _rows(g2=None, g0=THREE_SEEDS_LOW), {})
+    assert judge(BEST, stats, {})["row"] == "g2"

@@ -153,3 +153,4 @@ def test_rescale_stages_is_an_exact_reparametrization():
     for k, s in scales.items():
         err = float((b[k] - s * a[k]).abs().max() / (s * a[k]).abs().max())
         assert err < 1e-3, (k, err)  # relative to the largest output; BN eps: ~5e-4 at s = .1
+

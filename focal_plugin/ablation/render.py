@@ -43,11 +43,17 @@ def to_markdown(report: Dict[str, Any]) -> str:
         lines.append(f"- Base config replaced by `{_rel(env['base_config_override'])}` (--base-config)")
     if env.get("extra_opts"):
         lines.append(f"- Extra overrides on every cell: `{' '.join(env['extra_opts'])}`")
-    if env["scale"] != "paper":
+    # a study the paper did not run (the imbalance scan) has no paper or Δ columns
+    has_paper = any(e["metrics"][m]["paper"] is not None or e["paper_note"]
+                    for e in report["table"] for m in metrics)
+    if env["scale"] != "paper" and has_paper:
         lines.append("- Δ compares our synthetic-data numbers with the paper's COCO numbers: read the "
                      "trends and the verdicts, not the size of Δ.")
     lines.append("")
-    header = [*report["columns"], *labels, *[f"{x} (paper)" for x in labels], *[f"Δ{x}" for x in labels]]
+    by_row = report["imbalance"].get("by_row") or {}
+    header = [*report["columns"], *(["negatives / positive (measured)"] if by_row else []), *labels]
+    if has_paper:
+        header += [*[f"{x} (paper)" for x in labels], *[f"Δ{x}" for x in labels]]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for e in report["table"]:
         ours = []
@@ -62,7 +68,9 @@ def to_markdown(report: Dict[str, Any]) -> str:
         delta = [f"{e['metrics'][m]['delta']:+.1f}" if e["metrics"][m]["delta"] is not None else "—"
                  for m in metrics]
         settings = [_md_escape(e["settings"].get(c, "")) for c in report["columns"]]
-        lines.append("| " + " | ".join([*settings, *ours, *paper, *delta]) + " |")
+        if by_row:
+            settings.append(_fmt((by_row.get(e["row"]) or {}).get("negatives_per_positive"), "{:,.0f}"))
+        lines.append("| " + " | ".join([*settings, *ours, *((*paper, *delta) if has_paper else ())]) + " |")
     lines += ["", "Bold: the best value per column (highest AP, lowest ms/img). Ours: mean ± sample std over "
               "the finished seeds. ms/img: median batch-1 inference time after warm-up on our device "
               "(the paper: Nvidia M40)." if "ms" in metrics else
@@ -88,6 +96,13 @@ def to_markdown(report: Dict[str, Any]) -> str:
                   "|---|---|---|"]
         for label, key, fmt in _IMBALANCE_ROWS:
             lines.append(f"| {label} | {_fmt(o.get(key), fmt)} | {_fmt(c.get(key), fmt)} |")
+        if by_row:
+            lines += ["", "The rows train on different data, anchors, sizes or matching; per row:", "",
+                      "| row | dataset | " + " | ".join(label for label, _, _ in _IMBALANCE_ROWS) + " |",
+                      "|---|---|" + "---|" * len(_IMBALANCE_ROWS)]
+            for row, r in by_row.items():
+                lines.append(f"| {_md_escape(row)} | {_md_escape(r['dataset'])} | "
+                             + " | ".join(_fmt(r.get(key), fmt) for _, key, fmt in _IMBALANCE_ROWS) + " |")
     else:
         lines.append(f"n/a: {imb.get('reason', 'not computed')}")
     lines += ["", "## Environment", "",
@@ -146,13 +161,16 @@ def to_csv(report: Dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     metrics = report["metrics"]
-    header = ["row", *report["columns"]]
+    by_row = report["imbalance"].get("by_row") or {}
+    header = ["row", *report["columns"], *(["negatives_per_positive"] if by_row else [])]
     for m in metrics:
         header += [f"{m}_ours", f"{m}_std", f"{m}_n", f"{m}_paper", f"{m}_delta"]
     header += ["seeds_finished", "seeds_planned", "diverged_at", "best_ours", "best_paper", "paper_note"]
     w.writerow(header)
     for e in report["table"]:
         line = [e["row"], *[e["settings"].get(c, "") for c in report["columns"]]]
+        if by_row:
+            line.append(_csv_num((by_row.get(e["row"]) or {}).get("negatives_per_positive")))
         for m in metrics:
             x = e["metrics"][m]
             line += [_csv_num(x["ours"]), _csv_num(x["std"]), x["n"], _csv_num(x["paper"]),

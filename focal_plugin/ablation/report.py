@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -86,34 +87,56 @@ def _ours_text(s: RowStats, metric: str) -> str:
 
 
 # --------------------------------------------------------------------------------- imbalance
+def _data_key(cfg) -> str:
+    """What the imbalance depends on: training data, anchors, test-time size and matching."""
+    r, a = cfg.MODEL.RETINANET, cfg.MODEL.ANCHOR_GENERATOR
+    return json.dumps({"dataset": cfg.DATASETS.TRAIN[0], "backbone": cfg.MODEL.BACKBONE.NAME,
+                       "features": list(r.IN_FEATURES), "sizes": a.SIZES, "ratios": a.ASPECT_RATIOS,
+                       "offset": a.OFFSET, "input": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST],
+                       "match": [r.IOU_THRESHOLDS, r.IOU_LABELS, cfg.MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES]},
+                      sort_keys=True, default=list)
+
+
 def imbalance(spec: Spec, scale: str, run_dir: str, base_config: Optional[str],
-              extra_opts: Sequence[str]) -> Dict[str, Any]:
+              extra_opts: Sequence[str], rows: Sequence[RowPlan] = ()) -> Dict[str, Any]:
     """The data's class imbalance under the table's base config, cached in the run folder.
 
-    Uses ``focal_plugin.analysis.imbalance`` (``imbalance_stats``/``coco_reference``); when that
-    module cannot be imported or the data is missing, ``{"available": False, "reason"}``.
+    When ``rows`` train on different data, anchors, test size or matching (the imbalance scan's
+    datasets, Table 1c's anchors), also each such setting's: ``by_row`` maps a row to its
+    :func:`_imbalance_row`. Uses ``focal_plugin.analysis.imbalance`` (``imbalance_stats``/
+    ``coco_reference``); when that module cannot be imported or the data is missing,
+    ``{"available": False, "reason"}``.
     """
     config_file, opts = spec.table_config(scale, base_config, extra_opts)
     key = {"config": config_file, "opts": opts, "images": IMBALANCE_IMAGES}
     cache = os.path.join(run_dir, "imbalance.json")
-    cached = read_json(cache)
-    if cached and cached.get("key") == key and cached.get("available"):
-        return cached
+    cached = read_json(cache) or {}
+    computed = dict(cached.get("computed") or {}) if cached.get("images") == IMBALANCE_IMAGES else {}
     try:
         from focal_plugin.analysis.imbalance import coco_reference, imbalance_stats
     except ImportError as e:
         return {"available": False, "key": key,
                 "reason": f"focal_plugin.analysis.imbalance is not importable ({e})"}
+
+    def stats_of(cfg) -> Dict[str, Any]:
+        k = _data_key(cfg)
+        if k not in computed:  # a setting is measured once per run folder
+            computed[k] = _imbalance_row(imbalance_stats(cfg, cfg.DATASETS.TRAIN[0],
+                                                         max_images=IMBALANCE_IMAGES, with_coco=False))
+        return computed[k]
+
     try:
         from focal_plugin.engine import setup_cfg
 
-        cfg = setup_cfg(config_file, opts)
-        ours = imbalance_stats(cfg, cfg.DATASETS.TRAIN[0], max_images=IMBALANCE_IMAGES, with_coco=False)
-        coco = coco_reference()
+        ours = stats_of(setup_cfg(config_file, opts))
+        by_row = {row.id: stats_of(setup_cfg(row.base, row.opts)) for row in rows}
+        coco = _imbalance_row(coco_reference())
     except Exception as e:  # missing dataset (COCO at paper scale), etc.
         return {"available": False, "key": key, "reason": f"{type(e).__name__}: {e}"[:500]}
-    out = {"available": True, "key": key, "ours": _imbalance_row(ours), "coco": _imbalance_row(coco)}
-    write_json_atomic(cache, out)
+    write_json_atomic(cache, {"images": IMBALANCE_IMAGES, "computed": computed})
+    out = {"available": True, "key": key, "ours": ours, "coco": coco}
+    if len({json.dumps(v, sort_keys=True) for v in by_row.values()}) > 1:
+        out["by_row"] = by_row
     return out
 
 
@@ -178,7 +201,7 @@ def build_report(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
     }
     return {"spec": spec.name, "spec_file": spec.path, "title": spec.title, "source": spec.source,
             "note": spec.note, "columns": spec.columns, "metrics": metrics, "table": table, "claims": claims,
-            "imbalance": imbalance(spec, scale, run_dir, base_config, extra_opts) if with_imbalance
+            "imbalance": imbalance(spec, scale, run_dir, base_config, extra_opts, rows) if with_imbalance
             else {"available": False, "reason": "not computed"},
             "environment": env}
 

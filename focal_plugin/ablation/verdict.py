@@ -125,7 +125,7 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
     m = claim.metric
     sign = -1 if m in LOWER_IS_BETTER else 1
     label = METRIC_LABELS.get(m, m)
-    out: Dict[str, Any] = {"claim": claim.text, "type": claim.type, "metric": m}
+    out: Dict[str, Any] = {"claim": claim.text, "type": claim.type, "metric": m, "row": claim.row}
     if claim.type in ("diverges", "converges"):
         s = stats[claim.row]
         k = len(s.diverged_at)
@@ -173,6 +173,11 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
         if close:
             ours += f"; not separated from {'; '.join(close[:3])}" + (" ..." if len(close) > 3 else "")
         ours += _pending_text(pending, len(rivals))
+        ranked = [r for r in rivals if stats[r].n(m) and not stats[r].all_diverged]
+        if ranked and stats[claim.row].seeds:  # the claimed row against its strongest rival so far
+            top = (max if s_sign > 0 else min)(ranked, key=lambda r: stats[r].mean(m))
+            out["margin"] = {"rival": top, "diff": comps[top].diff, "noise": comps[top].noise,
+                             "relation": comps[top].relation}
         pvals = {r: _paper(paper, r, m) for r in [claim.row, *rivals]}
         known = {r: v for r, v in pvals.items() if v is not None}
         pick = (max if s_sign > 0 else min)(known, key=known.get) if known else None

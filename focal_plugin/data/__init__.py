@@ -14,6 +14,7 @@ from focal_plugin.data.catalog import (
     register_all,
     register_coco_json,
     register_dense_shapes,
+    register_merged_classes,
     split_paths,
     verify_dataset,
 )
@@ -23,5 +24,6 @@ register_all()
 
 __all__ = [
     "BUILTIN_DATASETS", "DatasetFormatError", "PRESETS", "SyntheticConfig", "dataset_dir", "load_coco_dicts",
-    "prepare_dataset", "register_coco_json", "register_dense_shapes", "split_paths", "verify_dataset",
+    "prepare_dataset", "register_coco_json", "register_dense_shapes", "register_merged_classes",
+    "split_paths", "verify_dataset",
 ]

@@ -314,6 +314,36 @@ def register_dense_shapes(name: str, config: ConfigLike, split: str, root: Optio
               thing_dataset_id_to_contiguous_id={k + 1: k for k in range(len(classes))})
 
 
+def register_merged_classes(name: str, source: str, num_classes: int) -> None:
+    """Register ``name``: registered dataset ``source`` with its labels merged, contiguous class
+    ``k`` becoming ``k mod num_classes`` (idempotent; cheap: ``source`` is loaded on first use).
+
+    Images, boxes, anchors and positive anchors stay those of ``source``; only the number of
+    classes changes, so the binary negatives per positive anchor (anchors x classes - positives,
+    per positive) scale with ``num_classes`` — the class-count lever of the mini imbalance scan
+    (issue 12). With ``dense_shapes`` (class ``k`` has shape ``k mod 8``), a multiple of 8 keeps
+    the shape and merges colour families. Class names join the merged classes' with ``"|"``.
+
+    Raises ``KeyError`` if ``source`` is not registered, ``ValueError`` if ``num_classes`` is not in
+    [1, number of classes of ``source``).
+    """
+    if source not in DatasetCatalog.list():
+        raise KeyError(f"register_merged_classes({name!r}): source dataset {source!r} is not registered")
+    classes = list(MetadataCatalog.get(source).thing_classes)
+    if not (isinstance(num_classes, int) and 1 <= num_classes < len(classes)):
+        raise ValueError(f"register_merged_classes({name!r}): num_classes must be an int in "
+                         f"[1, {len(classes)}) for {source!r}, got {num_classes!r}")
+    merged = ["|".join(classes[k::num_classes]) for k in range(num_classes)]
+
+    def load() -> List[Dict[str, Any]]:
+        return [dict(r, annotations=[dict(a, category_id=a["category_id"] % num_classes)
+                                     for a in r["annotations"]])
+                for r in DatasetCatalog.get(source)]
+
+    _register(name, load, thing_classes=merged, merged_from=source,
+              thing_dataset_id_to_contiguous_id={k + 1: k for k in range(num_classes)})
+
+
 def register_coco_json(name: str, json_file: PathLike, image_root: PathLike,
                        thing_classes: Optional[List[str]] = None) -> None:
     """Register a user's COCO-format dataset like detectron2's ``register_coco_instances``, but

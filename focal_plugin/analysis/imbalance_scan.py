@@ -1,0 +1,99 @@
+"""The imbalance scan's curve: how far the claimed-best row leads its strongest rival, against the
+class imbalance of the data (issue 12, point 3; spec ``configs/ablations/imbalance_scan.yaml``).
+
+Reads an ablation report (``report.json`` of :mod:`focal_plugin.ablation.report`): each ``best``
+claim contributes one point, x = binary negatives per positive anchor of the claimed row's data
+(the report's per-row imbalance), y = the claimed row's metric minus its strongest rival's (the
+claim's ``margin``: for the scan, FL minus the best α-balanced CE, in AP points), with the seed
+noise of that gap (``2 * sqrt(s_a^2 / n_a + s_b^2 / n_b)``, :mod:`focal_plugin.ablation.verdict`)
+when both rows have two or more seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from typing import Any, Dict, List, Sequence
+
+COLUMNS = ("claim", "row", "rival", "negatives_per_positive", "metric", "gap", "noise", "verdict")
+
+
+def gap_points(report: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One dict per ``best`` claim of ``report`` (keys :data:`COLUMNS`), sorted by imbalance.
+
+    A claim whose rows have not run has ``gap`` None. Raises ``ValueError`` when the report has no
+    imbalance figures (computed with ``--no-imbalance``, or the data was missing).
+    """
+    imb = report.get("imbalance") or {}
+    if not imb.get("available"):
+        raise ValueError(f"report of {report.get('spec')!r} has no imbalance figures "
+                         f"({imb.get('reason', 'not computed')}): rebuild it without --no-imbalance")
+    by_row = imb.get("by_row") or {}
+    points = []
+    for c in report.get("claims", []):
+        if c.get("type") != "best":
+            continue
+        row = c["row"]
+        margin = c.get("margin") or {}
+        data = by_row.get(row) or imb["ours"]
+        points.append({"claim": c["claim"], "row": row, "rival": margin.get("rival"),
+                       "negatives_per_positive": data.get("negatives_per_positive"),
+                       "metric": c.get("metric", "AP"), "gap": margin.get("diff"),
+                       "noise": margin.get("noise"), "verdict": c.get("verdict")})
+    return sorted(points, key=lambda p: p["negatives_per_positive"] or 0.0)
+
+
+def to_markdown(points: Sequence[Dict[str, Any]], title: str) -> str:
+    lines = [f"# {title}", "", "| negatives / positive | claim | rival | gap | seed noise | verdict |",
+             "|---|---|---|---|---|---|"]
+    for p in points:
+        x = f"{p['negatives_per_positive']:,.0f}" if p["negatives_per_positive"] is not None else "—"
+        gap = f"{p['gap']:+.2f} {p['metric']}" if p["gap"] is not None else "not run"
+        noise = f"±{p['noise']:.2f}" if p["noise"] is not None else "unknown (one seed)"
+        lines.append(f"| {x} | {p['claim']} | {p['rival'] or '—'} | {gap} | {noise} | {p['verdict']} |")
+    lines += ["", "gap = the claimed row minus its strongest rival (mean over finished seeds); "
+              "seed noise = 2·sqrt(s²/n + s²/n), unknown while either row has one seed.", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str) -> List[str]:
+    """``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png``; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [f"{stem}.{ext}" for ext in ("md", "csv", "json", "png")]
+    with open(paths[0], "w") as f:
+        f.write(to_markdown(points, title))
+    with open(paths[1], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(points)
+    with open(paths[2], "w") as f:
+        json.dump(list(points), f, indent=1)
+    done = [p for p in points if p["gap"] is not None and p["negatives_per_positive"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.axhline(0.0, color="gray", lw=0.8)
+    for p in done:
+        ax.errorbar(p["negatives_per_positive"], p["gap"], yerr=p["noise"] or 0.0, fmt="o",
+                    color="C0" if p["noise"] is not None else "C1", capsize=3)
+        ax.annotate(p["row"], (p["negatives_per_positive"], p["gap"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    if len(done) > 1:
+        ax.plot([p["negatives_per_positive"] for p in done], [p["gap"] for p in done], color="C0", alpha=0.4)
+    ax.axvline(56365, color="C3", ls="--", lw=0.8, label="COCO at 600 px (56,365)")
+    ax.set_xscale("log")
+    ax.set_xlabel("binary negatives per positive anchor")
+    metric = done[0]["metric"] if done else "AP"
+    ax.set_ylabel(f"{metric}: claimed row − strongest rival")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, title="blue: ≥ 2 seeds (bar: noise); orange: one seed", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(paths[3], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+__all__ = ["COLUMNS", "gap_points", "to_markdown", "write_outputs"]

@@ -1,0 +1,189 @@
+"""Issue 12, point 3: the imbalance scan — merged-class and sparse datasets, per-row imbalance in
+ablation reports, the best claim's margin and the curve "FL minus the best α-CE" vs imbalance."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+import focal_plugin  # noqa: F401
+from focal_plugin import protocol
+from focal_plugin.data import SyntheticConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mini" / "protocol"
+
+SIXTEEN = SyntheticConfig(name="merge-test", seed=3, num_train=6, num_val=2, image_size=(96, 96),
+                          num_classes=16, mean_objects=4.0, max_objects=6, scale_range=(0.15, 0.5))
+
+
+@pytest.fixture
+def sixteen(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from focal_plugin.data import register_dense_shapes, register_merged_classes
+
+    names = ["focal_test_merge_src", "focal_test_merge_c8", "focal_test_merge_c4"]
+    register_dense_shapes(names[0], SIXTEEN, "train", root=tmp_path)
+    register_merged_classes(names[1], names[0], 8)
+    register_merged_classes(names[2], names[0], 4)
+    yield names
+    for n in names:
+        DatasetCatalog.remove(n)
+        MetadataCatalog.remove(n)
+
+
+def test_merged_classes_keep_images_and_boxes_and_fold_labels(sixteen):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    src, c8, _ = sixteen
+    base, view = DatasetCatalog.get(src), DatasetCatalog.get(c8)
+    assert [d["file_name"] for d in view] == [d["file_name"] for d in base]
+    labels = [a["category_id"] for d in base for a in d["annotations"]]
+    assert max(labels) >= 8, "the test data must use classes the view folds"
+    for b, v in zip(base, view):
+        assert [a["bbox"] for a in v["annotations"]] == [a["bbox"] for a in b["annotations"]]
+        folded = [a["category_id"] % 8 for a in b["annotations"]]
+        assert [a["category_id"] for a in v["annotations"]] == folded
+    assert DatasetCatalog.get(src)[0]["annotations"] == base[0]["annotations"], "the source is not modified"
+    classes, merged = MetadataCatalog.get(src).thing_classes, MetadataCatalog.get(c8).thing_classes
+    assert merged[3] == f"{classes[3]}|{classes[11]}" and len(merged) == 8
+    assert MetadataCatalog.get(c8).thing_dataset_id_to_contiguous_id == {k + 1: k for k in range(8)}
+
+
+def test_merged_classes_scale_the_negatives_per_positive_exactly(sixteen):
+    """Same anchors and positives; binary negatives = (anchors - ignored) x classes - positives."""
+    from focal_plugin.analysis.imbalance import imbalance_stats
+    from focal_plugin.engine import setup_cfg
+
+    cfg = setup_cfg(str(CONFIG_DIR / "fl_default.yaml"), ["MODEL.WEIGHTS", ""], freeze=False)
+    stats = {n: imbalance_stats(cfg, n, max_images=0, with_coco=False) for n in sixteen}
+    pos = {n: s["positive_anchors_per_image"] for n, s in stats.items()}
+    assert len(set(pos.values())) == 1 and pos[sixteen[0]] > 0
+    total = {n: (s["negatives_per_positive"] + 1) * s["positive_anchors_per_image"] for n, s in stats.items()}
+    assert total[sixteen[0]] / total[sixteen[1]] == pytest.approx(2.0, rel=1e-9)
+    assert total[sixteen[0]] / total[sixteen[2]] == pytest.approx(4.0, rel=1e-9)
+    assert [stats[n]["num_classes"] for n in sixteen] == [16, 8, 4]
+
+
+def test_merged_classes_errors_name_the_dataset(sixteen):
+    from focal_plugin.data import register_merged_classes
+
+    with pytest.raises(KeyError, match="no_such_source"):
+        register_merged_classes("focal_test_bad", "no_such_source", 4)
+    for bad in (0, 16, 17, 2.5):
+        with pytest.raises(ValueError, match="focal_test_bad.*num_classes"):
+            register_merged_classes("focal_test_bad", sixteen[0], bad)
+
+
+def test_scan_datasets_are_the_protocol_with_one_lever_changed():
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    changed = {f.name for f in dataclasses.fields(protocol.PROTOCOL_DATA)
+               if getattr(protocol.PROTOCOL_DATA, f.name) != getattr(protocol.SPARSE_DATA, f.name)}
+    assert changed == {"name", "mean_objects"}
+    assert protocol.SPARSE_DATA.mean_objects < protocol.PROTOCOL_DATA.mean_objects
+    for c in protocol.MERGED_CLASS_COUNTS:
+        assert c % 8 == 0, "a multiple of 8 keeps each class's shape"
+        for split in ("train", "val"):
+            name = f"dense_shapes_proto_c{c}_{split}"
+            assert name in DatasetCatalog.list()
+            meta = MetadataCatalog.get(name)
+            assert meta.merged_from == f"dense_shapes_proto_{split}" and len(meta.thing_classes) == c
+
+
+SCAN_SPEC = """\
+title: "test scan"
+source: "none"
+columns: [data, loss]
+metrics: [AP]
+scales:
+  mini: {base: mini/protocol/fl_default.yaml, overrides: {MODEL.WEIGHTS: ""}}
+rows:
+  - {id: src_fl, settings: {data: src, loss: FL}, overrides: {DATASETS.TRAIN: [focal_test_merge_src]}}
+  - {id: src_ce, settings: {data: src, loss: CE}, overrides: {DATASETS.TRAIN: [focal_test_merge_src],
+     MODEL.FOCAL.LOSS: sigmoid_ce, MODEL.FOCAL.ALPHA: 0.75}}
+  - {id: c8_fl, settings: {data: c8, loss: FL}, overrides: {DATASETS.TRAIN: [focal_test_merge_c8]}}
+  - {id: c8_ce, settings: {data: c8, loss: CE}, overrides: {DATASETS.TRAIN: [focal_test_merge_c8],
+     MODEL.FOCAL.LOSS: sigmoid_ce, MODEL.FOCAL.ALPHA: 0.75}}
+claims:
+  - {text: "FL beats CE on src", type: best, row: src_fl, rows: [src_fl, src_ce], metric: AP}
+  - {text: "FL beats CE on c8", type: best, row: c8_fl, rows: [c8_fl, c8_ce], metric: AP}
+"""
+
+
+def _finish(run_dir, row, seed, ap):
+    """A finished cell as the runner leaves it (definition + status with metrics)."""
+    d = Path(run_dir) / row / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "cell.json").write_text(json.dumps({"row": row, "seed": seed}))
+    (d / "status.json").write_text(json.dumps({"state": "done", "metrics": {"AP": ap}}))
+
+
+def test_report_measures_each_rows_data_and_the_curve_reads_the_margins(sixteen, tmp_path):
+    from focal_plugin.ablation.render import to_csv, to_markdown
+    from focal_plugin.ablation.report import build_report
+    from focal_plugin.ablation.spec import load_spec
+    from focal_plugin.analysis.imbalance_scan import gap_points, write_outputs
+
+    path = tmp_path / "scan.yaml"
+    path.write_text(SCAN_SPEC)
+    spec = load_spec(str(path))
+    run_dir = tmp_path / "run"
+    for row, aps in {"src_fl": (9.0, 9.2, 9.4), "src_ce": (4.0, 4.5, 5.0), "c8_fl": (6.0, 6.1, 6.2),
+                     "c8_ce": (6.5, 7.0, 7.5)}.items():
+        for seed, ap in enumerate(aps):
+            _finish(run_dir, row, seed, ap)
+    report = build_report(spec, "mini", str(run_dir), spec.resolve("mini"))
+    by_row = report["imbalance"]["by_row"]
+    assert by_row["src_fl"] == by_row["src_ce"] != by_row["c8_fl"] == by_row["c8_ce"]
+    src, c8 = by_row["src_fl"]["negatives_per_positive"], by_row["c8_fl"]["negatives_per_positive"]
+    ratio = (src + 1) / (c8 + 1)
+    assert ratio == pytest.approx(2.0)  # 16 vs 8 classes, same anchors and positives
+    md = to_markdown(report)
+    assert "negatives / positive (measured)" in md and "(paper)" not in md  # no paper numbers: no Δ
+    assert f"| src | FL | {by_row['src_fl']['negatives_per_positive']:,.0f} |" in md
+    assert to_csv(report).splitlines()[0].startswith("row,data,loss,negatives_per_positive,AP_ours")
+    points = gap_points(report)  # sorted by imbalance: c8 (fewer classes) first
+    assert [(p["row"], p["rival"]) for p in points] == [("c8_fl", "c8_ce"), ("src_fl", "src_ce")]
+    assert points[0]["gap"] == pytest.approx(6.1 - 7.0) and points[1]["gap"] == pytest.approx(9.2 - 4.5)
+    assert [p["verdict"] for p in points] == ["not reproduced", "reproduced"]
+    paths = write_outputs(points, str(tmp_path / "gap"), "t")
+    assert all(Path(p).stat().st_size > 0 for p in paths)
+    assert "| c8_fl" not in Path(paths[0]).read_text() and "FL beats CE on c8 | c8_ce | -0.90 AP" in Path(
+        paths[0]).read_text()
+    # one data setting for every row: no per-row figures, the table keeps its columns
+    path.write_text(SCAN_SPEC.split("  - {id: c8_fl")[0] + "claims:\n" + SCAN_SPEC.split("claims:\n")[1]
+                    .split("  - {text: \"FL beats CE on c8")[0])
+    spec = load_spec(str(path))
+    same = build_report(spec, "mini", str(run_dir), spec.resolve("mini"))
+    assert "by_row" not in same["imbalance"] and "measured" not in to_markdown(same)
+
+
+def test_gap_points_needs_imbalance_figures():
+    from focal_plugin.analysis.imbalance_scan import gap_points
+
+    with pytest.raises(ValueError, match="scan.*no imbalance figures.*--no-imbalance"):
+        gap_points({"spec": "scan", "imbalance": {"available": False, "reason": "not computed"},
+                    "claims": []})
+
+
+def test_scan_spec_rows_at_80_classes_are_table_1s_cells():
+    """The scan's 80-class rows train exactly what Tables 1a/1b's cells trained (their results are reused)."""
+    from focal_plugin.ablation.spec import load_spec
+    from focal_plugin.ablation.twins import identity
+
+    scan = {r.id: r for r in load_spec("imbalance_scan").resolve("mini")}
+    assert set(load_spec("imbalance_scan").scales) == {"mini"}
+    t1a = {r.id: r for r in load_spec("table1a").resolve("mini")}
+    t1b = {r.id: r for r in load_spec("table1b").resolve("mini")}
+
+    def ident(row):
+        return identity({"base": row.base, "opts": list(row.opts), "seed": 0})
+
+    for ours, theirs in [("c80_fl", t1b["gamma_2.0"]), ("c80_ace_.75", t1b["gamma_0"]),
+                         ("c80_ace_.90", t1a["alpha_.90"]), ("c80_ace_.99", t1a["alpha_.99"])]:
+        assert ident(scan[ours]) == ident(theirs), ours
+    assert ident(scan["c8_fl"]) != ident(t1b["gamma_2.0"]) != ident(scan["sparse_fl"])

@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""The imbalance scan's curve (issue 12, point 3): FL minus the best α-balanced CE against the
+binary negatives per positive anchor, from the scan's ablation report.
+
+    python tools/ablate.py --spec imbalance_scan --scale mini --workers 2    # the cells + report
+    python tools/imbalance_scan.py                        # -> <report folder>/gap_vs_imbalance.*
+
+Works on any report whose claims are of type ``best`` (each gives one point: its row minus the
+strongest rival). Writes ``gap_vs_imbalance.{md,csv,json,png}`` next to the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from focal_plugin.analysis.imbalance_scan import gap_points, write_outputs
+
+DEFAULT_REPORT = os.path.join("output", "ablations", "imbalance_scan", "mini", "report.json")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--report", default=DEFAULT_REPORT, help=f"report.json (default: {DEFAULT_REPORT})")
+    parser.add_argument("--out", default=None, help="output stem (default: <report folder>/gap_vs_imbalance)")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.report):
+        print(f"error: report not found: {args.report} (run tools/ablate.py --spec imbalance_scan first)",
+              file=sys.stderr)
+        return 2
+    with open(args.report) as f:
+        report = json.load(f)
+    try:
+        points = gap_points(report)
+    except ValueError as e:
+        print(f"error: {args.report}: {e}", file=sys.stderr)
+        return 2
+    stem = args.out or os.path.join(os.path.dirname(os.path.abspath(args.report)), "gap_vs_imbalance")
+    for p in write_outputs(points, stem, report.get("title", report.get("spec", ""))):
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
