@@ -345,14 +345,16 @@ def _write_results(cfg: CfgNode, payload: Dict[str, Any]) -> None:
     os.replace(tmp, path)  # never leave a half-written results file
 
 
-def train(cfg: CfgNode, resume: bool = False) -> Dict[str, Any]:
+def train(cfg: CfgNode, resume: bool = False, hooks: Sequence[Any] = ()) -> Dict[str, Any]:
     """Train ``cfg`` (resuming from ``OUTPUT_DIR``'s last checkpoint if ``resume``), evaluate on
-    ``DATASETS.TEST``, and return ``{"metrics": {dataset: {AP, AP50, ...}}, ...}``.
+    ``DATASETS.TEST``, and return ``{"metrics": {dataset: {AP, AP50, ...}}, ...}``. ``hooks``:
+    extra detectron2 hooks, registered after the trainer's own.
 
     The same dict is written to ``OUTPUT_DIR/results.json`` by the main process.
     """
     start = time.perf_counter()
     trainer = Trainer(cfg)
+    trainer.register_hooks(list(hooks))
     trainer.resume_or_load(resume=resume)
     start_iter = trainer.start_iter
     payload: Dict[str, Any] = {

@@ -830,6 +830,88 @@ def test_divergence_message_parsing():
     assert divergence_iteration(RuntimeError("CUDA out of memory")) is None
 
 
+def _fake_pool(monkeypatch, tmp_path, durations, workers=2, lend=True):
+    """run_pool over fake cells that sleep; returns (cpus each cell started on, offers by cell)."""
+    import focal_plugin.ablation.launch as launch_mod
+
+    started = {}
+
+    def fake_spawn(cell_dir, cpus, gpus):
+        started[os.path.basename(cell_dir)] = list(cpus)
+        time.sleep(durations[os.path.basename(cell_dir)])
+        return {"state": "done"}
+
+    monkeypatch.setattr(launch_mod, "spawn_cell", fake_spawn)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    dirs = []
+    for name in durations:
+        (tmp_path / name).mkdir()
+        dirs.append(str(tmp_path / name))
+    done = []
+    launch_mod.run_pool(dirs, workers, lambda i, st: done.append(i), lend_cpus=lend, cpus=[0, 1])
+    assert sorted(done) == list(range(len(dirs)))
+    offers = {n: json.loads((tmp_path / n / "cpus.json").read_text())["cpus"]
+              for n in durations if (tmp_path / n / "cpus.json").exists()}
+    return started, offers
+
+
+def test_pool_lends_idle_cpus_to_the_last_running_cell(monkeypatch, tmp_path):
+    # a (short) and b (long) start on one CPU each; c follows a; when c ends nothing is left to
+    # start, so its CPU goes to b — not while c was still queued (a's end)
+    started, offers = _fake_pool(monkeypatch, tmp_path, {"a": 0.05, "b": 1.0, "c": 0.05})
+    assert started["a"] != started["b"] and len(started["a"]) == len(started["b"]) == 1
+    assert offers == {"b": [0, 1]}
+
+
+def test_pool_keeps_thread_counts_when_cells_are_timed(monkeypatch, tmp_path):
+    started, offers = _fake_pool(monkeypatch, tmp_path, {"a": 0.05, "b": 0.5, "c": 0.05}, lend=False)
+    assert offers == {} and all(len(c) == 1 for c in started.values())
+    started, _ = _fake_pool(monkeypatch, tmp_path, {"x": 0.01}, lend=False)
+    assert started == {"x": [0]}  # timed: one cell of two workers keeps one worker's share
+
+
+def test_pool_gives_a_lone_cell_every_cpu(monkeypatch, tmp_path):
+    started, offers = _fake_pool(monkeypatch, tmp_path, {"x": 0.01})
+    assert started == {"x": [0, 1]} and offers == {}
+
+
+def test_a_stale_offer_is_removed_before_a_cell_starts(monkeypatch, tmp_path):
+    """An offer written for an earlier (killed) run must not re-pin the cell when it resumes."""
+    import focal_plugin.ablation.launch as launch_mod
+
+    seen = []
+    monkeypatch.setattr(launch_mod.subprocess, "call",
+                        lambda *a, **k: seen.append((tmp_path / "cpus.json").exists()) or 0)
+    launch_mod.offer_cpus(str(tmp_path), [0, 1])
+    launch_mod.spawn_cell(str(tmp_path), [1], [])
+    assert seen == [False]
+
+
+def test_cpu_share_hook_repins_once_per_offer(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import focal_plugin.ablation.cell as cell_module
+    from focal_plugin.ablation.launch import offer_cpus
+
+    pins = []
+    monkeypatch.setattr(cell_module, "pin_to", lambda cpus: pins.append(list(cpus)))
+    hook = cell_module.cpu_share_hook(str(tmp_path), period=20)
+    hook.trainer = SimpleNamespace(iter=19)
+    hook.after_step()  # no offer yet
+    offer_cpus(str(tmp_path), [0])
+    hook.trainer.iter = 18  # not a multiple of the period: not read
+    hook.after_step()
+    assert pins == []
+    hook.trainer.iter = 39
+    hook.after_step()
+    hook.after_step()  # the same offer is applied once
+    assert pins == [[0]]
+    offer_cpus(str(tmp_path), sorted(os.sched_getaffinity(0)))
+    os.utime(tmp_path / "cpus.json", ns=(1, 1))  # a new mtime even within the clock's resolution
+    hook.after_step()
+    assert pins == [[0]], "an offer equal to the current affinity changes nothing"
+
+
 def test_core_shares():
     assert core_shares(2, [0, 1]) == [[0], [1]]
     assert core_shares(1, [0, 1]) == [[0, 1]]
@@ -919,7 +1001,8 @@ def test_sigkill_mid_cell_then_resume_and_second_runner_refused(fake_env, monkey
     assert _calls(out, "a75") == [0, killed_at]  # continued from its checkpoint
     st = _status(out, "a75")
     assert st["state"] == "done" and st["resumed_from_iter"] == killed_at and st["attempts"] == 2
-    assert len(st["device"]["cpus"]) == len(core_shares(2)[0]) and st["device"]["torch_threads"] == len(
+    # one cell left for two workers: it takes every CPU (a CPU-only spec without timing)
+    assert len(st["device"]["cpus"]) == len(core_shares(1)[0]) and st["device"]["torch_threads"] == len(
         st["device"]["cpus"])
 
 

@@ -7,6 +7,7 @@ A cell lives in its own folder, which is also the detectron2 ``OUTPUT_DIR``::
     config.yaml    the resolved config (detectron2's ``default_setup``)
     log.txt        detectron2's per-iteration log;  run.log: the process's stdout/stderr
     last_checkpoint, model_*.pth, results.json     detectron2's checkpoints, the engine's result
+    cpus.json      CPUs the runner lends the cell once other workers are idle (cpu_share_hook)
 
 States: ``running`` (or interrupted, when no process holds the cell's lock), ``done``,
 ``diverged`` (a non-finite loss: "diverged at iteration N"; finished, never rerun) and
@@ -21,6 +22,7 @@ local launcher, or through :class:`CellJob` by submitit.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import re
@@ -36,6 +38,7 @@ from focal_plugin.ablation.files import FileLock, LockHeld, now_iso, read_json, 
 CELL_FILE = "cell.json"
 STATUS_FILE = "status.json"
 LOCK_FILE = ".cell.lock"
+CPU_SHARE_FILE = "cpus.json"
 FINISHED = ("done", "diverged")
 EXIT_FAILED, EXIT_BUSY = 1, 3
 
@@ -89,7 +92,39 @@ def _train_worker(config_file: str, opts: Sequence[str], resume: bool) -> Dict[s
     default_setup(cfg, _argparse.Namespace(config_file=config_file, opts=list(opts), resume=resume,
                                            eval_only=False))
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
-    return train(cfg, resume=resume)
+    hooks = [cpu_share_hook(cfg.OUTPUT_DIR)] if comm.get_world_size() == 1 else []
+    return train(cfg, resume=resume, hooks=hooks)
+
+
+def cpu_share_hook(output_dir: str, period: int = 20):
+    """A detectron2 hook: every ``period`` iterations, re-pin the training process (affinity and
+    torch threads, in the training thread, where torch sizes its intra-op pool) to the CPUs the
+    runner offers in ``OUTPUT_DIR/cpus.json`` (``launch.offer_cpus``: a finished worker lends its
+    CPUs to a cell still running). More threads change floating-point summation order, so a cell
+    that took CPUs is not bitwise reproducible; its log names the iteration."""
+    from detectron2.engine import HookBase
+
+    class CpuShareHook(HookBase):
+        seen = None
+
+        def after_step(self):
+            if (self.trainer.iter + 1) % period:
+                return
+            path = os.path.join(output_dir, CPU_SHARE_FILE)
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:
+                return
+            if mtime == self.seen:
+                return
+            self.seen = mtime
+            cpus = (read_json(path) or {}).get("cpus")
+            if cpus and hasattr(os, "sched_getaffinity") and set(cpus) != os.sched_getaffinity(0):
+                pin_to(cpus)
+                logging.getLogger(__name__).info(
+                    f"iteration {self.trainer.iter + 1}: the runner lent idle CPUs: now on CPUs {cpus}")
+
+    return CpuShareHook()
 
 
 def train_cell(config_file: str, opts: Sequence[str], resume: bool, num_gpus: int = 1) -> Dict[str, Any]:

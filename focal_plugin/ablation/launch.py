@@ -1,15 +1,21 @@
-"""Where the runner's local cells run: CPU/GPU shares per worker and the cell's child process."""
+"""Where the runner's local cells run: CPU/GPU shares per worker, the cell's child process, and
+the pool that runs cells in parallel — lending a finished worker's CPUs to a cell still running
+once nothing is left to start (an odd last cell no longer trains on one core while another idles).
+"""
 
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation import cell as cell_mod
-from focal_plugin.ablation.files import FileLock, now_iso
+from focal_plugin.ablation.files import FileLock, now_iso, write_json_atomic
 
 #: the folder holding the focal_plugin package: put on the child's PYTHONPATH
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,6 +57,10 @@ def spawn_cell(cell_dir: str, cpus: Sequence[int], gpus: Sequence[str]) -> Dict[
                PYTHONPATH=path)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    try:  # an offer left by an earlier run is stale: this run's pool makes its own
+        os.remove(os.path.join(cell_dir, cell_mod.CPU_SHARE_FILE))
+    except FileNotFoundError:
+        pass
     with open(os.path.join(cell_dir, "run.log"), "a") as log:
         log.write(f"==== {now_iso()} runner pid {os.getpid()} on {socket.gethostname()}: "
                   f"cpus {list(cpus)} gpus {list(gpus)}\n")
@@ -66,3 +76,60 @@ def spawn_cell(cell_dir: str, cpus: Sequence[int], gpus: Sequence[str]) -> Dict[
         return {"state": "interrupted",
                 "error": f"cell process exited with code {rc}; see {cell_dir}/run.log"}
     return status
+
+
+# ------------------------------------------------------------------------------ CPU lending
+def offer_cpus(cell_dir: str, cpus: Sequence[int]) -> None:
+    """Offer ``cpus`` to the cell running in ``cell_dir`` (taken by its ``cpu_share_hook``)."""
+    write_json_atomic(os.path.join(cell_dir, cell_mod.CPU_SHARE_FILE),
+                      {"cpus": sorted(int(c) for c in cpus), "offered": now_iso()})
+
+
+def run_pool(cell_dirs: Sequence[str], workers: int, on_finished: Callable[[int, Dict[str, Any]], None],
+             lend_cpus: bool = True, cpus: Optional[Sequence[int]] = None) -> None:
+    """Run ``cell_dirs`` in ``workers`` parallel child processes, each pinned to its share of the
+    CPUs (and GPUs); ``on_finished(index, status)`` after each (called under a lock).
+
+    With ``lend_cpus`` (CPU-only runs without inference timing, where thread counts must stay
+    equal across rows), a worker that finds nothing left to start offers its CPUs to the running
+    cell with the fewest, which takes them within its ``cell.cpu_share_hook``'s period.
+    """
+    if not cell_dirs:
+        return
+    gpus = visible_gpus()
+    gpu_shares = [gpus[i * len(gpus) // workers:(i + 1) * len(gpus) // workers]
+                  if len(gpus) >= workers else [gpus[i % len(gpus)]] if gpus else []
+                  for i in range(workers)]
+    lend_cpus = lend_cpus and not gpus
+    # fewer cells than workers: each takes a larger share, unless thread counts must stay equal
+    shares = core_shares(min(workers, len(cell_dirs)) if lend_cpus else workers, cpus)
+    lend_cpus = lend_cpus and len({c for s in shares for c in s}) == sum(map(len, shares))
+    workers = max(1, min(workers, len(cell_dirs)))
+    slots: queue.Queue[int] = queue.Queue()
+    for i in range(workers):
+        slots.put(i)
+    lock = threading.Lock()
+    running: Dict[int, List[int]] = {}  # index -> its CPUs now
+    started = [0]
+
+    def one(i: int) -> None:
+        slot = slots.get()
+        with lock:
+            started[0] += 1
+            running[i] = list(shares[slot])
+        try:
+            status = spawn_cell(cell_dirs[i], shares[slot], gpu_shares[slot])
+        finally:
+            with lock:
+                mine = running.pop(i)
+                if lend_cpus and running and started[0] == len(cell_dirs):
+                    j = min(running, key=lambda k: len(running[k]))
+                    running[j] = sorted(set(running[j]) | set(mine))
+                    offer_cpus(cell_dirs[j], running[j])
+            slots.put(slot)
+        with lock:
+            on_finished(i, status)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for f in as_completed([pool.submit(one, i) for i in range(len(cell_dirs))]):
+            f.result()

@@ -23,20 +23,17 @@ import dataclasses
 import glob
 import json
 import os
-import queue
 import shlex
 import socket
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation import cell as cell_mod
 from focal_plugin.ablation import twins
 from focal_plugin.ablation.export import ExportConflict, export_cell, export_run
 from focal_plugin.ablation.files import FileLock, LockHeld, now_iso, read_json, write_json_atomic
-from focal_plugin.ablation.launch import core_shares, spawn_cell, visible_gpus
+from focal_plugin.ablation.launch import core_shares, run_pool, visible_gpus
 from focal_plugin.ablation.spec import ABLATIONS_DIR, METRIC_LABELS, RowPlan, Spec
 
 RUNNER_LOCK = ".runner.lock"
@@ -326,32 +323,14 @@ class Runner:
         return out
 
     def _run_local(self, todo: Sequence[CellPlan]) -> Dict[str, str]:
-        workers = max(1, min(self.workers, len(todo))) if todo else 1
-        shares = core_shares(self.workers)
-        gpus = visible_gpus()
-        gpu_shares = [gpus[i * len(gpus) // self.workers:(i + 1) * len(gpus) // self.workers]
-                      if len(gpus) >= self.workers else [gpus[i % len(gpus)]] if gpus else []
-                      for i in range(self.workers)]
-        if self.workers > len(shares[0]) * len(shares) and self.log:
+        if self.workers > len(core_shares(1)[0]) and self.log:
             self.log(f"[ablate] warning: {self.workers} workers on fewer CPUs: workers share CPUs")
-        slots: queue.Queue[int] = queue.Queue()
-        for i in range(self.workers):
-            slots.put(i)
-        lock = threading.Lock()
         out: Dict[str, str] = {}
+        with self._bar(len(todo)) as bar:
+            def finished(i: int, status: Dict[str, Any]) -> None:
+                out[todo[i].id] = self._finished(bar, todo[i], status)
 
-        def one(c: CellPlan) -> None:
-            slot = slots.get()
-            try:
-                status = spawn_cell(c.dir, shares[slot], gpu_shares[slot])
-            finally:
-                slots.put(slot)
-            with lock:
-                out[c.id] = self._finished(bar, c, status)
-
-        with self._bar(len(todo)) as bar, ThreadPoolExecutor(max_workers=workers) as pool:
-            for f in as_completed([pool.submit(one, c) for c in todo]):
-                f.result()
+            run_pool([c.dir for c in todo], self.workers, finished, lend_cpus=not self.spec.timing)
         return out
 
     def _run_submitit(self, todo: Sequence[CellPlan]) -> Dict[str, str]:
