@@ -830,14 +830,16 @@ def test_divergence_message_parsing():
     assert divergence_iteration(RuntimeError("CUDA out of memory")) is None
 
 
-def _fake_pool(monkeypatch, tmp_path, durations, workers=2, lend=True):
-    """run_pool over fake cells that sleep; returns (cpus each cell started on, offers by cell)."""
+def _fake_pool(monkeypatch, tmp_path, durations, workers=2, lend=True, slow_finish=None):
+    """run_pool over fake cells that sleep; returns (cpus each cell started on, offers by cell).
+    ``slow_finish``: seconds ``on_finished`` takes per cell (the runner exports results there)."""
     import focal_plugin.ablation.launch as launch_mod
 
     started = {}
 
-    def fake_spawn(cell_dir, cpus, gpus):
+    def fake_spawn(cell_dir, cpus, gpus, share_token=None):
         started[os.path.basename(cell_dir)] = list(cpus)
+        assert (share_token is not None) == lend
         time.sleep(durations[os.path.basename(cell_dir)])
         return {"state": "done"}
 
@@ -848,7 +850,12 @@ def _fake_pool(monkeypatch, tmp_path, durations, workers=2, lend=True):
         (tmp_path / name).mkdir()
         dirs.append(str(tmp_path / name))
     done = []
-    launch_mod.run_pool(dirs, workers, lambda i, st: done.append(i), lend_cpus=lend, cpus=[0, 1])
+
+    def finished(i, status):
+        time.sleep((slow_finish or {}).get(os.path.basename(dirs[i]), 0.0))
+        done.append(i)
+
+    launch_mod.run_pool(dirs, workers, finished, lend_cpus=lend, cpus=[0, 1])
     assert sorted(done) == list(range(len(dirs)))
     offers = {n: json.loads((tmp_path / n / "cpus.json").read_text())["cpus"]
               for n in durations if (tmp_path / n / "cpus.json").exists()}
@@ -863,6 +870,15 @@ def test_pool_lends_idle_cpus_to_the_last_running_cell(monkeypatch, tmp_path):
     assert offers == {"b": [0, 1]}
 
 
+def test_the_last_cell_takes_the_cpus_of_workers_already_idle(monkeypatch, tmp_path):
+    # a ends first but its result takes a while to record (export): b ends meanwhile, while c has
+    # not started, so b has no one to lend to then; c, the last cell, must get b's CPU — at its
+    # start if b's worker is idle by then, else by b's offer (whichever thread takes the lock first)
+    started, offers = _fake_pool(monkeypatch, tmp_path, {"a": 0.05, "b": 0.1, "c": 0.3},
+                                 slow_finish={"a": 0.4})
+    assert (started["c"], offers) in [([0, 1], {}), ([0], {"c": [0, 1]}), ([1], {"c": [0, 1]})]
+
+
 def test_pool_keeps_thread_counts_when_cells_are_timed(monkeypatch, tmp_path):
     started, offers = _fake_pool(monkeypatch, tmp_path, {"a": 0.05, "b": 0.5, "c": 0.05}, lend=False)
     assert offers == {} and all(len(c) == 1 for c in started.values())
@@ -875,19 +891,7 @@ def test_pool_gives_a_lone_cell_every_cpu(monkeypatch, tmp_path):
     assert started == {"x": [0, 1]} and offers == {}
 
 
-def test_a_stale_offer_is_removed_before_a_cell_starts(monkeypatch, tmp_path):
-    """An offer written for an earlier (killed) run must not re-pin the cell when it resumes."""
-    import focal_plugin.ablation.launch as launch_mod
-
-    seen = []
-    monkeypatch.setattr(launch_mod.subprocess, "call",
-                        lambda *a, **k: seen.append((tmp_path / "cpus.json").exists()) or 0)
-    launch_mod.offer_cpus(str(tmp_path), [0, 1])
-    launch_mod.spawn_cell(str(tmp_path), [1], [])
-    assert seen == [False]
-
-
-def test_cpu_share_hook_repins_once_per_offer(monkeypatch, tmp_path):
+def test_cpu_share_hook_takes_its_own_pools_offers_once(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     import focal_plugin.ablation.cell as cell_module
@@ -895,21 +899,70 @@ def test_cpu_share_hook_repins_once_per_offer(monkeypatch, tmp_path):
 
     pins = []
     monkeypatch.setattr(cell_module, "pin_to", lambda cpus: pins.append(list(cpus)))
-    hook = cell_module.cpu_share_hook(str(tmp_path), period=20)
+    monkeypatch.setitem(cell_module.CPU_SHARE, "lent", [])
+    hook = cell_module.cpu_share_hook(str(tmp_path), "tok", period=20)
     hook.trainer = SimpleNamespace(iter=19)
     hook.after_step()  # no offer yet
-    offer_cpus(str(tmp_path), [0])
+    offer_cpus(str(tmp_path), [0], "an-earlier-killed-run")
+    hook.after_step()
+    assert pins == [], "an offer of another pool (a stale file) is ignored"
+    offer_cpus(str(tmp_path), [0], "tok")
     hook.trainer.iter = 18  # not a multiple of the period: not read
     hook.after_step()
     assert pins == []
     hook.trainer.iter = 39
     hook.after_step()
     hook.after_step()  # the same offer is applied once
-    assert pins == [[0]]
-    offer_cpus(str(tmp_path), sorted(os.sched_getaffinity(0)))
+    assert pins == [[0]] and cell_module.CPU_SHARE["lent"] == [{"iteration": 40, "cpus": [0]}]
+    offer_cpus(str(tmp_path), sorted(os.sched_getaffinity(0)), "tok")
     os.utime(tmp_path / "cpus.json", ns=(1, 1))  # a new mtime even within the clock's resolution
     hook.after_step()
     assert pins == [[0]], "an offer equal to the current affinity changes nothing"
+
+
+def test_cpu_share_hook_survives_an_offer_it_cannot_take(monkeypatch, tmp_path, caplog):
+    from types import SimpleNamespace
+
+    import focal_plugin.ablation.cell as cell_module
+    from focal_plugin.ablation.launch import offer_cpus
+
+    monkeypatch.setitem(cell_module.CPU_SHARE, "lent", [])
+    before = os.sched_getaffinity(0)
+    hook = cell_module.cpu_share_hook(str(tmp_path), "tok", period=1)
+    hook.trainer = SimpleNamespace(iter=0)
+    offer_cpus(str(tmp_path), [4096], "tok")  # no such CPU on this machine
+    with caplog.at_level("WARNING"):
+        hook.after_step()  # logged, not raised: lending is an optimisation
+    assert "could not take the CPUs [4096]" in caplog.text
+    assert os.sched_getaffinity(0) == before and cell_module.CPU_SHARE["lent"] == []
+
+
+@pytest.mark.parametrize("kwargs, timed, lend", [
+    ({}, False, True),
+    ({}, True, False),  # timed rows keep equal thread counts
+    ({"train_fn": "fake_trainer:train"}, False, False),  # a custom trainer has no cpu_share_hook
+    ({"gpus_per_cell": 2}, False, False),  # several processes per cell (gloo on CPU)
+])
+def test_runner_lends_cpus_only_where_a_cell_can_take_them(fake_env, monkeypatch, kwargs, timed, lend):
+    import dataclasses as dc
+
+    import focal_plugin.ablation.runner as runner_mod
+
+    seen = []
+
+    def fake_pool(dirs, workers, on_finished, lend_cpus=True, cpus=None):
+        seen.append(lend_cpus)
+        raise KeyboardInterrupt  # stop here: only the decision matters
+
+    monkeypatch.setattr(runner_mod, "run_pool", fake_pool)
+    spec = load_spec(fake_env["spec"])
+    if timed:
+        spec = dc.replace(spec, timing={"images": 2, "warmup": 1})
+    runner = Runner(spec, "mini", fake_env["out"], workers=2, progress=False, imbalance=False,
+                    log=lambda m: None, **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run()
+    assert seen == [lend]
 
 
 def test_core_shares():
@@ -1001,8 +1054,8 @@ def test_sigkill_mid_cell_then_resume_and_second_runner_refused(fake_env, monkey
     assert _calls(out, "a75") == [0, killed_at]  # continued from its checkpoint
     st = _status(out, "a75")
     assert st["state"] == "done" and st["resumed_from_iter"] == killed_at and st["attempts"] == 2
-    # one cell left for two workers: it takes every CPU (a CPU-only spec without timing)
-    assert len(st["device"]["cpus"]) == len(core_shares(1)[0]) and st["device"]["torch_threads"] == len(
+    # a custom trainer (--train-fn) cannot take lent CPUs: each cell keeps one worker's share
+    assert len(st["device"]["cpus"]) == len(core_shares(2)[0]) and st["device"]["torch_threads"] == len(
         st["device"]["cpus"])
 
 

@@ -136,5 +136,23 @@ def test_best_claim_reports_its_margin_over_the_strongest_rival():
     assert m["rival"] == "g5" and m["diff"] == pytest.approx(4.5 - 8.5) and m["relation"] == "better"
     one = judge(BEST, _rows(g2=THREE_SEEDS_HIGH, g0=(9.5,)), {})["margin"]
     assert one["diff"] == pytest.approx(-0.3) and one["noise"] is None and one["relation"] == "one seed"
-    assert "margin" not in judge(BEST, _rows(g2=None, g0=THREE_SEEDS_LOW), {})
+    assert judge(BEST, _rows(g2=None, g0=THREE_SEEDS_LOW), {})["margin"] is None
     assert judge(BEST, stats, {})["row"] == "g2"
+
+
+def test_margin_says_which_side_diverged():
+    def diverged(row, seeds=3):
+        s = RowStats(row)
+        s.seeds = s.planned = seeds
+        s.diverged_at = [10] * seeds
+        return s
+
+    stats = _rows(g0=THREE_SEEDS_LOW, g5=THREE_SEEDS_HIGH)
+    stats["g2"] = diverged("g2")
+    m = judge(BEST, stats, {})["margin"]
+    assert m["diverged"] == "row" and m["diff"] is None and m["rival"] == "g5" and m["relation"] == "worse"
+    stats = _rows(g2=THREE_SEEDS_HIGH)
+    stats["g0"], stats["g5"] = diverged("g0"), diverged("g5")
+    m = judge(BEST, stats, {})["margin"]
+    assert m["diverged"] == "rivals" and m["rival"] is None and m["relation"] == "better"
+    assert judge(BEST, _rows(g2=THREE_SEEDS_HIGH, g0=THREE_SEEDS_LOW), {})["margin"]["diverged"] is None

@@ -187,3 +187,51 @@ def test_scan_spec_rows_at_80_classes_are_table_1s_cells():
                          ("c80_ace_.90", t1a["alpha_.90"]), ("c80_ace_.99", t1a["alpha_.99"])]:
         assert ident(scan[ours]) == ident(theirs), ours
     assert ident(scan["c8_fl"]) != ident(t1b["gamma_2.0"]) != ident(scan["sparse_fl"])
+
+
+def test_gap_points_refuse_reports_without_claim_rows():
+    from focal_plugin.analysis.imbalance_scan import gap_points
+
+    old = {"spec": "table1a", "imbalance": {"available": True, "ours": {"negatives_per_positive": 1.0}},
+           "claims": [{"claim": "x", "type": "best", "verdict": "inconclusive", "ours": "a AP 1.0"}]}
+    with pytest.raises(ValueError, match="predates claim rows.*--spec table1a --report"):
+        gap_points(old)
+
+
+def test_gap_points_render_diverged_sides():
+    from focal_plugin.analysis.imbalance_scan import gap_points, to_markdown
+
+    rep = {"spec": "s", "imbalance": {"available": True, "ours": {"negatives_per_positive": 10.0}},
+           "claims": [{"claim": "c", "type": "best", "row": "a", "metric": "AP", "verdict": "not reproduced",
+                       "margin": {"rival": "b", "diff": None, "noise": None, "relation": "worse",
+                                  "diverged": "row"}}]}
+    md = to_markdown(gap_points(rep), "t")
+    assert "| c | b | the row diverged | — | not reproduced |" in md
+
+
+def test_report_imbalance_isolates_a_failing_row_and_follows_the_data(sixteen, tmp_path, monkeypatch):
+    from focal_plugin.ablation import report as report_mod
+    from focal_plugin.ablation.spec import load_spec
+    from focal_plugin.data import register_dense_shapes
+
+    path = tmp_path / "scan.yaml"
+    path.write_text(SCAN_SPEC.replace("DATASETS.TRAIN: [focal_test_merge_c8]}}",
+                                      "DATASETS.TRAIN: [focal_test_no_such_data]}}", 1))
+    spec = load_spec(str(path))
+    imb = report_mod.imbalance(spec, "mini", str(tmp_path), None, [], spec.resolve("mini"))
+    assert imb["available"] and "focal_test_no_such_data" in imb["by_row"]["c8_fl"]["error"]
+    assert imb["by_row"]["c8_ce"]["negatives_per_positive"] > 0
+    assert imb["by_row"]["src_fl"] == imb["by_row"]["src_ce"]
+    calls = []
+    import focal_plugin.analysis.imbalance as imb_mod  # imported by imbalance() when it runs
+
+    orig = imb_mod.imbalance_stats
+    monkeypatch.setattr(imb_mod, "imbalance_stats", lambda *a, **k: calls.append(a[1]) or orig(*a, **k))
+    report_mod.imbalance(spec, "mini", str(tmp_path), None, [], spec.resolve("mini"))
+    assert calls == ["focal_test_no_such_data"], "measured settings come from the cache"
+    # the same dataset name with other content (another generator fingerprint) is measured again
+    register_dense_shapes("focal_test_merge_src", dataclasses.replace(SIXTEEN, seed=4), "train",
+                          root=tmp_path / "other")
+    calls.clear()
+    report_mod.imbalance(spec, "mini", str(tmp_path), None, [], spec.resolve("mini"))
+    assert sorted(set(calls)) == ["focal_test_merge_c8", "focal_test_merge_src", "focal_test_no_such_data"]

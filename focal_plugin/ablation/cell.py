@@ -92,17 +92,27 @@ def _train_worker(config_file: str, opts: Sequence[str], resume: bool) -> Dict[s
     default_setup(cfg, _argparse.Namespace(config_file=config_file, opts=list(opts), resume=resume,
                                            eval_only=False))
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
-    hooks = [cpu_share_hook(cfg.OUTPUT_DIR)] if comm.get_world_size() == 1 else []
+    token = CPU_SHARE["token"]
+    hooks = [cpu_share_hook(cfg.OUTPUT_DIR, token)] if token and comm.get_world_size() == 1 else []
     return train(cfg, resume=resume, hooks=hooks)
 
 
-def cpu_share_hook(output_dir: str, period: int = 20):
+#: this cell process's CPU lending: the token of the pool that spawned it (``--share-token``; None:
+#: no lending, e.g. in-process, submitit or multi-GPU cells) and the offers taken so far
+CPU_SHARE: Dict[str, Any] = {"token": None, "lent": []}
+
+
+def cpu_share_hook(output_dir: str, token: str, period: int = 20):
     """A detectron2 hook: every ``period`` iterations, re-pin the training process (affinity and
-    torch threads, in the training thread, where torch sizes its intra-op pool) to the CPUs the
-    runner offers in ``OUTPUT_DIR/cpus.json`` (``launch.offer_cpus``: a finished worker lends its
-    CPUs to a cell still running). More threads change floating-point summation order, so a cell
-    that took CPUs is not bitwise reproducible; its log names the iteration."""
+    torch threads, in the training thread, where torch sizes its intra-op pool) to the CPUs that
+    its runner's pool offers in ``OUTPUT_DIR/cpus.json`` (``launch.offer_cpus``: a finished worker
+    lends its CPUs to a cell still running). Offers of another pool (``token``: a killed earlier
+    run) are ignored; an offer that cannot be applied is logged, never fatal. More threads change
+    floating-point summation order, so a cell that took CPUs is not bitwise reproducible: each
+    offer taken is logged and recorded in ``status.json`` (``device.cpus_lent``)."""
     from detectron2.engine import HookBase
+
+    log = logging.getLogger(__name__)
 
     class CpuShareHook(HookBase):
         seen = None
@@ -118,11 +128,19 @@ def cpu_share_hook(output_dir: str, period: int = 20):
             if mtime == self.seen:
                 return
             self.seen = mtime
-            cpus = (read_json(path) or {}).get("cpus")
-            if cpus and hasattr(os, "sched_getaffinity") and set(cpus) != os.sched_getaffinity(0):
+            offer = read_json(path) or {}
+            cpus = offer.get("cpus")
+            if offer.get("token") != token or not cpus or not hasattr(os, "sched_getaffinity") \
+                    or set(cpus) == os.sched_getaffinity(0):
+                return
+            it = self.trainer.iter + 1
+            try:
                 pin_to(cpus)
-                logging.getLogger(__name__).info(
-                    f"iteration {self.trainer.iter + 1}: the runner lent idle CPUs: now on CPUs {cpus}")
+            except (OSError, ValueError, RuntimeError) as e:
+                log.warning(f"iteration {it}: could not take the CPUs {cpus} the runner offered: {e}")
+                return
+            CPU_SHARE["lent"].append({"iteration": it, "cpus": list(cpus)})
+            log.info(f"iteration {it}: the runner lent idle CPUs: now on CPUs {cpus}")
 
     return CpuShareHook()
 
@@ -267,6 +285,8 @@ def _run_locked(cell_dir: str, cell: Dict[str, Any], train_fn: TrainFn) -> Dict[
                           traceback=traceback.format_exc()[-4000:])
     status["finished"] = now_iso()
     status["wall_time_s"] = time.perf_counter() - start
+    if CPU_SHARE["lent"]:  # CPUs taken while training (cpu_share_hook): the device changed
+        status["device"]["cpus_lent"] = list(CPU_SHARE["lent"])
     write_json_atomic(path, status)
     return status
 
@@ -348,7 +368,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("cell_dir")
     parser.add_argument("--cpus", default="", help="comma-separated CPU ids to pin to")
     parser.add_argument("--parent-pid", type=int, default=0, help="die with this process")
+    parser.add_argument("--share-token", default=None, help="take CPUs offered with this token")
     args = parser.parse_args(argv)
+    CPU_SHARE["token"] = args.share_token
     if args.parent_pid:
         _die_with_parent(args.parent_pid)
     if args.cpus:

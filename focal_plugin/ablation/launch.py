@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -46,21 +47,19 @@ def visible_gpus() -> List[str]:
         return []
 
 
-def spawn_cell(cell_dir: str, cpus: Sequence[int], gpus: Sequence[str]) -> Dict[str, Any]:
+def spawn_cell(cell_dir: str, cpus: Sequence[int], gpus: Sequence[str],
+               share_token: Optional[str] = None) -> Dict[str, Any]:
     """Run one cell in a child process pinned to ``cpus`` (threads = their count) and ``gpus``;
-    its log goes to ``cell_dir/run.log``. Returns the cell's status (or a busy / interrupted one)."""
+    its log goes to ``cell_dir/run.log``. With ``share_token``, the cell takes CPUs offered with
+    it (:func:`offer_cpus`). Returns the cell's status (or a busy / interrupted one)."""
     cmd = [sys.executable, "-m", "focal_plugin.ablation.cell", cell_dir, "--parent-pid", str(os.getpid()),
-           "--cpus", ",".join(map(str, cpus))]
+           "--cpus", ",".join(map(str, cpus))] + (["--share-token", share_token] if share_token else [])
     threads = str(len(cpus))
     path = os.pathsep.join(p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1",
                PYTHONPATH=path)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    try:  # an offer left by an earlier run is stale: this run's pool makes its own
-        os.remove(os.path.join(cell_dir, cell_mod.CPU_SHARE_FILE))
-    except FileNotFoundError:
-        pass
     with open(os.path.join(cell_dir, "run.log"), "a") as log:
         log.write(f"==== {now_iso()} runner pid {os.getpid()} on {socket.gethostname()}: "
                   f"cpus {list(cpus)} gpus {list(gpus)}\n")
@@ -79,10 +78,11 @@ def spawn_cell(cell_dir: str, cpus: Sequence[int], gpus: Sequence[str]) -> Dict[
 
 
 # ------------------------------------------------------------------------------ CPU lending
-def offer_cpus(cell_dir: str, cpus: Sequence[int]) -> None:
-    """Offer ``cpus`` to the cell running in ``cell_dir`` (taken by its ``cpu_share_hook``)."""
+def offer_cpus(cell_dir: str, cpus: Sequence[int], token: str) -> None:
+    """Offer ``cpus`` to the cell running in ``cell_dir``, spawned with ``share_token=token``
+    (taken by its ``cell.cpu_share_hook``; a cell of another pool ignores it)."""
     write_json_atomic(os.path.join(cell_dir, cell_mod.CPU_SHARE_FILE),
-                      {"cpus": sorted(int(c) for c in cpus), "offered": now_iso()})
+                      {"cpus": sorted(int(c) for c in cpus), "token": token, "offered": now_iso()})
 
 
 def run_pool(cell_dirs: Sequence[str], workers: int, on_finished: Callable[[int, Dict[str, Any]], None],
@@ -90,9 +90,11 @@ def run_pool(cell_dirs: Sequence[str], workers: int, on_finished: Callable[[int,
     """Run ``cell_dirs`` in ``workers`` parallel child processes, each pinned to its share of the
     CPUs (and GPUs); ``on_finished(index, status)`` after each (called under a lock).
 
-    With ``lend_cpus`` (CPU-only runs without inference timing, where thread counts must stay
-    equal across rows), a worker that finds nothing left to start offers its CPUs to the running
-    cell with the fewest, which takes them within its ``cell.cpu_share_hook``'s period.
+    With ``lend_cpus`` (CPU-only runs of the built-in trainer on one process per cell, without
+    inference timing, where thread counts must stay equal across rows): fewer cells than workers
+    split all CPUs; the last cell to start also takes the shares of workers already idle; and a
+    worker that finishes when nothing is left to start offers its CPUs to the running cell with
+    the fewest, which takes them within its ``cell.cpu_share_hook``'s period.
     """
     if not cell_dirs:
         return
@@ -111,22 +113,31 @@ def run_pool(cell_dirs: Sequence[str], workers: int, on_finished: Callable[[int,
     lock = threading.Lock()
     running: Dict[int, List[int]] = {}  # index -> its CPUs now
     started = [0]
+    token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}" if lend_cpus else None
 
     def one(i: int) -> None:
         slot = slots.get()
+        taken = [slot]
         with lock:
             started[0] += 1
-            running[i] = list(shares[slot])
+            if lend_cpus and started[0] == len(cell_dirs):  # the last cell: idle workers' CPUs too
+                while True:
+                    try:
+                        taken.append(slots.get_nowait())
+                    except queue.Empty:
+                        break
+            running[i] = sorted({c for t in taken for c in shares[t]})
         try:
-            status = spawn_cell(cell_dirs[i], shares[slot], gpu_shares[slot])
+            status = spawn_cell(cell_dirs[i], running[i], gpu_shares[slot], share_token=token)
         finally:
             with lock:
                 mine = running.pop(i)
                 if lend_cpus and running and started[0] == len(cell_dirs):
                     j = min(running, key=lambda k: len(running[k]))
                     running[j] = sorted(set(running[j]) | set(mine))
-                    offer_cpus(cell_dirs[j], running[j])
-            slots.put(slot)
+                    offer_cpus(cell_dirs[j], running[j], token)
+            for t in taken:
+                slots.put(t)
         with lock:
             on_finished(i, status)
 

@@ -101,6 +101,9 @@ def to_markdown(report: Dict[str, Any]) -> str:
                       "| row | dataset | " + " | ".join(label for label, _, _ in _IMBALANCE_ROWS) + " |",
                       "|---|---|" + "---|" * len(_IMBALANCE_ROWS)]
             for row, r in by_row.items():
+                if "error" in r:
+                    lines.append(f"| {_md_escape(row)} | n/a: {_md_escape(r['error'])} |")
+                    continue
                 lines.append(f"| {_md_escape(row)} | {_md_escape(r['dataset'])} | "
                              + " | ".join(_fmt(r.get(key), fmt) for _, key, fmt in _IMBALANCE_ROWS) + " |")
     else:

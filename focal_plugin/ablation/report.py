@@ -87,10 +87,26 @@ def _ours_text(s: RowStats, metric: str) -> str:
 
 
 # --------------------------------------------------------------------------------- imbalance
+def _dataset_identity(name: str) -> Dict[str, Any]:
+    """What a registered dataset's content depends on, as far as its metadata says: the generator
+    fingerprint (dense_shapes), the annotation file and its mtime, the classes, a merged view's source."""
+    from detectron2.data import MetadataCatalog
+
+    meta = MetadataCatalog.get(name)
+    out: Dict[str, Any] = {"classes": list(meta.get("thing_classes") or []),
+                           "fingerprint": meta.get("fingerprint"), "json_file": meta.get("json_file")}
+    if out["json_file"] and os.path.isfile(out["json_file"]):
+        out["json_mtime"] = os.path.getmtime(out["json_file"])
+    if meta.get("merged_from"):
+        out["from"] = _dataset_identity(meta.merged_from)
+    return out
+
+
 def _data_key(cfg) -> str:
     """What the imbalance depends on: training data, anchors, test-time size and matching."""
     r, a = cfg.MODEL.RETINANET, cfg.MODEL.ANCHOR_GENERATOR
-    return json.dumps({"dataset": cfg.DATASETS.TRAIN[0], "backbone": cfg.MODEL.BACKBONE.NAME,
+    return json.dumps({"dataset": cfg.DATASETS.TRAIN[0], "data": _dataset_identity(cfg.DATASETS.TRAIN[0]),
+                       "backbone": cfg.MODEL.BACKBONE.NAME,
                        "features": list(r.IN_FEATURES), "sizes": a.SIZES, "ratios": a.ASPECT_RATIOS,
                        "offset": a.OFFSET, "input": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST],
                        "match": [r.IOU_THRESHOLDS, r.IOU_LABELS, cfg.MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES]},
@@ -125,14 +141,22 @@ def imbalance(spec: Spec, scale: str, run_dir: str, base_config: Optional[str],
                                                          max_images=IMBALANCE_IMAGES, with_coco=False))
         return computed[k]
 
-    try:
-        from focal_plugin.engine import setup_cfg
+    from focal_plugin.engine import setup_cfg
 
+    def reason(e: Exception) -> str:
+        return f"{type(e).__name__}: {e}"[:500]
+
+    try:
         ours = stats_of(setup_cfg(config_file, opts))
-        by_row = {row.id: stats_of(setup_cfg(row.base, row.opts)) for row in rows}
         coco = _imbalance_row(coco_reference())
     except Exception as e:  # missing dataset (COCO at paper scale), etc.
-        return {"available": False, "key": key, "reason": f"{type(e).__name__}: {e}"[:500]}
+        return {"available": False, "key": key, "reason": reason(e)}
+    by_row: Dict[str, Any] = {}
+    for row in rows:  # a row whose data cannot be measured does not hide the others'
+        try:
+            by_row[row.id] = stats_of(setup_cfg(row.base, row.opts))
+        except Exception as e:
+            by_row[row.id] = {"error": reason(e)}
     write_json_atomic(cache, {"images": IMBALANCE_IMAGES, "computed": computed})
     out = {"available": True, "key": key, "ours": ours, "coco": coco}
     if len({json.dumps(v, sort_keys=True) for v in by_row.values()}) > 1:
@@ -210,7 +234,10 @@ def _device_text(status: Dict[str, Any]) -> str:
     d = status.get("device") or {}
     if d.get("gpu"):
         return f"{d['gpu']} x{d.get('gpus', 1)}"
-    return f"CPU {d.get('cpu', '?')} ({len(d.get('cpus', []))} core(s), {d.get('torch_threads')} thread(s))"
+    text = f"CPU {d.get('cpu', '?')} ({len(d.get('cpus', []))} core(s), {d.get('torch_threads')} thread(s)"
+    if d.get("cpus_lent"):  # CPUs an idle worker lent while it trained (launch.run_pool)
+        text += f"; up to {max(len(x['cpus']) for x in d['cpus_lent'])} when others idled"
+    return text + ")"
 
 
 def write_reports(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],

@@ -330,7 +330,10 @@ class Runner:
             def finished(i: int, status: Dict[str, Any]) -> None:
                 out[todo[i].id] = self._finished(bar, todo[i], status)
 
-            run_pool([c.dir for c in todo], self.workers, finished, lend_cpus=not self.spec.timing)
+            # lending needs the built-in trainer in one process per cell (its hook takes the CPUs)
+            # and no inference timing (thread counts must stay equal across a timed table's rows)
+            lend = not self.spec.timing and self.train_fn is None and self.gpus_per_cell <= 1
+            run_pool([c.dir for c in todo], self.workers, finished, lend_cpus=lend)
         return out
 
     def _run_submitit(self, todo: Sequence[CellPlan]) -> Dict[str, str]:

@@ -173,11 +173,7 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
         if close:
             ours += f"; not separated from {'; '.join(close[:3])}" + (" ..." if len(close) > 3 else "")
         ours += _pending_text(pending, len(rivals))
-        ranked = [r for r in rivals if stats[r].n(m) and not stats[r].all_diverged]
-        if ranked and stats[claim.row].seeds:  # the claimed row against its strongest rival so far
-            top = (max if s_sign > 0 else min)(ranked, key=lambda r: stats[r].mean(m))
-            out["margin"] = {"rival": top, "diff": comps[top].diff, "noise": comps[top].noise,
-                             "relation": comps[top].relation}
+        out["margin"] = _margin(claim.row, rivals, comps, stats, m, s_sign)
         pvals = {r: _paper(paper, r, m) for r in [claim.row, *rivals]}
         known = {r: v for r, v in pvals.items() if v is not None}
         pick = (max if s_sign > 0 else min)(known, key=known.get) if known else None
@@ -224,6 +220,25 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
         out.update(verdict=verdict, ours=f"{label}: {ours}", paper=_paper_text(paper, list(claim.rows), m))
         return out
     raise ValueError(f"unknown claim type {claim.type!r}")  # pragma: no cover (spec validates)
+
+
+def _margin(row: str, rivals: Sequence[str], comps: Dict[str, Comparison], stats: Dict[str, RowStats],
+            metric: str, sign: int) -> Optional[Dict[str, Any]]:
+    """The claimed row against its strongest finished rival: ``{"rival", "diff", "noise",
+    "relation", "diverged"}`` (``diverged``: "row" / "rivals" when a side has no value because all
+    its seeds diverged, else None); None while the row or every rival has not finished."""
+    finished = [r for r in rivals if stats[r].seeds]
+    if not stats[row].seeds or not finished:
+        return None
+    ranked = [r for r in finished if stats[r].n(metric) and not stats[r].all_diverged]
+    if stats[row].all_diverged or not ranked:
+        top = (max if sign > 0 else min)(ranked, key=lambda r: stats[r].mean(metric)) if ranked else None
+        c = comps[top or finished[0]]
+        return {"rival": top, "diff": None, "noise": None, "relation": c.relation,
+                "diverged": "row" if stats[row].all_diverged else "rivals"}
+    top = (max if sign > 0 else min)(ranked, key=lambda r: stats[r].mean(metric))
+    c = comps[top]
+    return {"rival": top, "diff": c.diff, "noise": c.noise, "relation": c.relation, "diverged": None}
 
 
 def _pending_text(pending: Sequence[str], of: int) -> str:

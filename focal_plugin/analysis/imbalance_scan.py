@@ -15,7 +15,7 @@ import csv
 import json
 from typing import Any, Dict, List, Sequence
 
-COLUMNS = ("claim", "row", "rival", "negatives_per_positive", "metric", "gap", "noise", "verdict")
+COLUMNS = ("claim", "row", "rival", "negatives_per_positive", "metric", "gap", "noise", "diverged", "verdict")
 
 
 def gap_points(report: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -33,14 +33,19 @@ def gap_points(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     for c in report.get("claims", []):
         if c.get("type") != "best":
             continue
+        if "row" not in c:
+            raise ValueError(f"report of {report.get('spec')!r} predates claim rows and margins: "
+                             f"rebuild it (tools/ablate.py --spec {report.get('spec')} --report)")
         row = c["row"]
         margin = c.get("margin") or {}
         data = by_row.get(row) or imb["ours"]
         points.append({"claim": c["claim"], "row": row, "rival": margin.get("rival"),
                        "negatives_per_positive": data.get("negatives_per_positive"),
                        "metric": c.get("metric", "AP"), "gap": margin.get("diff"),
-                       "noise": margin.get("noise"), "verdict": c.get("verdict")})
-    return sorted(points, key=lambda p: p["negatives_per_positive"] or 0.0)
+                       "noise": margin.get("noise"), "diverged": margin.get("diverged"),
+                       "verdict": c.get("verdict")})
+    return sorted(points, key=lambda p: (p["negatives_per_positive"] is None,
+                                         p["negatives_per_positive"] or 0.0))
 
 
 def to_markdown(points: Sequence[Dict[str, Any]], title: str) -> str:
@@ -48,8 +53,13 @@ def to_markdown(points: Sequence[Dict[str, Any]], title: str) -> str:
              "|---|---|---|---|---|---|"]
     for p in points:
         x = f"{p['negatives_per_positive']:,.0f}" if p["negatives_per_positive"] is not None else "—"
-        gap = f"{p['gap']:+.2f} {p['metric']}" if p["gap"] is not None else "not run"
-        noise = f"±{p['noise']:.2f}" if p["noise"] is not None else "unknown (one seed)"
+        if p["diverged"]:
+            gap, noise = {"row": "the row diverged", "rivals": "every rival diverged"}[p["diverged"]], "—"
+        elif p["gap"] is None:
+            gap, noise = "not run", "—"
+        else:
+            gap = f"{p['gap']:+.2f} {p['metric']}"
+            noise = f"±{p['noise']:.2f}" if p["noise"] is not None else "unknown (one seed)"
         lines.append(f"| {x} | {p['claim']} | {p['rival'] or '—'} | {gap} | {noise} | {p['verdict']} |")
     lines += ["", "gap = the claimed row minus its strongest rival (mean over finished seeds); "
               "seed noise = 2·sqrt(s²/n + s²/n), unknown while either row has one seed.", ""]

@@ -299,8 +299,8 @@ def register_dense_shapes(name: str, config: ConfigLike, split: str, root: Optio
 
     ``DatasetCatalog.get(name)`` generates the dataset on first use (:func:`prepare_dataset`) and
     returns detectron2 dicts. Metadata: ``thing_classes``, ``thing_dataset_id_to_contiguous_id``,
-    ``evaluator_type="coco"``, ``preset``, ``split``. ``root=None`` follows
-    ``$DETECTRON2_DATASETS`` at the time of use.
+    ``evaluator_type="coco"``, ``preset``, ``split``, ``fingerprint`` (of the generator config).
+    ``root=None`` follows ``$DETECTRON2_DATASETS`` at the time of use.
     """
     config = get_config(config)
     split_paths(config, split)  # checks the split name
@@ -311,6 +311,7 @@ def register_dense_shapes(name: str, config: ConfigLike, split: str, root: Optio
 
     classes = config.thing_classes()
     _register(name, load, thing_classes=classes, preset=config.name, split=split,
+              fingerprint=config.fingerprint(),
               thing_dataset_id_to_contiguous_id={k + 1: k for k in range(len(classes))})
 
 
