@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""AP vs iteration of one or more runs, as a CSV and a PNG (issue 12's protocol curves).
+
+    # runs trained with TEST.EVAL_PERIOD (their metrics.json)
+    python tools/ap_curve.py --run "FL=out/fl_curve" --run "α-CE .75=out/ace_curve" --out curves
+    # a run's saved checkpoints (model_*.pth, model_final.pth), each evaluated with the config
+    python tools/ap_curve.py --checkpoints "α-CE .90=out/cell_ckpts" --config-file \\
+        configs/mini/protocol/alpha_ce.yaml --out curves MODEL.FOCAL.ALPHA 0.9
+
+Writes ``<out>.csv`` and ``<out>.png``. For --checkpoints, each evaluation goes to
+``<dir>/eval_<iteration>/`` (kept: a second call reads it); losses come from ``<dir>/metrics.json``
+when the run's detectron2 metrics file is copied there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import focal_plugin  # noqa: F401  (registers the datasets and the config keys)
+from focal_plugin.analysis.ap_curves import ap_curve, checkpoint_curve, write_curves
+
+
+def _pair(text: str, flag: str) -> tuple:
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise SystemExit(f"error: {flag} {text!r}: expected LABEL=PATH")
+    return label, path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", default=[], help="LABEL=DIR of a TEST.EVAL_PERIOD run")
+    parser.add_argument("--checkpoints", action="append", default=[], help="LABEL=DIR holding checkpoints")
+    parser.add_argument("--config-file", default=None, help="the config the checkpoints were trained with")
+    parser.add_argument("--out", required=True, help="output stem: <out>.csv, <out>.png")
+    parser.add_argument("--title", default="")
+    parser.add_argument("--ylabel", default="COCO AP")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for --checkpoints")
+    args = parser.parse_args(argv)
+    if not args.run and not args.checkpoints:
+        parser.error("give at least one --run or --checkpoints")
+    if args.checkpoints and not args.config_file:
+        parser.error("--checkpoints needs --config-file (the config the run trained with)")
+    runs = {}
+    for text in args.run:
+        label, path = _pair(text, "--run")
+        runs[label] = ap_curve(path)
+    for text in args.checkpoints:
+        label, path = _pair(text, "--checkpoints")
+        runs[label] = checkpoint_curve(path, args.config_file, args.opts)
+    write_curves(runs, f"{args.out}.csv", f"{args.out}.png", title=args.title, ylabel=args.ylabel)
+    for label, rows in runs.items():
+        print(f"{label}: " + ", ".join(f"{r['iter']}: {r['AP']:.2f}" for r in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
