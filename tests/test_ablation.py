@@ -48,7 +48,9 @@ def train(config_file, opts, resume, num_gpus=1):
     # FAKE_TRAIN_GATE=row:path: that row's cells wait at iteration 3 until the file exists
     gate_row, _, gate = os.environ.get("FAKE_TRAIN_GATE", "").partition(":")
     ckpt = os.path.join(out, "last_checkpoint")
-    start = int(open(ckpt).read()) if resume and os.path.exists(ckpt) else 0
+    # detectron2's pointer: model_{it:07d}.pth after iteration it (resume at it + 1), model_final.pth
+    name = open(ckpt).read().strip() if resume and os.path.exists(ckpt) else ""
+    start = iters if name == "model_final.pth" else int(name[6:13]) + 1 if name else 0
     with open(os.path.join(out, "calls.log"), "a") as f:
         f.write(f"{start}\\n")
     for it in range(start, iters):
@@ -58,10 +60,12 @@ def train(config_file, opts, resume, num_gpus=1):
         if o.get("MODEL.FOCAL.BIAS_INIT") == "zero" and it == 3:
             raise FloatingPointError(f"FocalRetinaNet: loss_cls = nan at iteration {it} (fake)")
         with open(ckpt + ".tmp", "w") as f:
-            f.write(str(it + 1))
+            f.write(f"model_{it:07d}.pth")
         os.replace(ckpt + ".tmp", ckpt)
     with open(os.path.join(out, "model_final.pth"), "w") as f:  # as detectron2's trainer at the end
         f.write(f"weights of {out}")
+    with open(ckpt, "w") as f:
+        f.write("model_final.pth")
     ap = 100 * float(o.get("MODEL.FOCAL.ALPHA", 0.25)) + seed / 5
     return {"metrics": {"fake_val": {"bbox": {"AP": ap, "AP50": ap + 10, "AP75": ap - 1,
                                                "AP-cls0": 1.0}}},
@@ -647,6 +651,17 @@ def test_twin_edge_cases_never_record_a_wrong_result(fake_env, monkeypatch):
     other("t5").run()
     st = _status(out, "a75", spec="t5")
     assert _calls(out, "a75", spec="t5") == [6] and st["trained_by"] and st["iterations"] == 0
+    # the copy's pointer names the copied final weights, whatever the twin's pointer says
+    with open(os.path.join(twin, "last_checkpoint")) as f:
+        pointer = f.read()
+    with open(os.path.join(twin, "last_checkpoint"), "w") as f:
+        f.write("model_0000002.pth")
+    cell = os.path.join(out, "t8", "mini", "a75", "seed0")
+    twins.take_weights(cell, twin, out)
+    with open(os.path.join(cell, "last_checkpoint")) as f:
+        assert f.read() == "model_final.pth"
+    with open(os.path.join(twin, "last_checkpoint"), "w") as f:
+        f.write(pointer)
     # copied, then the cell failed: --no-reuse removes the copy and trains from scratch
     cell = os.path.join(out, "t6", "mini", "a75", "seed0")
     twins.take_weights(cell, twin, out)
@@ -710,7 +725,7 @@ def test_timed_cell_takes_the_weights_of_its_untimed_twin_and_only_evaluates(fak
     own = os.path.join(fake_env["out"], "timed", "mini", "a25", "seed0")
     os.makedirs(own)
     with open(os.path.join(own, "last_checkpoint"), "w") as f:
-        f.write("4")
+        f.write("model_0000003.pth")  # resumes at iteration 4
     logs = []
     plan = Runner(load_spec(str(timed)), "mini", fake_env["out"], only=["a25", "a75"], **kw).dry_run()
     assert f"takes the weights of {os.path.join('fake_table', 'mini', 'a75', 'seed0')} (evaluated" in plan
@@ -783,7 +798,7 @@ def test_interrupted_cell_resumes_failed_cell_retries_changed_plan_refused(fake_
     # pretend the process was killed at iteration 4 of a retry: state running, checkpoint 4
     cell = os.path.join(fake_env["out"], "fake_table", "mini", "a25", "seed0")
     with open(os.path.join(cell, "last_checkpoint"), "w") as f:
-        f.write("4")
+        f.write("model_0000003.pth")  # resumes at iteration 4
     st = _status(fake_env["out"], "a25")
     st["state"] = "running"
     json.dump(st, open(os.path.join(cell, "status.json"), "w"))
@@ -1028,7 +1043,7 @@ def test_sigkill_mid_cell_then_resume_and_second_runner_refused(fake_env, monkey
     out = fake_env["out"]
     runner = _ablate(fake_env, "--only", "a25", "a75", "--workers", "1", "SOLVER.MAX_ITER", "12")
     b_ckpt = os.path.join(out, "fake_table", "mini", "a75", "seed0", "last_checkpoint")
-    _wait_for(lambda: os.path.exists(b_ckpt) and int(open(b_ckpt).read() or 0) == 3, 300,
+    _wait_for(lambda: os.path.exists(b_ckpt) and open(b_ckpt).read() == "model_0000002.pth", 300,
               "the 2nd cell's checkpoint")
 
     # a second runner on the same folder is refused, naming the first one
@@ -1042,7 +1057,7 @@ def test_sigkill_mid_cell_then_resume_and_second_runner_refused(fake_env, monkey
     runner.wait(timeout=60)
     _wait_for(lambda: not _alive(cell_pid), 60, "the cell process to die with its runner")
     assert _status(out, "a25")["state"] == "done" and _status(out, "a75")["state"] == "running"
-    killed_at = int(open(b_ckpt).read())
+    killed_at = int(open(b_ckpt).read()[6:13]) + 1  # the iteration it resumes at
     assert killed_at == 3
     gate.write_text("")
 

@@ -25,7 +25,7 @@ import shutil
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from focal_plugin.ablation import cell as cell_mod
-from focal_plugin.ablation.files import now_iso, read_json, write_json_atomic
+from focal_plugin.ablation.files import now_iso, read_json, write_json_atomic, write_text_atomic
 
 FINAL_CHECKPOINT = "model_final.pth"
 LAST_CHECKPOINT = "last_checkpoint"  # detectron2's pointer to the checkpoint to resume from
@@ -117,10 +117,12 @@ def take_weights(cell_dir: str, twin_dir: str, output_dir: str) -> str:
     os.makedirs(cell_dir, exist_ok=True)
     write_json_atomic(os.path.join(cell_dir, cell_mod.STATUS_FILE),
                       {"state": "pending", "trained_by": rel, "weights_copied_at": now_iso()})
-    for name in (FINAL_CHECKPOINT, LAST_CHECKPOINT):
-        tmp = os.path.join(cell_dir, f".tmp-{name}")
-        shutil.copyfile(os.path.join(twin_dir, name), tmp)
-        os.replace(tmp, os.path.join(cell_dir, name))
+    tmp = os.path.join(cell_dir, f".tmp-{FINAL_CHECKPOINT}")
+    shutil.copyfile(os.path.join(twin_dir, FINAL_CHECKPOINT), tmp)
+    os.replace(tmp, os.path.join(cell_dir, FINAL_CHECKPOINT))
+    # our own pointer, not a copy of the twin's: it names the file just copied, whatever the
+    # twin's pointed to
+    write_text_atomic(os.path.join(cell_dir, LAST_CHECKPOINT), FINAL_CHECKPOINT)
     return rel
 
 
