@@ -1035,13 +1035,21 @@ def _alive(pid):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_cell_then_resume_and_second_runner_refused(fake_env, monkeypatch):
+def test_sigkill_mid_cell_then_resume_and_second_runner_refused(fake_env, monkeypatch, request):
     """Kill the runner (SIGKILL) while it trains the second cell: the first cell is kept, the
     second resumes from its checkpoint; meanwhile a second runner on the folder is refused."""
     gate = fake_env["tmp"] / "release"
     monkeypatch.setenv("FAKE_TRAIN_GATE", f"a75:{gate}")  # a75 waits at iteration 3 until released
     out = fake_env["out"]
     runner = _ablate(fake_env, "--only", "a25", "a75", "--workers", "1", "SOLVER.MAX_ITER", "12")
+
+    def cleanup():  # a failed assertion must not leave a runner waiting at the gate forever
+        gate.write_text("")
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(timeout=60)
+
+    request.addfinalizer(cleanup)
     b_ckpt = os.path.join(out, "fake_table", "mini", "a75", "seed0", "last_checkpoint")
     _wait_for(lambda: os.path.exists(b_ckpt) and open(b_ckpt).read() == "model_0000002.pth", 300,
               "the 2nd cell's checkpoint")
