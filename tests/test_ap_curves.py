@@ -23,6 +23,16 @@ def _metrics(path, lines):
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
 
 
+def test_ap_curve_tool_takes_labels_with_equals_signs(tmp_path):
+    _metrics(tmp_path / "metrics.json", [{"iteration": 9, "bbox/AP": 1.0, "bbox/AP50": 2.0,
+                                          "bbox/AP75": 0.5}])
+    cmd = [sys.executable, str(ROOT / "tools" / "ap_curve.py"), "--run", f"FL γ=2 α=.25={tmp_path}",
+           "--out", str(tmp_path / "c")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "FL γ=2 α=.25: 10: 1.00" in proc.stdout and (tmp_path / "c.png").exists()
+
+
 def test_ap_curve_pairs_each_evaluation_with_the_losses_logged_before_it(tmp_path):
     _metrics(tmp_path / "metrics.json", [
         {"iteration": 19, "loss_cls": 3.0, "total_loss": 3.5},
@@ -67,6 +77,7 @@ def test_checkpoint_curve_evaluates_each_saved_checkpoint(tmp_path, data_root):
 
 @pytest.mark.parametrize("args, message", [
     (["--run", "no-label-here"], "expected LABEL=PATH"),
+    (["--run", "γ=2=no/such/dir"], "no existing path after any '='"),
     (["--checkpoints", "a=b"], "--checkpoints needs --config-file"),
     ([], "give at least one --run or --checkpoints"),
 ])

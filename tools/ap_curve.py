@@ -15,6 +15,7 @@ when the run's detectron2 metrics file is copied there.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import focal_plugin  # noqa: F401  (registers the datasets and the config keys)
@@ -22,10 +23,15 @@ from focal_plugin.analysis.ap_curves import ap_curve, checkpoint_curve, write_cu
 
 
 def _pair(text: str, flag: str) -> tuple:
-    label, sep, path = text.partition("=")
-    if not sep or not label or not path:
+    """LABEL=PATH, where the label may hold "=" too (γ=2): split at the first "=" after which an
+    existing path follows."""
+    cuts = [i for i, ch in enumerate(text) if ch == "="]
+    for i in cuts:
+        if i > 0 and os.path.exists(text[i + 1:]):
+            return text[:i], text[i + 1:]
+    if not cuts or cuts[0] == 0:
         raise SystemExit(f"error: {flag} {text!r}: expected LABEL=PATH")
-    return label, path
+    raise SystemExit(f"error: {flag} {text!r}: no existing path after any '=' (expected LABEL=PATH)")
 
 
 def main(argv=None) -> int:
