@@ -45,6 +45,10 @@ def test_ap_curve_pairs_each_evaluation_with_the_losses_logged_before_it(tmp_pat
     rows = ap_curve(tmp_path)
     assert [(r["iter"], r["AP"], r["loss_cls"]) for r in rows] == [(40, 1.0, 2.0), (60, 4.0, 1.0)]
     assert ap_curve(tmp_path / "metrics.json") == rows  # the file itself is accepted too
+    # without results.json the final evaluation (logged at max_iter) is placed at the last
+    # training iteration logged
+    (tmp_path / "results.json").unlink()
+    assert [r["iter"] for r in ap_curve(tmp_path)] == [40, 60]
     write_curves({"run a": rows, "run b": str(tmp_path)}, tmp_path / "c.csv", tmp_path / "c.png", title="t")
     with open(tmp_path / "c.csv") as f:
         table = list(csv.DictReader(f))

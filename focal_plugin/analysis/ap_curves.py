@@ -42,6 +42,8 @@ def ap_curve(output_dir) -> list:
         with open(results) as f:
             max_iter = json.load(f).get("max_iter")
     losses, rows = _losses_by_iteration(metrics), []
+    if max_iter is None and losses:  # no results.json: the last logged training iteration
+        max_iter = losses[-1][0]
     with open(metrics) as f:
         for line in f:
             m = json.loads(line)
@@ -109,9 +111,10 @@ def write_curves(runs: dict, csv_path, png_path=None, title: str = "", ylabel: s
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, rows in curves.items():
-            ax.plot([r["iter"] for r in rows], [r["AP"] for r in rows], marker="o", label=f"{label} AP")
+            (line,) = ax.plot([r["iter"] for r in rows], [r["AP"] for r in rows], marker="o",
+                              label=f"{label} AP")
             ax.plot([r["iter"] for r in rows], [r["AP50"] for r in rows], ls="--", alpha=0.6,
-                    label=f"{label} AP50")
+                    color=line.get_color(), label=f"{label} AP50")
         ax.set_xlabel("iteration")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
