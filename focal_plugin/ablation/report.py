@@ -26,7 +26,8 @@ from focal_plugin.ablation.render import to_csv, to_markdown
 from focal_plugin.ablation.spec import LOWER_IS_BETTER, RowPlan, Spec
 from focal_plugin.ablation.verdict import RowStats, fmt_stat, judge
 
-IMBALANCE_IMAGES = 50
+# images per data setting: as many as the imbalance figures quoted in configs/mini/README.md (500)
+IMBALANCE_IMAGES = 500
 
 
 # ------------------------------------------------------------------------------ collection
