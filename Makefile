@@ -62,6 +62,9 @@ reproduce-mini: setup
 	$(MINI_RUN) --spec imbalance_scan --seeds 3 --only c80_fl c80_ace_.75 c80_ace_.90
 	$(MINI_RUN) --spec imbalance_scan --only $(SCAN_FIRST)
 	$(SCAN_CURVE)
+	$(MINI_RUN) --spec schedule_scan --seeds 3 --only it3000_fl it3000_ace_.90
+	$(MINI_RUN) --spec schedule_scan
+	$(PY) tools/imbalance_scan.py --report $(MINI_OUT)/schedule_scan/mini/report.json --x-column iterations --out $(MINI_EXPORT)/schedule_scan/gap_vs_iterations
 	$(MINI_RUN) --spec imbalance_scan
 	$(SCAN_CURVE)
 	$(MINI_RUN) --spec table1b

@@ -235,3 +235,48 @@ def test_report_imbalance_isolates_a_failing_row_and_follows_the_data(sixteen, t
     calls.clear()
     report_mod.imbalance(spec, "mini", str(tmp_path), None, [], spec.resolve("mini"))
     assert sorted(set(calls)) == ["focal_test_merge_c8", "focal_test_merge_src", "focal_test_no_such_data"]
+
+
+def test_gap_points_against_a_settings_column():
+    """The schedule scan: x = the claimed row's `iterations` setting, sorted; a bad column is named."""
+    from focal_plugin.analysis.imbalance_scan import gap_points, to_markdown
+
+    def claim(row, diff):
+        return {"claim": f"at {row}", "type": "best", "row": row, "metric": "AP", "verdict": "inconclusive",
+                "margin": {"rival": row + "_ce", "diff": diff, "noise": 0.5, "relation": "within",
+                           "diverged": None}}
+
+    rep = {"spec": "schedule_scan", "columns": ["iterations", "loss"],
+           "imbalance": {"available": False, "reason": "not computed"},
+           "table": [{"row": "b", "settings": {"iterations": 6000}},
+                     {"row": "a", "settings": {"iterations": "1500"}}],
+           "claims": [claim("b", -1.0), claim("a", 2.0)]}
+    points = gap_points(rep, "iterations")
+    assert [(p["row"], p["x"], p["gap"]) for p in points] == [("a", 1500.0, 2.0), ("b", 6000.0, -1.0)]
+    assert "| iterations | claim |" in to_markdown(points, "t", "iterations")
+    with pytest.raises(ValueError, match="no column 'lr'"):
+        gap_points(rep, "lr")
+    rep["table"][0]["settings"]["iterations"] = "long"
+    with pytest.raises(ValueError, match="row 'b'.*'long' is not a number"):
+        gap_points(rep, "iterations")
+
+
+def test_schedule_scan_shares_the_protocols_cells_and_scales_the_schedule():
+    from focal_plugin.ablation.spec import load_spec
+    from focal_plugin.ablation.twins import identity
+    from focal_plugin.engine import setup_cfg
+
+    rows = {r.id: r for r in load_spec("schedule_scan").resolve("mini")}
+    t1a = {r.id: r for r in load_spec("table1a").resolve("mini")}
+
+    def ident(row):
+        return identity({"base": row.base, "opts": list(row.opts), "seed": 0})
+
+    assert ident(rows["it3000_ace_.90"]) == ident(t1a["alpha_.90"])
+    base = setup_cfg(rows["it3000_fl"].base, list(rows["it3000_fl"].opts)).SOLVER
+    for n in (1500, 6000):
+        s = setup_cfg(rows[f"it{n}_fl"].base, list(rows[f"it{n}_fl"].opts)).SOLVER
+        f = n / base.MAX_ITER
+        assert s.MAX_ITER == n and s.CHECKPOINT_PERIOD == base.CHECKPOINT_PERIOD
+        assert all(abs(x - b * f) <= 1 for x, b in zip(s.STEPS, base.STEPS))  # the same fractions
+        assert abs(s.WARMUP_ITERS - 500 / 90000 * n) <= 0.5  # Detectron's 500 of 90k, scaled

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The imbalance scan's curve (issue 12, point 3): FL minus the best α-balanced CE against the
-binary negatives per positive anchor, from the scan's ablation report.
+binary negatives per positive anchor, from the scan's ablation report (or against a numeric
+settings column with --x-column: the schedule scan's iterations).
 
     python tools/ablate.py --spec imbalance_scan --scale mini --workers 2    # the cells + report
     python tools/imbalance_scan.py                        # -> <report folder>/gap_vs_imbalance.*
@@ -25,7 +26,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report", default=DEFAULT_REPORT, help=f"report.json (default: {DEFAULT_REPORT})")
-    parser.add_argument("--out", default=None, help="output stem (default: <report folder>/gap_vs_imbalance)")
+    parser.add_argument("--out", default=None, help="output stem (default: <report folder>/gap_vs_imbalance, "
+                                                    "or gap_vs_<column> with --x-column)")
+    parser.add_argument("--x-column", default=None,
+                        help="a numeric settings column as x instead of the imbalance "
+                             "(schedule_scan: iterations)")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.report):
         print(f"error: report not found: {args.report} (run tools/ablate.py --spec imbalance_scan first)",
@@ -34,12 +39,14 @@ def main(argv=None) -> int:
     with open(args.report) as f:
         report = json.load(f)
     try:
-        points = gap_points(report)
+        points = gap_points(report, args.x_column)
     except ValueError as e:
         print(f"error: {args.report}: {e}", file=sys.stderr)
         return 2
-    stem = args.out or os.path.join(os.path.dirname(os.path.abspath(args.report)), "gap_vs_imbalance")
-    for p in write_outputs(points, stem, report.get("title", report.get("spec", ""))):
+    name = f"gap_vs_{args.x_column}" if args.x_column else "gap_vs_imbalance"
+    stem = args.out or os.path.join(os.path.dirname(os.path.abspath(args.report)), name)
+    x_label = args.x_column or "binary negatives per positive anchor"
+    for p in write_outputs(points, stem, report.get("title", report.get("spec", "")), x_label):
         print(p)
     return 0
 

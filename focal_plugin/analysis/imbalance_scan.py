@@ -13,19 +13,26 @@ from __future__ import annotations
 
 import csv
 import json
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-COLUMNS = ("claim", "row", "rival", "negatives_per_positive", "metric", "gap", "noise", "diverged", "verdict")
+COLUMNS = ("claim", "row", "rival", "x", "negatives_per_positive", "metric", "gap", "noise", "diverged",
+           "verdict")
 
 
-def gap_points(report: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """One dict per ``best`` claim of ``report`` (keys :data:`COLUMNS`), sorted by imbalance.
+def gap_points(report: Dict[str, Any], x_column: Optional[str] = None) -> List[Dict[str, Any]]:
+    """One dict per ``best`` claim of ``report`` (keys :data:`COLUMNS`), sorted by ``x``: the
+    binary negatives per positive of the claimed row's data, or with ``x_column`` that setting of
+    the claimed row (e.g. the schedule scan's ``iterations``).
 
     A claim whose rows have not run has ``gap`` None. Raises ``ValueError`` when the report has no
-    imbalance figures (computed with ``--no-imbalance``, or the data was missing).
+    imbalance figures (computed with ``--no-imbalance``, or the data was missing), when
+    ``x_column`` is not a numeric column of the report, or when the report predates claim rows.
     """
     imb = report.get("imbalance") or {}
-    if not imb.get("available"):
+    if x_column is not None and x_column not in report.get("columns", []):
+        raise ValueError(f"report of {report.get('spec')!r} has no column {x_column!r} "
+                         f"(columns: {report.get('columns')})")
+    if x_column is None and not imb.get("available"):
         raise ValueError(f"report of {report.get('spec')!r} has no imbalance figures "
                          f"({imb.get('reason', 'not computed')}): rebuild it without --no-imbalance")
     by_row = imb.get("by_row") or {}
@@ -38,21 +45,26 @@ def gap_points(report: Dict[str, Any]) -> List[Dict[str, Any]]:
                              f"rebuild it (tools/ablate.py --spec {report.get('spec')} --report)")
         row = c["row"]
         margin = c.get("margin") or {}
-        data = by_row.get(row) or imb["ours"]
-        points.append({"claim": c["claim"], "row": row, "rival": margin.get("rival"),
+        data = by_row.get(row) or imb.get("ours") or {}
+        settings = next((e["settings"] for e in report.get("table", []) if e["row"] == row), {})
+        try:
+            x = float(settings[x_column]) if x_column else data.get("negatives_per_positive")
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"row {row!r}: setting {x_column!r} = {settings.get(x_column)!r} is not a "
+                             "number") from e
+        points.append({"claim": c["claim"], "row": row, "rival": margin.get("rival"), "x": x,
                        "negatives_per_positive": data.get("negatives_per_positive"),
                        "metric": c.get("metric", "AP"), "gap": margin.get("diff"),
                        "noise": margin.get("noise"), "diverged": margin.get("diverged"),
                        "verdict": c.get("verdict")})
-    return sorted(points, key=lambda p: (p["negatives_per_positive"] is None,
-                                         p["negatives_per_positive"] or 0.0))
+    return sorted(points, key=lambda p: (p["x"] is None, p["x"] or 0.0))
 
 
-def to_markdown(points: Sequence[Dict[str, Any]], title: str) -> str:
-    lines = [f"# {title}", "", "| negatives / positive | claim | rival | gap | seed noise | verdict |",
+def to_markdown(points: Sequence[Dict[str, Any]], title: str, x_label: str = "negatives / positive") -> str:
+    lines = [f"# {title}", "", f"| {x_label} | claim | rival | gap | seed noise | verdict |",
              "|---|---|---|---|---|---|"]
     for p in points:
-        x = f"{p['negatives_per_positive']:,.0f}" if p["negatives_per_positive"] is not None else "—"
+        x = f"{p['x']:,.0f}" if p["x"] is not None else "—"
         if p["diverged"]:
             gap, noise = {"row": "the row diverged", "rivals": "every rival diverged"}[p["diverged"]], "—"
         elif p["gap"] is None:
@@ -66,7 +78,8 @@ def to_markdown(points: Sequence[Dict[str, Any]], title: str) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str) -> List[str]:
+def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
+                  x_label: str = "binary negatives per positive anchor") -> List[str]:
     """``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png``; returns the paths."""
     import matplotlib
 
@@ -75,26 +88,27 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str) -> Li
 
     paths = [f"{stem}.{ext}" for ext in ("md", "csv", "json", "png")]
     with open(paths[0], "w") as f:
-        f.write(to_markdown(points, title))
+        f.write(to_markdown(points, title, x_label))
     with open(paths[1], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(points)
     with open(paths[2], "w") as f:
         json.dump(list(points), f, indent=1)
-    done = [p for p in points if p["gap"] is not None and p["negatives_per_positive"]]
+    done = [p for p in points if p["gap"] is not None and p["x"]]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.axhline(0.0, color="gray", lw=0.8)
     for p in done:
-        ax.errorbar(p["negatives_per_positive"], p["gap"], yerr=p["noise"] or 0.0, fmt="o",
+        ax.errorbar(p["x"], p["gap"], yerr=p["noise"] or 0.0, fmt="o",
                     color="C0" if p["noise"] is not None else "C1", capsize=3)
-        ax.annotate(p["row"], (p["negatives_per_positive"], p["gap"]), fontsize=7,
+        ax.annotate(p["row"], (p["x"], p["gap"]), fontsize=7,
                     textcoords="offset points", xytext=(4, 4))
     if len(done) > 1:
-        ax.plot([p["negatives_per_positive"] for p in done], [p["gap"] for p in done], color="C0", alpha=0.4)
-    ax.axvline(56365, color="C3", ls="--", lw=0.8, label="COCO at 600 px (56,365)")
+        ax.plot([p["x"] for p in done], [p["gap"] for p in done], color="C0", alpha=0.4)
+    if x_label == "binary negatives per positive anchor":
+        ax.axvline(56365, color="C3", ls="--", lw=0.8, label="COCO at 600 px (56,365)")
     ax.set_xscale("log")
-    ax.set_xlabel("binary negatives per positive anchor")
+    ax.set_xlabel(x_label)
     metric = done[0]["metric"] if done else "AP"
     ax.set_ylabel(f"{metric}: claimed row − strongest rival")
     ax.set_title(title, fontsize=9)
