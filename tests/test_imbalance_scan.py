@@ -280,3 +280,11 @@ def test_schedule_scan_shares_the_protocols_cells_and_scales_the_schedule():
         assert s.MAX_ITER == n and s.CHECKPOINT_PERIOD == base.CHECKPOINT_PERIOD
         assert all(abs(x - b * f) <= 1 for x, b in zip(s.STEPS, base.STEPS))  # the same fractions
         assert abs(s.WARMUP_ITERS - 500 / 90000 * n) <= 0.5  # Detectron's 500 of 90k, scaled
+
+
+def test_coco_reference_line_comes_from_the_report():
+    from focal_plugin.analysis.imbalance_scan import coco_reference_line
+
+    assert coco_reference_line({"imbalance": {"coco": {"negatives_per_positive": 56365.3}}}) == {
+        "x": 56365.3, "label": "COCO at 600 px (56,365)"}
+    assert coco_reference_line({"imbalance": {"available": False}}) is None

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from focal_plugin.analysis.imbalance_scan import gap_points, write_outputs
+from focal_plugin.analysis.imbalance_scan import coco_reference_line, gap_points, write_outputs
 
 DEFAULT_REPORT = os.path.join("output", "ablations", "imbalance_scan", "mini", "report.json")
 
@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     name = f"gap_vs_{args.x_column}" if args.x_column else "gap_vs_imbalance"
     stem = args.out or os.path.join(os.path.dirname(os.path.abspath(args.report)), name)
     x_label = args.x_column or "binary negatives per positive anchor"
-    for p in write_outputs(points, stem, report.get("title", report.get("spec", "")), x_label):
+    reference = None if args.x_column else coco_reference_line(report)
+    for p in write_outputs(points, stem, report.get("title", report.get("spec", "")), x_label, reference):
         print(p)
     return 0
 

@@ -79,8 +79,10 @@ def to_markdown(points: Sequence[Dict[str, Any]], title: str, x_label: str = "ne
 
 
 def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
-                  x_label: str = "binary negatives per positive anchor") -> List[str]:
-    """``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png``; returns the paths."""
+                  x_label: str = "binary negatives per positive anchor",
+                  reference: Optional[Dict[str, Any]] = None) -> List[str]:
+    """``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png``; returns the paths.
+    ``reference``: ``{"x", "label"}`` drawn as a vertical line (COCO's imbalance, from the report)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,19 +107,29 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
                     textcoords="offset points", xytext=(4, 4))
     if len(done) > 1:
         ax.plot([p["x"] for p in done], [p["gap"] for p in done], color="C0", alpha=0.4)
-    if x_label == "binary negatives per positive anchor":
-        ax.axvline(56365, color="C3", ls="--", lw=0.8, label="COCO at 600 px (56,365)")
+    if reference:
+        ax.axvline(reference["x"], color="C3", ls="--", lw=0.8, label=reference["label"])
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
     metric = done[0]["metric"] if done else "AP"
     ax.set_ylabel(f"{metric}: claimed row − strongest rival")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, title="blue: ≥ 2 seeds (bar: noise); orange: one seed", title_fontsize=7)
+    ax.text(0.01, 0.01, "blue: ≥ 2 seeds (bar: seed noise); orange: one seed", transform=ax.transAxes,
+            fontsize=7, va="bottom")
+    if reference:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(paths[3], dpi=110)
     plt.close(fig)
     return paths
 
 
-__all__ = ["COLUMNS", "gap_points", "to_markdown", "write_outputs"]
+def coco_reference_line(report: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """COCO's negatives per positive at the paper's setting, as the report computed it (None if absent)."""
+    coco = (report.get("imbalance") or {}).get("coco") or {}
+    x = coco.get("negatives_per_positive")
+    return {"x": x, "label": f"COCO at 600 px ({x:,.0f})"} if x else None
+
+
+__all__ = ["COLUMNS", "coco_reference_line", "gap_points", "to_markdown", "write_outputs"]
