@@ -143,7 +143,9 @@ def test_report_measures_each_rows_data_and_the_curve_reads_the_margins(sixteen,
     ratio = (src + 1) / (c8 + 1)
     assert ratio == pytest.approx(2.0)  # 16 vs 8 classes, same anchors and positives
     md = to_markdown(report)
-    assert "negatives / positive (measured)" in md and "(paper)" not in md  # no paper numbers: no Δ
+    n = by_row["src_fl"]["images"]  # the images really measured, not a number typed in a note
+    assert n and f"negatives / positive (measured, {n} train images)" in md
+    assert "(paper)" not in md  # no paper numbers: no Δ
     assert f"| src | FL | {by_row['src_fl']['negatives_per_positive']:,.0f} |" in md
     assert to_csv(report).splitlines()[0].startswith("row,data,loss,negatives_per_positive,AP_ours")
     points = gap_points(report)  # sorted by imbalance: c8 (fewer classes) first

@@ -51,7 +51,9 @@ def to_markdown(report: Dict[str, Any]) -> str:
                      "trends and the verdicts, not the size of Δ.")
     lines.append("")
     by_row = report["imbalance"].get("by_row") or {}
-    header = [*report["columns"], *(["negatives / positive (measured)"] if by_row else []), *labels]
+    counts = sorted({r["images"] for r in by_row.values() if r.get("images")})
+    measured = f"measured, {' / '.join(map(str, counts))} train images" if counts else "measured"
+    header = [*report["columns"], *([f"negatives / positive ({measured})"] if by_row else []), *labels]
     if has_paper:
         header += [*[f"{x} (paper)" for x in labels], *[f"Δ{x}" for x in labels]]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
