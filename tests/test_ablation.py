@@ -519,15 +519,25 @@ def test_export_copies_each_finished_cell_as_it_lands_and_the_report(fake_env):
     export = os.path.join(fake_env["tmp"], "results")
     seen_at_finish = {}
 
+    report_at_finish = {}
+
     def log(msg):  # the runner logs "[state] <cell>" right after a cell finishes
         if msg.startswith("[done]") or msg.startswith("[diverged]"):
             cell = msg.split()[1]
             seen_at_finish[cell] = sorted(os.listdir(os.path.join(export, "fake_table", cell)))
+            with open(os.path.join(export, "fake_table", "report.json")) as f:
+                report_at_finish[cell] = {e["row"]: e["seeds_finished"] for e in json.load(f)["table"]}
 
     runner = Runner(load_spec(fake_env["spec"]), "mini", fake_env["out"], seeds=2, workers=0,
                     train_fn=fake_train, progress=False, imbalance=False, log=log, export_dir=export)
     summary = runner.run()
     assert set(seen_at_finish) == set(summary["states"])  # every cell, diverged ones included
+    # the exported report already counts each cell when it finishes (not only at the end of the run)
+    finished = {}
+    for cell in seen_at_finish:  # in the order they finished
+        row = cell.split("/")[0]
+        finished[row] = finished.get(row, 0) + 1
+        assert report_at_finish[cell][row] == finished[row], (cell, report_at_finish[cell])
     for cell, files in seen_at_finish.items():
         assert {"cell.json", "status.json"} <= set(files) and "calls.log" not in files, (cell, files)
         src = os.path.join(fake_env["out"], "fake_table", "mini", cell, "status.json")
@@ -549,6 +559,26 @@ def test_export_copies_each_finished_cell_as_it_lands_and_the_report(fake_env):
         json.dump({**status, "state": "running"}, f)
     other = os.path.join(fake_env["tmp"], "other")
     assert export_cell(cell_dir, summary["run_dir"], other, "fake_table") == []
+
+
+def test_a_report_that_fails_between_cells_never_stops_the_run(fake_env, monkeypatch):
+    import focal_plugin.ablation.report as report_mod
+
+    real, calls, logged = report_mod.write_reports, [], []
+
+    def flaky(*args, **kwargs):  # the first rewrite (after the first cell) fails
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(report_mod, "write_reports", flaky)
+    summary = Runner(load_spec(fake_env["spec"]), "mini", fake_env["out"], workers=0, train_fn=fake_train,
+                     progress=False, imbalance=False, log=logged.append).run()
+    assert summary["ran"] == len(summary["states"]) > 1  # every cell still ran
+    assert len(calls) == summary["ran"] + 1  # after each cell and at the end
+    assert any("report could not be rewritten (OSError: disk full)" in m for m in logged)
+    assert os.path.isfile(summary["report"]["md"])
 
 
 def test_export_never_stops_a_run_never_mixes_cells_and_leaves_nothing_stale(fake_env):

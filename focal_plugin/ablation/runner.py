@@ -268,6 +268,14 @@ class Runner:
             self._export(export_run, self.run_dir)
         return paths
 
+    def _report_quietly(self) -> None:
+        """:meth:`report` between cells: a failure is logged, it never stops the cells still to run."""
+        try:
+            self.report()
+        except Exception as e:  # the report is rebuilt again at the end of the run
+            self.log(f"[ablate] the report could not be rewritten ({type(e).__name__}: {e}); "
+                     f"the cells' results stay in {self.run_dir}")
+
     def _export(self, fn: Callable, *args) -> None:
         """Export without ever stopping the run: a failure is logged, the results stay in run_dir."""
         try:
@@ -305,6 +313,7 @@ class Runner:
         wall = status.get("wall_time_s")
         if self.export_dir:
             self._export(export_cell, c.dir, self.run_dir)
+        self._report_quietly()  # a long run's report (and its export) is never older than its last cell
         msg = f"[{state}] {c.id} {detail}" + (f" ({wall:.0f} s)" if wall else "")
         if bar.disable:
             self.log(msg)
