@@ -834,6 +834,16 @@ def test_interrupted_cell_resumes_failed_cell_retries_changed_plan_refused(fake_
     json.dump(st, open(os.path.join(cell, "status.json"), "w"))
     runner = Runner(spec, "mini", fake_env["out"], train_fn=flaky, **kw)
     assert "[interrupted" in runner.dry_run()
+    # the report says so too (its process is gone: nobody holds the cell's lock) ...
+    assert "| a25/seed0 | interrupted |" in open(runner.report()["md"]).read()
+    from focal_plugin.ablation.cell import LOCK_FILE
+    from focal_plugin.ablation.files import FileLock
+
+    holder = FileLock(os.path.join(cell, LOCK_FILE)).acquire()  # ... and "running" while it runs
+    try:
+        assert "| a25/seed0 | running |" in open(runner.report()["md"]).read()
+    finally:
+        holder.release()
     second = runner.run()
     assert second["states"] == {"a25/seed0": "done"}
     st = _status(fake_env["out"], "a25")

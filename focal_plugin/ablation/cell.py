@@ -220,6 +220,19 @@ def read_status(cell_dir: str) -> Dict[str, Any]:
     return read_json(os.path.join(cell_dir, STATUS_FILE)) or {}
 
 
+def cell_state(cell_dir: str, status: Optional[Dict[str, Any]] = None) -> str:
+    """pending | running | interrupted | failed | done | diverged | ...: the status file's state,
+    except that "running" without a live holder of the cell's lock (its process was killed) is
+    "interrupted"."""
+    status = read_status(cell_dir) if status is None else status
+    state = status.get("state")
+    if state is None:
+        return "pending"
+    if state == "running" and not FileLock(os.path.join(cell_dir, LOCK_FILE)).is_held():
+        return "interrupted"
+    return state
+
+
 def run_cell(cell_dir: str, train_fn: Optional[TrainFn] = None) -> Dict[str, Any]:
     """Run the cell in ``cell_dir`` unless it is finished; return its status dict.
 

@@ -55,15 +55,8 @@ class CellPlan:
         return f"{self.row.id}/seed{self.seed}"
 
     def state(self) -> str:
-        """pending | running | interrupted | failed | done | diverged."""
-        status = cell_mod.read_status(self.dir)
-        state = status.get("state")
-        if state is None:
-            return "pending"
-        if state == "running":
-            lock = FileLock(os.path.join(self.dir, cell_mod.LOCK_FILE))
-            return "running" if lock.is_held() else "interrupted"
-        return state
+        """pending | running | interrupted | failed | done | diverged (:func:`cell.cell_state`)."""
+        return cell_mod.cell_state(self.dir)
 
     def command(self) -> str:
         """The equivalent ``train_net.py`` command line (copy-pasteable)."""
