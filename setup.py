@@ -30,7 +30,7 @@ setup(
         "PyYAML",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout", "ruff", "submitit>=1.4", "hypothesis"],
+        "dev": ["pytest>=7.3", "pytest-timeout", "ruff", "submitit>=1.4", "hypothesis"],
         "slurm": ["submitit>=1.4"],
         "fast-eval": ["faster-coco-eval>=1.5"],
     },
