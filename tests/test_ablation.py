@@ -527,6 +527,9 @@ def test_export_copies_each_finished_cell_as_it_lands_and_the_report(fake_env):
             seen_at_finish[cell] = sorted(os.listdir(os.path.join(export, "fake_table", cell)))
             with open(os.path.join(export, "fake_table", "report.json")) as f:
                 report_at_finish[cell] = {e["row"]: e["seeds_finished"] for e in json.load(f)["table"]}
+            with open(os.path.join(export, "fake_table", "report.md")) as f:  # this runner: at work
+                text = f.read()
+            assert "| running |" in text and "killed" not in text
 
     runner = Runner(load_spec(fake_env["spec"]), "mini", fake_env["out"], seeds=2, workers=0,
                     train_fn=fake_train, progress=False, imbalance=False, log=log, export_dir=export)
@@ -1188,3 +1191,28 @@ def test_prune_checkpoints_keeps_the_final_model(tmp_path):
     assert prune_checkpoints(str(tmp_path)) == ["model_0000002.pth", "model_0000005.pth"]
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["last_checkpoint", "metrics.json", "model_final.pth"]
+
+
+def test_report_tells_a_runner_at_work_from_a_killed_one(tmp_path):
+    """A start without an end in runs.jsonl is "running" while that runner holds the run folder's
+    lock, and "killed or crashed" once the lock is free (or held by another runner)."""
+    import socket
+
+    from focal_plugin.ablation.files import FileLock
+    from focal_plugin.ablation.history import RUNNER_LOCK, invocations, live_runner
+
+    host, pid = socket.gethostname(), os.getpid()
+    history = [{"event": "start", "host": host, "pid": pid - 1, "time": "t0"},  # an earlier, killed runner
+               {"event": "start", "host": host, "pid": pid, "time": "t1"}]
+    assert live_runner(str(tmp_path)) is None
+    nobody = live_runner(str(tmp_path))
+    assert [r["running"] for r in invocations(history, "s", "mini", nobody)] == [False, False]
+    lock = FileLock(os.path.join(tmp_path, RUNNER_LOCK)).acquire()
+    try:
+        live = live_runner(str(tmp_path))
+        assert live == (host, pid)
+        assert [r["running"] for r in invocations(history, "s", "mini", live)] == [False, True]
+        ended = history + [{"event": "end", "host": host, "pid": pid, "states": {"done": 1}}]
+        assert [r["running"] for r in invocations(ended, "s", "mini", live)] == [False, False]
+    finally:
+        lock.release()

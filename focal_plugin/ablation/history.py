@@ -7,7 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
+
+from focal_plugin.ablation.files import FileLock
+
+#: the run folder's lock, held by the runner working in it (``files.FileLock``: names its holder)
+RUNNER_LOCK = ".runner.lock"
 
 
 def read_history(run_dir: str) -> List[Dict[str, Any]]:
@@ -64,9 +69,18 @@ def ablate_command(start: Dict[str, Any], spec: str, scale: str) -> str:
     return shlex.join(parts + [str(o) for o in start.get("extra_opts") or []])
 
 
-def invocations(history: List[Dict[str, Any]], spec: str, scale: str) -> List[Dict[str, Any]]:
+def live_runner(run_dir: str) -> Optional[Tuple[str, int]]:
+    """(host, pid) of the runner working in ``run_dir`` now, or None."""
+    lock = FileLock(os.path.join(run_dir, RUNNER_LOCK))
+    holder = lock.holder() if lock.is_held() else None
+    return (holder.get("host"), holder.get("pid")) if holder else None
+
+
+def invocations(history: List[Dict[str, Any]], spec: str, scale: str,
+                live: Optional[Tuple[str, int]] = None) -> List[Dict[str, Any]]:
     """One entry per runner start: when, how (the equivalent command), how many cells, and how it
-    ended (an interrupted runner — killed, crashed — left a start without an end)."""
+    ended (an interrupted runner — killed, crashed — left a start without an end; ``running``
+    tells it from the runner still at work, ``live`` = :func:`live_runner`)."""
     out = []
     for i, h in enumerate(history):
         if h.get("event") != "start":
@@ -78,8 +92,9 @@ def invocations(history: List[Dict[str, Any]], spec: str, scale: str) -> List[Di
                     "reused": h.get("reused"),
                     "cells": h.get("cells"), "ended": end.get("time") if end else None,
                     "states": end.get("states") if end else None,
+                    "running": not end and live == (h.get("host"), h.get("pid")),
                     "command": ablate_command(h, spec, scale)})
     return out
 
 
-__all__ = ["ablate_command", "invocations", "read_history"]
+__all__ = ["RUNNER_LOCK", "ablate_command", "invocations", "live_runner", "read_history"]

@@ -125,7 +125,8 @@ def to_markdown(report: Dict[str, Any]) -> str:
             if r in no_ops:
                 continue
             outcome = (", ".join(f"{n} {s}" for s, n in sorted(r["states"].items())) if r["states"]
-                       else "none recorded") if r["ended"] else "no end recorded: killed (or still running)"
+                       else "none recorded") if r["ended"] else "running" if r.get("running") \
+                else "no end recorded: killed or crashed"
             lines.append(f"| {r['started']} (pid {r['pid']}) | {r['launcher']} (workers {r['workers']}) | "
                          f"{r['to_run']} of {r['cells']} | {outcome} | {_md_code(r['command'])} |")
         if no_ops:

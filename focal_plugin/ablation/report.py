@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation import cell as cell_mod
 from focal_plugin.ablation.files import read_json, write_json_atomic, write_text_atomic
-from focal_plugin.ablation.history import invocations, read_history
+from focal_plugin.ablation.history import invocations, live_runner, read_history
 from focal_plugin.ablation.render import to_csv, to_markdown
 from focal_plugin.ablation.spec import LOWER_IS_BETTER, RowPlan, Spec
 from focal_plugin.ablation.verdict import RowStats, fmt_stat, judge
@@ -210,7 +210,7 @@ def build_report(spec: Spec, scale: str, run_dir: str, rows: Sequence[RowPlan],
         "base_config_override": base_config, "extra_opts": list(extra_opts),
         "launchers": sorted({f"{h.get('launcher')} (workers {h.get('workers')})" for h in starts}),
         "label": label or next((h["label"] for h in reversed(starts) if h.get("label")), None),
-        "invocations": invocations(history, spec.name, scale),
+        "invocations": invocations(history, spec.name, scale, live_runner(run_dir)),
         "devices": sorted({_device_text(c["status"]) for c in cells if c["status"].get("device")}),
         "commits": sorted({c["status"].get("commit", "?") for c in cells if c["status"]}),
         "hosts": sorted({c["status"].get("host", "?") for c in cells if c["status"]}),

@@ -33,10 +33,10 @@ from focal_plugin.ablation import cell as cell_mod
 from focal_plugin.ablation import twins
 from focal_plugin.ablation.export import ExportConflict, export_cell, export_run
 from focal_plugin.ablation.files import FileLock, LockHeld, now_iso, read_json, write_json_atomic
+from focal_plugin.ablation.history import RUNNER_LOCK
 from focal_plugin.ablation.launch import core_shares, run_pool, visible_gpus
 from focal_plugin.ablation.spec import ABLATIONS_DIR, METRIC_LABELS, RowPlan, Spec
 
-RUNNER_LOCK = ".runner.lock"
 LAUNCHERS = ("local", "submitit")
 
 
