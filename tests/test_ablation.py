@@ -584,6 +584,18 @@ def test_a_report_that_fails_between_cells_never_stops_the_run(fake_env, monkeyp
     assert os.path.isfile(summary["report"]["md"])
 
 
+def test_a_timed_table_is_reported_at_the_end_only(fake_env, monkeypatch):
+    """Cells of a timed table (ms/img) may be timing inference in parallel: no report is built
+    between them (its CPU load would reach their timings), only at the end."""
+    import focal_plugin.ablation.report as report_mod
+
+    real, calls = report_mod.write_reports, []
+    monkeypatch.setattr(report_mod, "write_reports", lambda *a, **k: calls.append(1) or real(*a, **k))
+    summary = Runner(_timed_spec(fake_env), "mini", fake_env["out"], only=["a25", "a75"], workers=0,
+                     train_fn=fake_train, progress=False, imbalance=False, log=lambda m: None).run()
+    assert summary["ran"] == 2 and len(calls) == 1
+
+
 def test_export_never_stops_a_run_never_mixes_cells_and_leaves_nothing_stale(fake_env):
     from focal_plugin.ablation.export import ExportConflict, export_cell
 
@@ -1214,5 +1226,59 @@ def test_report_tells_a_runner_at_work_from_a_killed_one(tmp_path):
         assert [r["running"] for r in invocations(history, "s", "mini", live)] == [False, True]
         ended = history + [{"event": "end", "host": host, "pid": pid, "states": {"done": 1}}]
         assert [r["running"] for r in invocations(ended, "s", "mini", live)] == [False, False]
+        # a reused pid (containers): the killed earlier runner with the same (host, pid) is neither
+        # running nor given the live runner's end
+        reused = [{"event": "start", "host": host, "pid": pid, "time": "t0"}, *history[1:]]
+        assert [r["running"] for r in invocations(reused, "s", "mini", live)] == [False, True]
+        done = reused + [{"event": "end", "host": host, "pid": pid, "time": "t2", "states": {"done": 3}}]
+        assert [(r["ended"], r["states"]) for r in invocations(done, "s", "mini", live)] == \
+            [(None, None), ("t2", {"done": 3})]
     finally:
         lock.release()
+
+
+def test_lock_probes_never_refuse_a_real_acquire_and_never_crash(tmp_path, monkeypatch):
+    """is_held() takes the lock for an instant: an acquire landing then retries instead of failing;
+    a lock file that cannot be opened counts as held (cannot tell), one that is gone as free."""
+    import threading
+
+    from focal_plugin.ablation.files import FileLock, LockHeld
+
+    path = str(tmp_path / ".cell.lock")
+    open(path, "w").close()
+    stop, refused = threading.Event(), []
+
+    def probe():
+        while not stop.is_set():
+            FileLock(path).is_held()
+
+    t = threading.Thread(target=probe)
+    t.start()
+    try:
+        for _ in range(300):
+            try:
+                FileLock(path).acquire().release()
+            except LockHeld:
+                refused.append(1)
+    finally:
+        stop.set()
+        t.join()
+    assert not refused
+    held = FileLock(path).acquire()
+    try:
+        with pytest.raises(LockHeld):  # a real holder is still refused (after the retries)
+            FileLock(path).acquire()
+    finally:
+        held.release()
+    assert not FileLock(str(tmp_path / "gone.lock")).is_held()
+    import focal_plugin.ablation.files as files_mod
+
+    real_open = os.open
+
+    def denied(p, *args, **kwargs):  # as for a teammate's lock file without read permission
+        if p == path:
+            raise PermissionError(13, "Permission denied", p)
+        return real_open(p, *args, **kwargs)
+
+    monkeypatch.setattr(files_mod.os, "open", denied)
+    assert FileLock(path).is_held()

@@ -290,3 +290,33 @@ def test_coco_reference_line_comes_from_the_report():
     assert coco_reference_line({"imbalance": {"coco": {"negatives_per_positive": 56365.3}}}) == {
         "x": 56365.3, "label": "COCO at 600 px (56,365)"}
     assert coco_reference_line({"imbalance": {"available": False}}) is None
+
+
+@pytest.mark.parametrize("xs", [(2216.0, 4434.0, 11086.0, 22173.0, 41597.0), (0.4, 0.6, 1.4)])
+def test_gap_plot_shows_every_level_run_or_not(tmp_path, monkeypatch, xs):
+    """The plot's x ticks are the scan's levels, all in view (levels not yet run and the reference
+    line included) and all distinct in their labels, whatever the scale of the x column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from focal_plugin.analysis.imbalance_scan import write_outputs
+
+    points = [{"claim": f"c{i}", "row": f"r{i}", "rival": "q", "x": x, "negatives_per_positive": x,
+               "metric": "AP", "gap": (-1.0 if i == 0 else None), "noise": None, "diverged": None,
+               "verdict": "v"} for i, x in enumerate(xs)]
+    seen = {}
+
+    def grab(fig):  # instead of closing: read the drawn axis
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        lo, hi = ax.get_xlim()
+        seen["labels"] = [t.get_text() for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]
+        seen["lim"] = (lo, hi)
+
+    monkeypatch.setattr(plt, "close", grab)
+    reference = {"x": xs[-1] * 1.4, "label": "ref"}
+    write_outputs(points, str(tmp_path / "gap"), "t", reference=reference)
+    assert len(set(seen["labels"])) == len(xs) and "" not in seen["labels"], seen
+    assert seen["lim"][0] < xs[0] and seen["lim"][1] > reference["x"]

@@ -81,18 +81,22 @@ def invocations(history: List[Dict[str, Any]], spec: str, scale: str,
     """One entry per runner start: when, how (the equivalent command), how many cells, and how it
     ended (an interrupted runner — killed, crashed — left a start without an end; ``running``
     tells it from the runner still at work, ``live`` = :func:`live_runner`)."""
+    # runners in one folder take turns (its lock): a start's end, if any, is the very next event,
+    # and only the last start can be at work, whatever pids a container reuses
     out = []
+    last = max((i for i, h in enumerate(history) if h.get("event") == "start"), default=-1)
     for i, h in enumerate(history):
         if h.get("event") != "start":
             continue
-        end = next((e for e in history[i + 1:] if e.get("event") == "end" and e.get("pid") == h.get("pid")
-                    and e.get("host") == h.get("host")), None)
+        who = (h.get("host"), h.get("pid"))
+        nxt = history[i + 1] if i + 1 < len(history) else {}
+        end = nxt if nxt.get("event") == "end" and (nxt.get("host"), nxt.get("pid")) == who else None
         out.append({"started": h.get("time"), "host": h.get("host"), "pid": h.get("pid"),
                     "launcher": h.get("launcher"), "workers": h.get("workers"), "to_run": h.get("to_run"),
                     "reused": h.get("reused"),
                     "cells": h.get("cells"), "ended": end.get("time") if end else None,
                     "states": end.get("states") if end else None,
-                    "running": not end and live == (h.get("host"), h.get("pid")),
+                    "running": not end and i == last and live == who,
                     "command": ablate_command(h, spec, scale)})
     return out
 

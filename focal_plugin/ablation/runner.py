@@ -306,7 +306,8 @@ class Runner:
         wall = status.get("wall_time_s")
         if self.export_dir:
             self._export(export_cell, c.dir, self.run_dir)
-        self._report_quietly()  # a long run's report (and its export) is never older than its last cell
+        if not self.spec.timing:  # (a timed table's cells may be timing inference: no extra load now)
+            self._report_quietly()  # a long run's report (and its export) is never older than its last cell
         msg = f"[{state}] {c.id} {detail}" + (f" ({wall:.0f} s)" if wall else "")
         if bar.disable:
             self.log(msg)

@@ -116,7 +116,10 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
     levels = sorted({p["x"] for p in points if p["x"]})
     ax.xaxis.set_minor_formatter(NullFormatter())
     if levels:
-        ax.set_xticks(levels, [f"{x:,.0f}" for x in levels], fontsize=7, rotation=30)
+        labels = [f"{x:,.0f}" if x >= 10 else f"{x:.3g}" for x in levels]
+        ax.set_xticks(levels, labels, fontsize=7, rotation=30)
+        ends = levels + ([reference["x"]] if reference else [])
+        ax.set_xlim(min(ends) / 1.25, max(ends) * 1.25)  # every level, run or not, and the reference
     ax.margins(y=0.15)
     ax.set_xlabel(x_label)
     metric = done[0]["metric"] if done else "AP"
