@@ -1,5 +1,6 @@
 # The README's commands. `make setup` is idempotent: a stamp in the venv records that the
-# environment matches setup.py and tools/install_detectron2.py; a second run does nothing.
+# environment matches setup.py, tools/install_detectron2.py and tools/setup_env.sh (the steps);
+# a second run does nothing.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,12 +11,8 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): setup.py tools/install_detectron2.py Makefile
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch>=2.1,<=2.14.1" "torchvision>=0.16,<=0.29.1"
-	$(PY) tools/install_detectron2.py
-	$(PY) -m pip install --quiet -e ".[dev]"
+$(STAMP): setup.py tools/install_detectron2.py tools/setup_env.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash tools/setup_env.sh
 	@touch $(STAMP)
 	@echo "[setup] environment ready in $(VENV)"
 
