@@ -1,4 +1,4 @@
-"""detectron2's ``COCOEvaluator`` with two repairs users hit through our tools.
+"""detectron2's ``COCOEvaluator`` with three repairs users hit through our tools.
 
 * **A model that finds nothing scores 0, not None.** detectron2 reports NaN for every metric when
   there are no predictions; AP is 0.0 wherever the split has ground truth (and stays NaN —
@@ -7,6 +7,11 @@
   annotation at the very end of an evaluation (a bare ``KeyError: 'area'`` after the whole test
   set was inferred). A hand-made COCO file without it gets the area of its box, logged once
   with the file name and the count of repaired annotations.
+
+* **A dataset without a COCO file is converted afresh, into the evaluator's own folder.**
+  detectron2 stores the converted file's path in the process-wide metadata and reuses an existing
+  file: a later evaluation of the name read a deleted folder's file, or ground truth the
+  registered dicts no longer hold. Here the metadata is left as it was.
 
 **Backend** (``backend``; ``cfg.TEST.COCO_EVAL_BACKEND``): ``"faster_coco_eval"`` runs the
 faster-coco-eval package's ``COCOeval_faster`` (C++ matching and accumulation, a dependency of
@@ -27,6 +32,8 @@ import math
 import os
 from typing import Dict, List, Optional
 
+from detectron2.data import MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.file_io import PathManager
 
@@ -61,7 +68,23 @@ class FocalCOCOEvaluator(COCOEvaluator):
 
     def __init__(self, dataset_name: str, *args, backend: str = "auto", **kwargs):
         self.backend = resolve_eval_backend(backend)
-        super().__init__(dataset_name, *args, **kwargs)
+        meta = MetadataCatalog.get(dataset_name)
+        output_dir = kwargs.get("output_dir", args[2] if len(args) > 2 else None)
+        converted = not hasattr(meta, "json_file") and bool(output_dir)
+        if converted:
+            # detectron2 would store its converted file's path in the process-wide metadata (every
+            # later evaluator of the name then reads that file, even once its folder is deleted) and
+            # reuse an existing file even if the registered dicts changed: convert afresh, and leave
+            # the metadata as it was
+            cache = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
+            convert_to_coco_json(dataset_name, cache, allow_cached=False)
+            meta.json_file = cache
+        try:
+            super().__init__(dataset_name, *args, **kwargs)
+        finally:
+            if converted:
+                del meta.json_file
+        self._json_file = cache if converted else getattr(meta, "json_file", None)
         if self.backend == "faster_coco_eval" and self._tasks and not set(self._tasks) <= {"bbox", "segm"}:
             raise ValueError(f"backend 'faster_coco_eval' evaluates bbox and segm here, not {self._tasks}: "
                              "use backend 'pycocotools'")
@@ -72,7 +95,7 @@ class FocalCOCOEvaluator(COCOEvaluator):
         if missing:
             self._coco_api.createIndex()
             logger.warning("%s (dataset '%s'): %d annotation(s) without 'area' got the area of their box",
-                           self._metadata.json_file, dataset_name, len(missing))
+                           self._json_file, dataset_name, len(missing))
 
     def _eval_predictions(self, predictions, img_ids=None):
         if self.backend != "faster_coco_eval":

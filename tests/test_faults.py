@@ -74,6 +74,39 @@ def test_ap_is_zero_not_none_when_the_model_finds_nothing(tmp_path):
     assert all(v == 0.0 or v is None for v in bbox.values())
 
 
+def test_evaluators_of_one_dataset_never_share_a_converted_file(tmp_path):
+    """detectron2's COCOEvaluator stores its converted COCO file in the process-wide metadata and
+    reuses an existing one: a later evaluation then read a deleted folder's file (FileNotFoundError)
+    or ground truth the registered dicts no longer hold. Ours converts afresh into its own folder
+    and leaves the metadata as it was."""
+    import shutil
+
+    from focal_plugin.evaluation import FocalCOCOEvaluator
+
+    name = "focal_test_conversion"
+    dicts = [{"file_name": f"{i}.png", "image_id": i, "height": 64, "width": 64,
+              "annotations": [{"bbox": [4.0, 4.0, 20.0, 20.0], "bbox_mode": 1, "category_id": 0}]}
+             for i in range(3)]
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=["a"], thing_dataset_id_to_contiguous_id={1: 0})
+    try:
+        first = FocalCOCOEvaluator(name, tasks=("bbox",), output_dir=str(tmp_path / "a"))
+        assert len(first._coco_api.getImgIds()) == 3
+        assert not hasattr(MetadataCatalog.get(name), "json_file")  # the metadata is left as it was
+        shutil.rmtree(tmp_path / "a")  # the first run's folder is gone
+        dicts.pop()  # and the registered data changed
+        second = FocalCOCOEvaluator(name, tasks=("bbox",), output_dir=str(tmp_path / "b"))
+        assert len(second._coco_api.getImgIds()) == 2
+        again = FocalCOCOEvaluator(name, tasks=("bbox",), output_dir=str(tmp_path / "b"))  # same folder
+        assert len(again._coco_api.getImgIds()) == 2
+        dicts.pop()
+        assert len(FocalCOCOEvaluator(name, tasks=("bbox",), output_dir=str(tmp_path / "b"))
+                   ._coco_api.getImgIds()) == 1  # a file in its own folder is not reused either
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
 # ---------------------------------------------------------------- user COCO datasets
 def _user_coco(root, num_categories=3, with_area=True, name="user"):
     import cv2
