@@ -564,6 +564,27 @@ def test_export_copies_each_finished_cell_as_it_lands_and_the_report(fake_env):
     assert export_cell(cell_dir, summary["run_dir"], other, "fake_table") == []
 
 
+def test_export_copies_only_what_changed(fake_env):
+    """The report after each cell re-exports every finished cell: unchanged files are not rewritten
+    (same inode, no write), a changed one is."""
+    from focal_plugin.ablation.export import export_cell
+
+    export = os.path.join(fake_env["tmp"], "results")
+    summary = Runner(load_spec(fake_env["spec"]), "mini", fake_env["out"], only=["a25"], workers=0,
+                     train_fn=fake_train, progress=False, imbalance=False, export_dir=export,
+                     log=lambda m: None).run()
+    src = os.path.join(summary["run_dir"], "a25", "seed0")
+    dst = os.path.join(export, "fake_table", "a25", "seed0")
+    inodes = {n: os.stat(os.path.join(dst, n)).st_ino for n in os.listdir(dst)}
+    assert export_cell(src, summary["run_dir"], export, "fake_table") == []
+    assert {n: os.stat(os.path.join(dst, n)).st_ino for n in os.listdir(dst)} == inodes
+    status = json.load(open(os.path.join(src, "status.json")))
+    with open(os.path.join(src, "status.json"), "w") as f:
+        json.dump({**status, "note": "changed"}, f)
+    assert export_cell(src, summary["run_dir"], export, "fake_table") == [os.path.join(dst, "status.json")]
+    assert json.load(open(os.path.join(dst, "status.json")))["note"] == "changed"
+
+
 def test_a_report_that_fails_between_cells_never_stops_the_run(fake_env, monkeypatch):
     import focal_plugin.ablation.report as report_mod
 

@@ -10,6 +10,7 @@ rather than mix two settings in one folder; files the new copy lacks are removed
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 from typing import List
@@ -34,21 +35,24 @@ class ExportConflict(RuntimeError):
 def _copy(src_dir: str, dst_dir: str, names) -> List[str]:
     copied = []
     for name in names:
-        src = os.path.join(src_dir, name)
+        src, dst = os.path.join(src_dir, name), os.path.join(dst_dir, name)
         if not os.path.isfile(src):
-            if os.path.isfile(os.path.join(dst_dir, name)):  # from an earlier attempt: stale now
-                os.remove(os.path.join(dst_dir, name))
+            if os.path.isfile(dst):  # from an earlier attempt: stale now
+                os.remove(dst)
             continue
+        if os.path.isfile(dst) and filecmp.cmp(src, dst, shallow=False):
+            continue  # unchanged (a report after each cell re-exports every cell: copy only what changed)
         os.makedirs(dst_dir, exist_ok=True)
         tmp = os.path.join(dst_dir, f".{name}.tmp.{os.getpid()}")
         shutil.copyfile(src, tmp)
-        os.replace(tmp, os.path.join(dst_dir, name))  # a reader never sees half a file
-        copied.append(os.path.join(dst_dir, name))
+        os.replace(tmp, dst)  # a reader never sees half a file
+        copied.append(dst)
     return copied
 
 
 def export_cell(cell_dir: str, run_dir: str, export_dir: str, spec_name: str) -> List[str]:
-    """Copy one cell's small files if it is finished (done or diverged); returns the files written.
+    """Copy one cell's small files if it is finished (done or diverged); returns the files written
+    (a file whose exported copy has the same bytes is left as it is).
 
     ``cell_dir`` lies under ``run_dir``; its path relative to it (``<row>/seed<k>``) is kept.
     """
