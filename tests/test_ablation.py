@@ -583,6 +583,38 @@ def test_export_copies_only_what_changed(fake_env):
         json.dump({**status, "note": "changed"}, f)
     assert export_cell(src, summary["run_dir"], export, "fake_table") == [os.path.join(dst, "status.json")]
     assert json.load(open(os.path.join(dst, "status.json")))["note"] == "changed"
+    # same size, same mtime, other bytes (a status rewritten within one mtime tick): still copied
+    path, st = os.path.join(src, "status.json"), os.stat(os.path.join(src, "status.json"))
+    with open(path, "w") as f:
+        json.dump({**status, "note": "CHANGED"}, f)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert export_cell(src, summary["run_dir"], export, "fake_table") == [os.path.join(dst, "status.json")]
+    assert json.load(open(os.path.join(dst, "status.json")))["note"] == "CHANGED"
+
+
+def test_a_corrupt_exported_file_never_stops_a_run_and_is_named(fake_env):
+    """An exported cell.json left unparseable (a merge conflict in results/) makes that cell's
+    export fail with the file's name in the log; the cells still train and the report is written."""
+    from focal_plugin.ablation.files import CorruptJSON, read_json
+
+    export = os.path.join(fake_env["tmp"], "results")
+    kw = dict(workers=0, train_fn=fake_train, progress=False, imbalance=False, export_dir=export)
+    Runner(load_spec(fake_env["spec"]), "mini", fake_env["out"], only=["a25"], log=lambda m: None, **kw).run()
+    exported = os.path.join(export, "fake_table", "a25", "seed0", "cell.json")
+    with open(exported, "w") as f:
+        f.write("<<<<<<< HEAD\n")
+    with pytest.raises(CorruptJSON, match="cell.json: not valid JSON"):
+        read_json(exported)
+    logs = []
+    summary = Runner(load_spec(fake_env["spec"]), "mini", os.path.join(fake_env["tmp"], "out2"),
+                     only=["a25", "a75"], log=logs.append, **kw).run()
+    assert set(summary["states"].values()) == {"done"} and os.path.isfile(summary["report"]["md"])
+    assert any("export to" in m and exported in m and "not valid JSON" in m for m in logs), logs
+    assert os.path.isfile(os.path.join(export, "fake_table", "a75", "seed0", "status.json"))
+    with open(exported, "w") as f:
+        f.write("[1, 2]")
+    with pytest.raises(CorruptJSON, match="expected a JSON object, found list"):
+        read_json(exported)
 
 
 def test_a_report_that_fails_between_cells_never_stops_the_run(fake_env, monkeypatch):

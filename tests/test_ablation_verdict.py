@@ -131,9 +131,11 @@ def test_best_claim_reports_its_margin_over_the_strongest_rival():
     m = judge(BEST, stats, {})["margin"]
     assert m["rival"] == "g5" and m["diff"] == pytest.approx(9.2 - 8.5)
     assert m["noise"] == pytest.approx(2 * ((0.2 ** 2 + 1.0 ** 2) / 3) ** 0.5) and m["relation"] == "within"
+    assert m["pending"] == ["g1"] and m["lower_wins"] is False  # g1 not run: it may still be stronger
     low = Claim(text="g0 is the worst", type="best", row="g0", direction="min")
     m = judge(low, stats, {})["margin"]  # the strongest rival of a "worst" claim is the lowest one
     assert m["rival"] == "g5" and m["diff"] == pytest.approx(4.5 - 8.5) and m["relation"] == "better"
+    assert m["lower_wins"] is True
     one = judge(BEST, _rows(g2=THREE_SEEDS_HIGH, g0=(9.5,)), {})["margin"]
     assert one["diff"] == pytest.approx(-0.3) and one["noise"] is None and one["relation"] == "one seed"
     assert judge(BEST, _rows(g2=None, g0=THREE_SEEDS_LOW), {})["margin"] is None

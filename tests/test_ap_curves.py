@@ -74,13 +74,35 @@ def test_checkpoint_curve_evaluates_each_saved_checkpoint(tmp_path, data_root):
     first = (ckpts / "eval_2" / "results.json").stat().st_mtime_ns
     assert checkpoint_curve(ckpts, SMOKE) == rows  # read back, not evaluated again
     assert (ckpts / "eval_2" / "results.json").stat().st_mtime_ns == first
+    # other test settings, or a checkpoint file replaced since: evaluated again, never the old numbers
+    fewer = checkpoint_curve(ckpts, SMOKE, ["TEST.DETECTIONS_PER_IMAGE", "1"])
+    assert (ckpts / "eval_2" / "results.json").stat().st_mtime_ns != first
+    assert fewer[-1]["AP"] <= rows[-1]["AP"]
+    assert checkpoint_curve(ckpts, SMOKE) == rows
+    again = (ckpts / "eval_4" / "results.json").stat().st_mtime_ns
+    os.utime(ckpts / "model_final.pth")
+    assert checkpoint_curve(ckpts, SMOKE) == rows
+    assert (ckpts / "eval_4" / "results.json").stat().st_mtime_ns != again
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no model_.*empty"):
         checkpoint_curve(tmp_path / "empty", SMOKE)
 
 
+def test_ap_curve_tool_names_the_run_it_cannot_read(tmp_path):
+    (tmp_path / "no_metrics").mkdir()
+    _metrics(tmp_path / "metrics.json", [{"iteration": 19, "loss_cls": 3.0, "total_loss": 3.5}])
+    for run, message in ((tmp_path / "no_metrics", "no detectron2 metrics.json"),
+                         (tmp_path, "no bbox/AP entry")):
+        cmd = [sys.executable, str(ROOT / "tools" / "ap_curve.py"), "--run", f"a={run}", "--out",
+               str(tmp_path / "c")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 2 and message in proc.stderr and f"a={run}" in proc.stderr, proc.stderr
+        assert not (tmp_path / "c.csv").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--run", "no-label-here"], "expected LABEL=PATH"),
+    (["--run", "a=.", "--run", "a=tools"], "label(s) ['a'] given twice"),
     (["--run", "γ=2=no/such/dir"], "no existing path after any '='"),
     (["--checkpoints", "a=b"], "--checkpoints needs --config-file"),
     ([], "give at least one --run or --checkpoints"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -167,9 +168,99 @@ def test_report_measures_each_rows_data_and_the_curve_reads_the_margins(sixteen,
 def test_gap_points_needs_imbalance_figures():
     from focal_plugin.analysis.imbalance_scan import gap_points
 
+    best = {"claim": "c", "type": "best", "row": "a", "metric": "AP", "verdict": "no data"}
     with pytest.raises(ValueError, match="scan.*no imbalance figures.*--no-imbalance"):
         gap_points({"spec": "scan", "imbalance": {"available": False, "reason": "not computed"},
-                    "claims": []})
+                    "claims": [best]})
+
+
+@pytest.mark.parametrize("report, match", [
+    ({}, "not an ablation report"), ([1, 2], "not an ablation report"),
+    ({"spec": "table3", "claims": [{"claim": "c", "type": "better", "row": "fl"}]},
+     "'table3' has no claim of type 'best'"),
+])
+def test_gap_points_refuse_what_gives_no_point(report, match):
+    from focal_plugin.analysis.imbalance_scan import gap_points
+
+    with pytest.raises(ValueError, match=match):
+        gap_points(report)
+
+
+def _scan_report(claims, table=()):
+    return {"spec": "s", "imbalance": {"available": True, "ours": {"negatives_per_positive": 10.0},
+                                       "by_row": {"hi": {"negatives_per_positive": 50000.0},
+                                                  "lo": {"negatives_per_positive": 2000.0}}},
+            "table": list(table), "claims": claims}
+
+
+def _claim(row, **margin):
+    return {"claim": f"at {row}", "type": "best", "row": row, "metric": "AP", "verdict": "no data",
+            "margin": {"rival": "r", "diff": 1.0, "noise": None, "relation": "one seed", "diverged": None,
+                       **margin}}
+
+
+def test_gap_points_say_when_rivals_are_pending_or_seeds_diverged(tmp_path):
+    """A gap measured while rivals have not run is against the finished ones only (a pending rival
+    may be stronger): said in the table and the CSV, drawn hollow; partial divergences and seeds
+    without a value are named; a 'lower wins' claim is marked; small x values keep their digits."""
+    from focal_plugin.analysis.imbalance_scan import gap_points, to_markdown, write_outputs
+
+    table = [{"row": "lo", "seeds_finished": 3, "diverged_at": [120, 80], "AP": {"n": 1}},
+             {"row": "hi", "seeds_finished": 2, "diverged_at": [], "AP": {"n": 1}}]
+    rep = _scan_report([_claim("lo", pending=["c", "d"]), _claim("hi", lower_wins=True)], table)
+    points = gap_points(rep)
+    assert [p["pending"] for p in points] == [["c", "d"], []]
+    md = to_markdown(points, "t")
+    assert "+1.00 AP (2 of 3 seeds diverged; vs finished rivals only: 2 pending (c, d))" in md
+    assert "+1.00 AP (lower wins) (1 seed(s) without AP)" in md
+    paths = write_outputs(points, str(tmp_path / "gap"), "t")
+    assert "c;d" in open(paths[1]).read()
+    rep["table"], rep["columns"] = [{"row": "lo", "settings": {"alpha": 0.1}},
+                                    {"row": "hi", "settings": {"alpha": 0.75}}], ["alpha"]
+    md = to_markdown(gap_points(rep, "alpha"), "t", "alpha")
+    assert "| 0.1 | at lo |" in md and "| 0.75 | at hi |" in md
+
+
+def test_gap_plot_draws_diverged_sides_at_the_edges(tmp_path, monkeypatch):
+    """'Every rival diverged' (the row won outright) is the clearest outcome a level can have: it is
+    drawn (at the top edge), and 'the row diverged' at the bottom, not dropped for lack of a gap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from focal_plugin.analysis.imbalance_scan import gap_points, write_outputs
+
+    rep = _scan_report([_claim("hi", diff=None, diverged="rivals", rival=None),
+                        _claim("lo", diff=None, diverged="row")])
+    seen = {}
+
+    def grab(fig):
+        ax = fig.axes[0]
+        seen["marks"] = {(line.get_marker(), tuple(line.get_xdata())) for line in ax.get_lines()}
+        seen["legend"] = [t.get_text() for t in ax.get_legend().get_texts()]
+
+    monkeypatch.setattr(plt, "close", grab)
+    write_outputs(gap_points(rep), str(tmp_path / "gap"), "t")
+    assert ("^", (50000.0,)) in seen["marks"] and ("v", (2000.0,)) in seen["marks"]
+    assert "every rival diverged" in seen["legend"] and "the row diverged" in seen["legend"]
+
+
+def test_tool_errors_name_the_report_and_create_the_output_folder(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("imbalance_scan_tool", os.path.join(
+        os.path.dirname(__file__), "..", "tools", "imbalance_scan.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    bad = tmp_path / "report.json"
+    bad.write_text('{"claims": [')
+    assert tool.main(["--report", str(bad)]) == 2
+    assert str(bad) in capsys.readouterr().err
+    bad.write_text(json.dumps(_scan_report([_claim("hi")])))
+    out = tmp_path / "new" / "folder" / "gap"
+    assert tool.main(["--report", str(tmp_path), "--out", str(out)]) == 0  # a run folder works too
+    assert (tmp_path / "new" / "folder" / "gap.png").is_file()
 
 
 def test_scan_spec_rows_at_80_classes_are_table_1s_cells():

@@ -8,7 +8,8 @@
         configs/mini/protocol/alpha_ce.yaml --out curves MODEL.FOCAL.ALPHA 0.9
 
 Writes ``<out>.csv`` and ``<out>.png``. For --checkpoints, each evaluation goes to
-``<dir>/eval_<iteration>/`` (kept: a second call reads it); losses come from ``<dir>/metrics.json``
+``<dir>/eval_<iteration>/`` (kept: a second call with the same config and checkpoint files reads it;
+other settings or replaced checkpoints are evaluated again); losses come from ``<dir>/metrics.json``
 when the run's detectron2 metrics file is copied there.
 """
 
@@ -49,13 +50,20 @@ def main(argv=None) -> int:
         parser.error("give at least one --run or --checkpoints")
     if args.checkpoints and not args.config_file:
         parser.error("--checkpoints needs --config-file (the config the run trained with)")
+    pairs = [(*_pair(t, "--run"), ap_curve) for t in args.run]
+    pairs += [(*_pair(t, "--checkpoints"), lambda p: checkpoint_curve(p, args.config_file, args.opts))
+              for t in args.checkpoints]
+    labels = [label for label, _, _ in pairs]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        parser.error(f"label(s) {twice} given twice: each curve needs its own label")
     runs = {}
-    for text in args.run:
-        label, path = _pair(text, "--run")
-        runs[label] = ap_curve(path)
-    for text in args.checkpoints:
-        label, path = _pair(text, "--checkpoints")
-        runs[label] = checkpoint_curve(path, args.config_file, args.opts)
+    for label, path, curve in pairs:
+        try:
+            runs[label] = curve(path)
+        except (OSError, ValueError) as e:
+            print(f"error: {label}={path}: {e}", file=sys.stderr)
+            return 2
     write_curves(runs, f"{args.out}.csv", f"{args.out}.png", title=args.title, ylabel=args.ylabel)
     for label, rows in runs.items():
         print(f"{label}: " + ", ".join(f"{r['iter']}: {r['AP']:.2f}" for r in rows))

@@ -25,26 +25,30 @@ DEFAULT_REPORT = os.path.join("output", "ablations", "imbalance_scan", "mini", "
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--report", default=DEFAULT_REPORT, help=f"report.json (default: {DEFAULT_REPORT})")
+    parser.add_argument("--report", default=DEFAULT_REPORT,
+                        help=f"report.json, or the run folder holding it (default: {DEFAULT_REPORT})")
     parser.add_argument("--out", default=None, help="output stem (default: <report folder>/gap_vs_imbalance, "
                                                     "or gap_vs_<column> with --x-column)")
     parser.add_argument("--x-column", default=None,
                         help="a numeric settings column as x instead of the imbalance "
                              "(schedule_scan: iterations)")
     args = parser.parse_args(argv)
+    if os.path.isdir(args.report):
+        args.report = os.path.join(args.report, "report.json")  # a run folder: its report
     if not os.path.isfile(args.report):
         print(f"error: report not found: {args.report} (run tools/ablate.py --spec imbalance_scan first)",
               file=sys.stderr)
         return 2
-    with open(args.report) as f:
-        report = json.load(f)
     try:
+        with open(args.report) as f:
+            report = json.load(f)
         points = gap_points(report, args.x_column)
-    except ValueError as e:
+    except ValueError as e:  # json.JSONDecodeError included
         print(f"error: {args.report}: {e}", file=sys.stderr)
         return 2
     name = f"gap_vs_{args.x_column}" if args.x_column else "gap_vs_imbalance"
     stem = args.out or os.path.join(os.path.dirname(os.path.abspath(args.report)), name)
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
     x_label = args.x_column or "binary negatives per positive anchor"
     reference = None if args.x_column else coco_reference_line(report)
     for p in write_outputs(points, stem, report.get("title", report.get("spec", "")), x_label, reference):

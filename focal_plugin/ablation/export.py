@@ -10,7 +10,6 @@ rather than mix two settings in one folder; files the new copy lacks are removed
 
 from __future__ import annotations
 
-import filecmp
 import os
 import shutil
 from typing import List
@@ -32,6 +31,15 @@ class ExportConflict(RuntimeError):
     """The export folder holds another cell or another scale's report at that place."""
 
 
+def _same_bytes(a: str, b: str) -> bool:
+    """Whether ``b`` exists with ``a``'s bytes (read each time: filecmp caches by size and mtime,
+    and a cell's status can change within one mtime tick)."""
+    if not os.path.isfile(b) or os.path.getsize(a) != os.path.getsize(b):
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return fa.read() == fb.read()
+
+
 def _copy(src_dir: str, dst_dir: str, names) -> List[str]:
     copied = []
     for name in names:
@@ -40,7 +48,7 @@ def _copy(src_dir: str, dst_dir: str, names) -> List[str]:
             if os.path.isfile(dst):  # from an earlier attempt: stale now
                 os.remove(dst)
             continue
-        if os.path.isfile(dst) and filecmp.cmp(src, dst, shallow=False):
+        if _same_bytes(src, dst):
             continue  # unchanged (a report after each cell re-exports every cell: copy only what changed)
         os.makedirs(dst_dir, exist_ok=True)
         tmp = os.path.join(dst_dir, f".{name}.tmp.{os.getpid()}")

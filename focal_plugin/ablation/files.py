@@ -51,13 +51,23 @@ def write_text_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+class CorruptJSON(ValueError):
+    """A file that exists but holds no JSON object (cut short, a merge conflict, edited by hand)."""
+
+
 def read_json(path: str) -> Optional[Dict[str, Any]]:
-    """The JSON object in ``path``, or None when the file does not exist."""
+    """The JSON object in ``path``, or None when the file does not exist. Raises
+    :class:`CorruptJSON` (a ``ValueError`` naming ``path``) when it holds no JSON object."""
     try:
         with open(path) as f:
-            return json.load(f)
+            value = json.load(f)
     except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptJSON(f"{path}: not valid JSON ({e}): repair or remove it") from e
+    if not isinstance(value, dict):
+        raise CorruptJSON(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 class LockHeld(RuntimeError):

@@ -127,7 +127,10 @@ def imbalance(spec: Spec, scale: str, run_dir: str, base_config: Optional[str],
     config_file, opts = spec.table_config(scale, base_config, extra_opts)
     key = {"config": config_file, "opts": opts, "images": IMBALANCE_IMAGES}
     cache = os.path.join(run_dir, "imbalance.json")
-    cached = read_json(cache) or {}
+    try:
+        cached = read_json(cache) or {}
+    except ValueError:  # a damaged cache is recomputed
+        cached = {}
     computed = dict(cached.get("computed") or {}) if cached.get("images") == IMBALANCE_IMAGES else {}
     try:
         from focal_plugin.analysis.imbalance import coco_reference, imbalance_stats

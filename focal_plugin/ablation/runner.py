@@ -273,7 +273,7 @@ class Runner:
         """Export without ever stopping the run: a failure is logged, the results stay in run_dir."""
         try:
             fn(*args, self.export_dir, self.spec.name)
-        except (OSError, ExportConflict) as e:
+        except (OSError, ExportConflict, ValueError) as e:  # ValueError: a corrupt exported file
             self.log(f"[ablate] export to {self.export_dir} failed ({type(e).__name__}: {e}); "
                      f"the results stay in {self.run_dir}")
 

@@ -225,20 +225,25 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
 def _margin(row: str, rivals: Sequence[str], comps: Dict[str, Comparison], stats: Dict[str, RowStats],
             metric: str, sign: int) -> Optional[Dict[str, Any]]:
     """The claimed row against its strongest finished rival: ``{"rival", "diff", "noise",
-    "relation", "diverged"}`` (``diverged``: "row" / "rivals" when a side has no value because all
-    its seeds diverged, else None); None while the row or every rival has not finished."""
+    "relation", "diverged", "pending"}`` (``diverged``: "row" / "rivals" when a side has no value
+    because all its seeds diverged, else None; ``pending``: the rivals not finished yet, any of which
+    could still be stronger; ``lower_wins``: the claim's "strongest" is the lowest value, as in
+    "α = .10 is the worst"); None while the row or every rival has not finished."""
     finished = [r for r in rivals if stats[r].seeds]
     if not stats[row].seeds or not finished:
         return None
+    pending = [r for r in rivals if not stats[r].seeds]
     ranked = [r for r in finished if stats[r].n(metric) and not stats[r].all_diverged]
     if stats[row].all_diverged or not ranked:
         top = (max if sign > 0 else min)(ranked, key=lambda r: stats[r].mean(metric)) if ranked else None
         c = comps[top or finished[0]]
         return {"rival": top, "diff": None, "noise": None, "relation": c.relation,
-                "diverged": "row" if stats[row].all_diverged else "rivals"}
+                "diverged": "row" if stats[row].all_diverged else "rivals", "pending": pending,
+                "lower_wins": sign < 0}
     top = (max if sign > 0 else min)(ranked, key=lambda r: stats[r].mean(metric))
     c = comps[top]
-    return {"rival": top, "diff": c.diff, "noise": c.noise, "relation": c.relation, "diverged": None}
+    return {"rival": top, "diff": c.diff, "noise": c.noise, "relation": c.relation, "diverged": None,
+            "pending": pending, "lower_wins": sign < 0}
 
 
 def _pending_text(pending: Sequence[str], of: int) -> str:

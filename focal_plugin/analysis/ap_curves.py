@@ -5,9 +5,14 @@ checkpoints a run saved (each evaluated), written as one CSV and one PNG.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+
+#: next to each cached evaluation: what it evaluated (config and weights), so that a cache made with
+#: other test settings, another test set or retrained weights is evaluated again instead of reused
+CACHE_KEY_FILE = "curve_key.json"
 
 
 def _losses_by_iteration(metrics_json) -> list:
@@ -36,6 +41,8 @@ def ap_curve(output_dir) -> list:
     metrics = str(output_dir)
     if not metrics.endswith(".json"):
         metrics = os.path.join(metrics, "metrics.json")
+    if not os.path.isfile(metrics):
+        raise FileNotFoundError(f"{metrics}: no detectron2 metrics.json (a run's OUTPUT_DIR holds one)")
     max_iter = None
     results = os.path.join(os.path.dirname(metrics), "results.json")
     if os.path.exists(results):  # the final evaluation is logged at max_iter, not max_iter - 1
@@ -52,7 +59,21 @@ def ap_curve(output_dir) -> list:
                 it = min(it, max_iter) if max_iter else it
                 rows.append({"iter": it, "AP": m["bbox/AP"], "AP50": m["bbox/AP50"], "AP75": m["bbox/AP75"],
                              **_loss_at(losses, m["iteration"] + 1)})
+    if not rows:
+        raise ValueError(f"{metrics}: no bbox/AP entry (the run evaluated neither during training, "
+                         "TEST.EVAL_PERIOD 0, nor at its end): use --checkpoints on its saved checkpoints")
     return rows
+
+
+def _cache_key(cfg, weights: str) -> dict:
+    """What one evaluation depends on: the whole config but its output folder, and the weights file."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.OUTPUT_DIR = ""
+    st = os.stat(weights)
+    return {"config_sha256": hashlib.sha256(cfg.dump().encode()).hexdigest(),
+            "weights": os.path.basename(weights), "weights_bytes": st.st_size,
+            "weights_mtime_ns": st.st_mtime_ns}
 
 
 def checkpoint_curve(checkpoint_dir, config_file, opts=()) -> list:
@@ -60,7 +81,8 @@ def checkpoint_curve(checkpoint_dir, config_file, opts=()) -> list:
     ``model_final.pth`` after ``SOLVER.MAX_ITER``), each evaluated on the config's
     ``DATASETS.TEST`` with the config's test settings; rows as :func:`ap_curve` (losses from
     ``checkpoint_dir/metrics.json`` when there is one). Evaluation outputs go to
-    ``checkpoint_dir/eval_<iteration>/``; an iteration evaluated before is read from there."""
+    ``checkpoint_dir/eval_<iteration>/``; an iteration evaluated before with the same config and the
+    same checkpoint file (``curve_key.json``) is read from there, any other is evaluated again."""
     from focal_plugin.engine import evaluate, setup_cfg
 
     cfg = setup_cfg(config_file, list(opts))
@@ -77,18 +99,26 @@ def checkpoint_curve(checkpoint_dir, config_file, opts=()) -> list:
     losses = _losses_by_iteration(metrics) if os.path.exists(metrics) else []
     rows = []
     for it in sorted(found):
-        out = os.path.join(checkpoint_dir, f"eval_{it}")
-        done = os.path.join(out, "results.json")
-        if os.path.exists(done):
-            with open(done) as f:
-                res = json.load(f)
-        else:
-            res = evaluate(setup_cfg(config_file, [*opts, "OUTPUT_DIR", out]),
-                           weights=os.path.join(checkpoint_dir, found[it]))
-        bbox = res["metrics"][cfg.DATASETS.TEST[0]]["bbox"]
+        out, weights = os.path.join(checkpoint_dir, f"eval_{it}"), os.path.join(checkpoint_dir, found[it])
+        key, res = _cache_key(cfg, weights), _cached(out)
+        if res is None or res[0] != key or cfg.DATASETS.TEST[0] not in res[1].get("metrics", {}):
+            res = (key, evaluate(setup_cfg(config_file, [*opts, "OUTPUT_DIR", out]), weights=weights))
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, CACHE_KEY_FILE), "w") as f:
+                json.dump(key, f, indent=1)
+        bbox = res[1]["metrics"][cfg.DATASETS.TEST[0]]["bbox"]
         rows.append({"iter": it, "AP": bbox["AP"], "AP50": bbox["AP50"], "AP75": bbox["AP75"],
                      **_loss_at(losses, it)})
     return rows
+
+
+def _cached(out: str):
+    """``(key, results)`` of an earlier evaluation in ``out``, or None (none, or unreadable)."""
+    try:
+        with open(os.path.join(out, CACHE_KEY_FILE)) as f, open(os.path.join(out, "results.json")) as g:
+            return json.load(f), json.load(g)
+    except (OSError, ValueError):
+        return None
 
 
 def write_curves(runs: dict, csv_path, png_path=None, title: str = "", ylabel: str = "COCO AP") -> None:

@@ -16,7 +16,23 @@ import json
 from typing import Any, Dict, List, Optional, Sequence
 
 COLUMNS = ("claim", "row", "rival", "x", "negatives_per_positive", "metric", "gap", "noise", "diverged",
-           "verdict")
+           "pending", "lower_wins", "note", "verdict")
+
+
+def _fmt_x(x: float) -> str:
+    return f"{x:,.0f}" if x >= 10 else f"{x:.3g}"
+
+
+def _row_note(entry: Dict[str, Any], metric: str) -> str:
+    """What the gap leaves out about the claimed row: seeds that diverged, seeds without a value."""
+    finished, diverged = entry.get("seeds_finished") or 0, len(entry.get("diverged_at") or [])
+    n = (entry.get(metric) or {}).get("n") or 0
+    parts = []
+    if 0 < diverged < finished:
+        parts.append(f"{diverged} of {finished} seeds diverged")
+    if finished - diverged > n:
+        parts.append(f"{finished - diverged - n} seed(s) without {metric}")
+    return "; ".join(parts)
 
 
 def gap_points(report: Dict[str, Any], x_column: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -24,10 +40,21 @@ def gap_points(report: Dict[str, Any], x_column: Optional[str] = None) -> List[D
     binary negatives per positive of the claimed row's data, or with ``x_column`` that setting of
     the claimed row (e.g. the schedule scan's ``iterations``).
 
-    A claim whose rows have not run has ``gap`` None. Raises ``ValueError`` when the report has no
-    imbalance figures (computed with ``--no-imbalance``, or the data was missing), when
-    ``x_column`` is not a numeric column of the report, or when the report predates claim rows.
+    ``gap`` is None while the claim's rows have not run (``diverged`` says when a side has no
+    value because it diverged); ``pending`` lists the rivals not finished yet (the gap is then
+    against the finished ones only: a pending rival may still be stronger); ``lower_wins`` marks
+    a claim whose strongest rival is the lowest one ("α = .10 is the worst": a negative gap
+    supports it). Raises ``ValueError`` when ``report`` is not an ablation report or has no
+    ``best`` claim, when it has no imbalance figures (computed with ``--no-imbalance``, or the
+    data was missing), when ``x_column`` is not a numeric column of the report, or when the
+    report predates claim rows.
     """
+    if not isinstance(report, dict) or not isinstance(report.get("claims"), list):
+        raise ValueError("not an ablation report (no 'claims' list; tools/ablate.py writes report.json)")
+    claims = [c for c in report["claims"] if isinstance(c, dict) and c.get("type") == "best"]
+    if not claims:
+        raise ValueError(f"report of {report.get('spec')!r} has no claim of type 'best' (each such claim "
+                         "gives a point: its row minus the strongest rival); the scans' reports have them")
     imb = report.get("imbalance") or {}
     if x_column is not None and x_column not in report.get("columns", []):
         raise ValueError(f"report of {report.get('spec')!r} has no column {x_column!r} "
@@ -36,17 +63,16 @@ def gap_points(report: Dict[str, Any], x_column: Optional[str] = None) -> List[D
         raise ValueError(f"report of {report.get('spec')!r} has no imbalance figures "
                          f"({imb.get('reason', 'not computed')}): rebuild it without --no-imbalance")
     by_row = imb.get("by_row") or {}
+    table = {e.get("row"): e for e in report.get("table", []) if isinstance(e, dict)}
     points = []
-    for c in report.get("claims", []):
-        if c.get("type") != "best":
-            continue
+    for c in claims:
         if "row" not in c:
             raise ValueError(f"report of {report.get('spec')!r} predates claim rows and margins: "
                              f"rebuild it (tools/ablate.py --spec {report.get('spec')} --report)")
-        row = c["row"]
+        row, metric = c["row"], c.get("metric", "AP")
         margin = c.get("margin") or {}
         data = by_row.get(row) or imb.get("ours") or {}
-        settings = next((e["settings"] for e in report.get("table", []) if e["row"] == row), {})
+        settings = (table.get(row) or {}).get("settings") or {}
         try:
             x = float(settings[x_column]) if x_column else data.get("negatives_per_positive")
         except (KeyError, TypeError, ValueError) as e:
@@ -54,24 +80,35 @@ def gap_points(report: Dict[str, Any], x_column: Optional[str] = None) -> List[D
                              "number") from e
         points.append({"claim": c["claim"], "row": row, "rival": margin.get("rival"), "x": x,
                        "negatives_per_positive": data.get("negatives_per_positive"),
-                       "metric": c.get("metric", "AP"), "gap": margin.get("diff"),
+                       "metric": metric, "gap": margin.get("diff"),
                        "noise": margin.get("noise"), "diverged": margin.get("diverged"),
-                       "verdict": c.get("verdict")})
+                       "pending": list(margin.get("pending") or []),
+                       "lower_wins": bool(margin.get("lower_wins")), "ran": bool(margin),
+                       "note": _row_note(table.get(row) or {}, metric), "verdict": c.get("verdict")})
     return sorted(points, key=lambda p: (p["x"] is None, p["x"] or 0.0))
+
+
+def _gap_text(p: Dict[str, Any]) -> tuple:
+    if p["diverged"]:
+        return {"row": "the row diverged", "rivals": "every rival diverged"}[p["diverged"]], "—"
+    if p["gap"] is None:
+        return ("not run" if not p.get("ran", True) else f"no {p['metric']} value"), "—"
+    gap = f"{p['gap']:+.2f} {p['metric']}" + (" (lower wins)" if p.get("lower_wins") else "")
+    noise = f"±{p['noise']:.2f}" if p["noise"] is not None else "unknown (one seed)"
+    return gap, noise
 
 
 def to_markdown(points: Sequence[Dict[str, Any]], title: str, x_label: str = "negatives / positive") -> str:
     lines = [f"# {title}", "", f"| {x_label} | claim | rival | gap | seed noise | verdict |",
              "|---|---|---|---|---|---|"]
     for p in points:
-        x = f"{p['x']:,.0f}" if p["x"] is not None else "—"
-        if p["diverged"]:
-            gap, noise = {"row": "the row diverged", "rivals": "every rival diverged"}[p["diverged"]], "—"
-        elif p["gap"] is None:
-            gap, noise = "not run", "—"
-        else:
-            gap = f"{p['gap']:+.2f} {p['metric']}"
-            noise = f"±{p['noise']:.2f}" if p["noise"] is not None else "unknown (one seed)"
+        x = _fmt_x(p["x"]) if p["x"] is not None else "—"
+        gap, noise = _gap_text(p)
+        notes = [p["note"]] if p.get("note") else []
+        if p.get("pending") and (p["gap"] is not None or p["diverged"]):
+            notes.append(f"vs finished rivals only: {len(p['pending'])} pending ({', '.join(p['pending'])})")
+        if notes:
+            gap += f" ({'; '.join(notes)})"
         lines.append(f"| {x} | {p['claim']} | {p['rival'] or '—'} | {gap} | {noise} | {p['verdict']} |")
     lines += ["", "gap = the claimed row minus its strongest rival (mean over finished seeds); "
               "seed noise = 2·sqrt(s²/n + s²/n), unknown while either row has one seed.", ""]
@@ -93,21 +130,32 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
     with open(paths[0], "w") as f:
         f.write(to_markdown(points, title, x_label))
     with open(paths[1], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
-        w.writerows(points)
+        w.writerows({**p, "pending": ";".join(p.get("pending") or [])} for p in points)
     with open(paths[2], "w") as f:
         json.dump(list(points), f, indent=1)
     done = [p for p in points if p["gap"] is not None and p["x"]]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.axhline(0.0, color="gray", lw=0.8)
     for p in done:
-        ax.errorbar(p["x"], p["gap"], yerr=p["noise"] or 0.0, fmt="o",
-                    color="C0" if p["noise"] is not None else "C1", capsize=3)
-        ax.annotate(p["row"], (p["x"], p["gap"]), fontsize=7,
-                    textcoords="offset points", xytext=(4, 4))
+        final = not p.get("pending")  # else: against the finished rivals only, a pending one may be stronger
+        color = ("C0" if p["noise"] is not None else "C1") if final else "C7"
+        ax.errorbar(p["x"], p["gap"], yerr=p["noise"] or 0.0, fmt="o", color=color, capsize=3,
+                    mfc=color if final else "none")
+        ax.annotate(p["row"] + (" (lower wins)" if p.get("lower_wins") else ""), (p["x"], p["gap"]),
+                    fontsize=7, textcoords="offset points", xytext=(4, 4))
     if len(done) > 1:
         ax.plot([p["x"] for p in done], [p["gap"] for p in done], color="C0", alpha=0.4)
+    # a side with no value because it diverged: at the top (every rival diverged, the row won)
+    # or the bottom (the row diverged) edge, x in data units
+    for p in points:
+        if p["diverged"] and p["x"]:
+            up = p["diverged"] == "rivals"
+            ax.plot(p["x"], 0.95 if up else 0.05, "^" if up else "v", color="C2" if up else "C3",
+                    transform=ax.get_xaxis_transform(), clip_on=False)
+            ax.annotate(p["row"], (p["x"], 0.95 if up else 0.05), xycoords=ax.get_xaxis_transform(),
+                        fontsize=7, textcoords="offset points", xytext=(4, -3))
     if reference:
         ax.axvline(reference["x"], color="C3", ls="--", lw=0.8, label=reference["label"])
     ax.set_xscale("log")
@@ -116,7 +164,7 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
     levels = sorted({p["x"] for p in points if p["x"]})
     ax.xaxis.set_minor_formatter(NullFormatter())
     if levels:
-        labels = [f"{x:,.0f}" if x >= 10 else f"{x:.3g}" for x in levels]
+        labels = [_fmt_x(x) for x in levels]
         ax.set_xticks(levels, labels, fontsize=7, rotation=30)
         ends = levels + ([reference["x"]] if reference else [])
         ax.set_xlim(min(ends) / 1.25, max(ends) * 1.25)  # every level, run or not, and the reference
@@ -128,6 +176,12 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
     ax.grid(alpha=0.3)
     ax.plot([], [], "o", color="C0", label="≥ 2 seeds each (bar: seed noise)")
     ax.plot([], [], "o", color="C1", label="one seed (noise unknown)")
+    if any(p.get("pending") for p in done):
+        ax.plot([], [], "o", color="C7", mfc="none", label="rivals pending (vs finished ones only)")
+    if any(p["diverged"] == "rivals" for p in points):
+        ax.plot([], [], "^", color="C2", label="every rival diverged")
+    if any(p["diverged"] == "row" for p in points):
+        ax.plot([], [], "v", color="C3", label="the row diverged")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(paths[3], dpi=110)
