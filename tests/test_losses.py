@@ -838,3 +838,18 @@ def test_log_one_minus_pt_forms_agree_and_stay_finite():
         out = reference.log_one_minus_pt(x, ts)
         gx, gt = torch.autograd.grad(out.sum(), [x, ts])
         assert torch.isfinite(out).all() and torch.isfinite(gx).all() and torch.isfinite(gt).all()
+
+
+def test_soft_targets_that_require_grad_are_checked_without_a_warning():
+    """Targets from a teacher model may require grad: the range check reads them detached (it
+    warned "Converting a tensor with requires_grad=True to a scalar" on every call), and the loss
+    still passes gradients to them."""
+    import warnings
+
+    logits, targets = torch.randn(6, 3, requires_grad=True), torch.rand(6, 3, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sigmoid_focal_loss(logits, targets, reduction="sum").backward()
+    assert targets.grad is not None and torch.isfinite(targets.grad).all()
+    with pytest.raises(ValueError, match="targets must lie in"):
+        sigmoid_focal_loss(logits, (targets * 2).detach().requires_grad_(), reduction="sum")

@@ -68,7 +68,7 @@ def _check_range(values: Tensor, lo: float, hi: float, message: str) -> None:
     ``torch._assert_async`` on them (no host sync; the error surfaces at the next synchronisation)."""
     if values.numel() == 0:
         return
-    v_lo, v_hi = torch.aminmax(values)
+    v_lo, v_hi = torch.aminmax(values.detach())  # a check: no graph, no "requires_grad to scalar" warning
     if values.device.type != "cpu":
         torch._assert_async((v_lo >= lo).logical_and(v_hi <= hi), message)
     elif values.is_floating_point():
