@@ -64,7 +64,7 @@ reproduce-mini: setup
 	$(MINI_RUN) --spec table3
 	$(MINI_RUN) --spec imbalance_scan --seeds 3 --only c80_fl c80_ace_.75 c80_ace_.90
 	$(MINI_RUN) --spec imbalance_scan --only $(SCAN_FIRST)
-	$(MINI_RUN) --spec imbalance_scan --only $(SCAN_FIRST) sparse_ace_.75
+	$(MINI_RUN) --spec imbalance_scan --only $(SCAN_FIRST) sparse_ace_.75 sparse_ace_.999
 	$(SCAN_CURVE)
 	$(MINI_RUN) --spec table1b
 	$(MINI_RUN) --spec imbalance_scan --seeds 3 --only $(SCAN_SEEDED_SPARSE)
