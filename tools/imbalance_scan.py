@@ -13,10 +13,10 @@ strongest rival). Writes ``gap_vs_imbalance.{md,csv,json,png}`` next to the repo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
+from focal_plugin.ablation.files import read_json
 from focal_plugin.analysis.imbalance_scan import coco_reference_line, gap_points, write_outputs
 
 DEFAULT_REPORT = os.path.join("output", "ablations", "imbalance_scan", "mini", "report.json")
@@ -40,10 +40,9 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        with open(args.report) as f:
-            report = json.load(f)
+        report = read_json(args.report)  # CorruptJSON (a ValueError) names the file
         points = gap_points(report, args.x_column)
-    except ValueError as e:  # json.JSONDecodeError included
+    except ValueError as e:
         print(f"error: {args.report}: {e}", file=sys.stderr)
         return 2
     name = f"gap_vs_{args.x_column}" if args.x_column else "gap_vs_imbalance"

@@ -232,18 +232,17 @@ def _margin(row: str, rivals: Sequence[str], comps: Dict[str, Comparison], stats
     finished = [r for r in rivals if stats[r].seeds]
     if not stats[row].seeds or not finished:
         return None
-    pending = [r for r in rivals if not stats[r].seeds]
+    common = {"pending": [r for r in rivals if not stats[r].seeds], "lower_wins": sign < 0}
     ranked = [r for r in finished if stats[r].n(metric) and not stats[r].all_diverged]
     if stats[row].all_diverged or not ranked:
         top = (max if sign > 0 else min)(ranked, key=lambda r: stats[r].mean(metric)) if ranked else None
         c = comps[top or finished[0]]
         return {"rival": top, "diff": None, "noise": None, "relation": c.relation,
-                "diverged": "row" if stats[row].all_diverged else "rivals", "pending": pending,
-                "lower_wins": sign < 0}
+                "diverged": "row" if stats[row].all_diverged else "rivals", **common}
     top = (max if sign > 0 else min)(ranked, key=lambda r: stats[r].mean(metric))
     c = comps[top]
     return {"rival": top, "diff": c.diff, "noise": c.noise, "relation": c.relation, "diverged": None,
-            "pending": pending, "lower_wins": sign < 0}
+            **common}
 
 
 def _pending_text(pending: Sequence[str], of: int) -> str:
