@@ -2,17 +2,19 @@
 """Run one of the paper's tables (an ablation spec) and report it against the paper.
 
     python tools/ablate.py --list
-    python tools/ablate.py --spec table1b --scale mini --dry-run          # cells + full overrides
-    python tools/ablate.py --spec table1b --scale mini --seeds 3 --workers 2
+    python tools/ablate.py --spec table1b --dry-run                 # cells, folders, full commands
+    python tools/ablate.py --spec table1b --workers 2               # the spec's seeds, 2 cells at a time
     python tools/ablate.py --spec table1b --scale paper --launcher submitit --gpus-per-cell 8 \\
         --submitit-param slurm_partition=learnfair --submitit-param timeout_min=4320
-    python tools/ablate.py --spec table1b --scale mini --report           # rebuild the report only
-    python tools/ablate.py --spec table1a --scale mini --base-config configs/mini/smoke_tiny.yaml \\
-        SOLVER.MAX_ITER 20                                                # any KEY VALUE, every cell
+    python tools/ablate.py --spec table1b --report                  # rebuild the report only
+    python tools/ablate.py --campaign mini --workers 2              # configs/ablations/campaigns/mini.yaml
+    python tools/ablate.py --spec table1a --base-config configs/mini/smoke_tiny.yaml \\
+        --output-dir /tmp/smoke --opts SOLVER.MAX_ITER 20           # KEY VALUE on every cell
 
-Cells (rows x seeds) run in OUTPUT/<spec>/<scale>/<row>/seed<k>; a finished cell is never rerun,
-an interrupted one resumes from its last checkpoint, so the same command continues a run. The
-report (report.md / .csv / .json in the run folder) is rewritten at the end of every run.
+Cells run in OUTPUT/cells/<key> (OUTPUT: results/<scale> by default), one folder per config and
+seed, shared by every spec that reaches it; a finished cell is never rerun, an interrupted one
+resumes from its last checkpoint, so the same command continues a run. The report
+(OUTPUT/<spec>/report.md / .csv / .json) is rewritten after every cell.
 Exit status: 0 all cells finished, 1 some failed, 2 usage or spec error / folder in use,
 3 some cells were interrupted or are running elsewhere.
 """
@@ -20,9 +22,8 @@ Exit status: 0 all cells finished, 1 some failed, 2 usage or spec error / folder
 from __future__ import annotations
 
 import argparse
-import ast
+import dataclasses
 import os
-import re
 import sys
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,92 +31,40 @@ if _REPO not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, _REPO)
 
 import focal_plugin  # noqa: E402,F401  (compat + registrations before detectron2 is used)
-from focal_plugin.ablation import LockHeld, PlanMismatch, Runner, SpecError, list_specs, load_spec  # noqa: E402
-from focal_plugin.ablation.spec import SCALES  # noqa: E402
+from focal_plugin.ablation import LockHeld, PlanMismatch, Runner, RunOptions, SpecError, list_specs, load_spec  # noqa: E402
+from focal_plugin.ablation.campaign import load_campaign, run_campaign, run_tool  # noqa: E402
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The actions, then one flag per :class:`RunOptions` field (its metadata)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", help="a spec name (configs/ablations/<name>.yaml) or a spec file")
+    p.add_argument("--campaign", help="run a campaign's steps in order (name or file)")
     p.add_argument("--list", action="store_true", help="list the shipped specs and exit")
-    p.add_argument("--scale", choices=SCALES, default="mini", help="paper: COCO + configs/paper; "
-                   "mini: synthetic data + configs/mini (default)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per row (SEED 0..N-1); mean ± std")
-    p.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows (ids from --dry-run)")
-    p.add_argument("--output-dir", default=os.path.join("output", "ablations"),
-                   help="root of the run folders (default: output/ablations)")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and their overrides; run nothing")
-    p.add_argument("--report", action="store_true",
-                   help="rebuild the report from finished cells; run nothing")
-    p.add_argument("--launcher", choices=("local", "submitit"), default="local")
-    p.add_argument("--workers", type=int, default=1, help="local: cells at a time, each pinned to its "
-                   "share of the CPUs (and GPUs); 0 = in this process")
-    p.add_argument("--gpus-per-cell", type=int, default=1, help="training processes per cell "
-                   "(detectron2's launch; on CPU, gloo processes)")
-    p.add_argument("--submitit-cluster", default=None, choices=("slurm", "local", "debug"),
-                   help="submitit executor (default: auto-detect, SLURM when available)")
-    p.add_argument("--submitit-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="submitit update_parameters, e.g. slurm_partition=dev timeout_min=4320")
-    p.add_argument("--base-config", default=None, help="replace the spec's base config of this scale")
-    p.add_argument("--label", default=None, help="a label printed at the top of the report")
-    p.add_argument("--train-fn", default=None, metavar="MODULE:FUNCTION",
-                   help="training function fn(config_file, opts, resume, num_gpus) -> engine.train's "
-                   "dict (default: focal_plugin.ablation.cell:train_cell)")
-    p.add_argument("--no-imbalance", action="store_true", help="skip the class-imbalance section")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep a finished cell's "
-                   "intermediate checkpoints (default: only model_final.pth stays)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per cell)")
-    p.add_argument("--export", default=None, metavar="DIR",
-                   help="copy each finished cell's small files (cell/status/results/metrics/config) "
-                   "to DIR/<spec>/<row>/seed<k> as it finishes, and the report to DIR/<spec>/ "
-                   "(e.g. results/mini)")
-    p.add_argument("--no-reuse", action="store_true", help="train every cell, even one that trains the "
-                   "same config as a finished cell of another spec in the same output folder (default: "
-                   "take its result, or its weights to evaluate and time when only the timing differs)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every cell")
-    args = p.parse_args(argv)
-    if args.only:  # `--only a b KEY VALUE`: the overrides after the rows are overrides, not rows
-        for i, item in enumerate(args.only):
-            if re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", item):
-                args.opts = args.only[i:] + args.opts
-                args.only = args.only[:i]
-                break
-    return args
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their commands; run nothing")
+    p.add_argument("--report", action="store_true", help="rebuild the report from finished cells; run nothing")
+    for f in dataclasses.fields(RunOptions):
+        cli = dict(f.metadata["cli"])
+        if f.type in ("bool", bool):  # a flag that flips the default
+            flag = f"--{'no-' if f.default else ''}{f.name.replace('_', '-')}"
+            p.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
+                           help=f.metadata["help"])
+            continue
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, help=f.metadata["help"], **cli)
+    return p
 
 
-def _submitit_params(items):
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--submitit-param {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
+def options_of(args: argparse.Namespace, **changes) -> RunOptions:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunOptions)}
+    values = {k: v for k, v in values.items() if v is not None or k in ("seeds", "only")}
+    for k in ("submitit_param", "opts"):
+        values[k] = values.get(k) or []
+    return RunOptions(**{**values, **changes})
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.list:
-        for name in list_specs():
-            spec = load_spec(name)
-            print(f"{name:24s} {len(spec.rows):3d} rows  {spec.title}")
-        return 0
-    if not args.spec:
-        print("error: --spec is required (see --list)", file=sys.stderr)
-        return 2
+def run_spec(spec_name: str, options: RunOptions, args: argparse.Namespace, argv) -> int:
     try:
-        spec = load_spec(args.spec)
-        runner = Runner(spec, args.scale, args.output_dir, seeds=args.seeds, only=args.only,
-                        base_config=args.base_config, extra_opts=args.opts, launcher=args.launcher,
-                        workers=args.workers, gpus_per_cell=args.gpus_per_cell,
-                        submitit_cluster=args.submitit_cluster,
-                        submitit_params=_submitit_params(args.submitit_param),
-                        progress=not args.no_progress, label=args.label, train_fn=args.train_fn,
-                        imbalance=not args.no_imbalance, keep_checkpoints=args.keep_checkpoints,
-                        reuse=not args.no_reuse, export_dir=args.export)
+        runner = Runner(load_spec(spec_name), options, argv=argv)
     except (SpecError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -129,21 +78,42 @@ def main(argv=None) -> int:
         return 0
     try:
         summary = runner.run()
-    except (LockHeld, PlanMismatch) as e:
+    except (LockHeld, PlanMismatch, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts: dict = {}
     for state in summary["states"].values():
-        counts[state] = counts.get(state, 0) + 1
-    print(f"[ablate] {spec.name} [{args.scale}]: {summary['cells']} cell(s): "
+        counts[state.value] = counts.get(state.value, 0) + 1
+    print(f"[ablate] {runner.spec.name} [{options.scale}]: {summary['cells']} cell(s): "
           + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f" ({summary['skipped']} kept from earlier runs); {summary['wall_time_s']:.0f} s")
     print(f"[ablate] report: {summary['report']['md']}")
-    if counts.get("failed"):
-        return 1
-    if set(counts) - {"done", "diverged"}:
-        return 3
-    return 0
+    return 1 if counts.get("failed") else 3 if set(counts) - {"done", "diverged"} else 0
+
+
+def main(argv=None) -> int:
+    typed = ["tools/ablate.py", *(sys.argv[1:] if argv is None else argv)]  # the command as typed
+    args = build_parser().parse_args(typed[1:])
+    if args.list:
+        for name in list_specs():
+            spec = load_spec(name)
+            print(f"{name:24s} {len(spec.rows):3d} rows  {spec.title}")
+        return 0
+    if bool(args.spec) == bool(args.campaign):
+        print("error: give one of --spec or --campaign (see --list)", file=sys.stderr)
+        return 2
+    try:
+        options = options_of(args)
+        if args.spec:
+            return run_spec(args.spec, options, args, typed)
+        scale, steps = load_campaign(args.campaign)
+        options = options_of(args, scale=scale)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run_campaign(steps, lambda step: run_spec(
+        step.spec, dataclasses.replace(options, only=list(step.only) if step.only else options.only),
+        args, typed), tool=None if args.dry_run else run_tool)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ import argparse
 import os
 import sys
 
-from focal_plugin.ablation.files import read_json
+from focal_plugin.io import read_json
 from focal_plugin.analysis.imbalance_scan import coco_reference_line, gap_points, write_outputs
 
-DEFAULT_REPORT = os.path.join("output", "ablations", "imbalance_scan", "mini", "report.json")
+DEFAULT_REPORT = os.path.join("results", "mini", "imbalance_scan", "report.json")
 
 
 def main(argv=None) -> int:

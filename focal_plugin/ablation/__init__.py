@@ -3,10 +3,12 @@
 ``tools/ablate.py`` is the command line; specs live in ``configs/ablations/``.
 """
 
+from focal_plugin.ablation.cell import State
 from focal_plugin.ablation.files import LockHeld
 from focal_plugin.ablation.report import build_report, write_reports
-from focal_plugin.ablation.runner import CellPlan, PlanMismatch, Runner, core_shares
-from focal_plugin.ablation.spec import Claim, RowPlan, Spec, SpecError, list_specs, load_spec
+from focal_plugin.ablation.runner import Cell, PlanMismatch, Runner, RunOptions
+from focal_plugin.ablation.spec import RowPlan, Spec, SpecError, list_specs, load_spec
+from focal_plugin.ablation.verdict import Claim
 
-__all__ = ["Claim", "CellPlan", "LockHeld", "PlanMismatch", "RowPlan", "Runner", "Spec", "SpecError",
-           "build_report", "core_shares", "list_specs", "load_spec", "write_reports"]
+__all__ = ["Cell", "Claim", "LockHeld", "PlanMismatch", "RowPlan", "RunOptions", "Runner", "Spec", "SpecError",
+           "State", "build_report", "list_specs", "load_spec", "write_reports"]

@@ -1,50 +1,68 @@
-"""One ablation cell (a spec row at one seed): train, evaluate, time, record — resumably.
+"""One ablation cell (a config at one seed): train, evaluate, time, record — resumably.
 
-A cell lives in its own folder, which is also the detectron2 ``OUTPUT_DIR``::
+A cell lives in ``OUTPUT/cells/<key>/`` (:mod:`focal_plugin.ablation.identity`), which is also
+its detectron2 ``OUTPUT_DIR``::
 
-    cell.json      what to run (written by the runner): base config, overrides, seed, timing
+    cell.json      what it trains (written by the runner): base config, overrides, seed, identity
     status.json    what happened (written here, atomically): state, metrics, wall time, device
-    config.yaml    the resolved config (detectron2's ``default_setup``)
-    log.txt        detectron2's per-iteration log;  run.log: the process's stdout/stderr
-    last_checkpoint, model_*.pth, results.json     detectron2's checkpoints, the engine's result
-    cpus.json      CPUs the runner lends the cell once other workers are idle (cpu_share_hook)
+    timing.json    inference timing on the final weights (timed tables), with its parameters
+    config.yaml, metrics.json, results.json     detectron2's resolved config and logs, our result
+    model_*.pth, last_checkpoint, log.txt, events.out.*, run.log    heavy or noisy: not in git
 
-States: ``running`` (or interrupted, when no process holds the cell's lock), ``done``,
-``diverged`` (a non-finite loss: "diverged at iteration N"; finished, never rerun) and
-``failed`` (any other error; rerun by the next run). A finished cell (done / diverged) is never
-run again; an interrupted one resumes from its last checkpoint (detectron2's ``last_checkpoint``).
-A lock in the folder (``.cell.lock``) keeps two processes from running the same cell.
+A finished cell (done / diverged) is never trained again; an interrupted or failed one resumes
+from its last checkpoint (detectron2's ``last_checkpoint``). A lock in the folder
+(``.cell.lock``) keeps two processes from running the same cell.
 
-Run as ``python -m focal_plugin.ablation.cell CELL_DIR [--cpus 0,1] [--parent-pid PID]`` by the
-local launcher, or through :class:`CellJob` by submitit.
+Run as ``python -m focal_plugin.ablation.cell --job JSON`` by the local launcher, or through
+:class:`CellJob` by submitit.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import dataclasses
+import enum
+import json
 import os
 import platform
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from focal_plugin.ablation.files import FileLock, LockHeld, now_iso, read_json, write_json_atomic
+from focal_plugin.ablation.files import FileLock, LockHeld, now_iso
+from focal_plugin.io import read_json, write_json_atomic
 
-CELL_FILE = "cell.json"
-STATUS_FILE = "status.json"
-LOCK_FILE = ".cell.lock"
-CPU_SHARE_FILE = "cpus.json"
-FINISHED = ("done", "diverged")
+CELL_FILE, STATUS_FILE, TIMING_FILE, LOCK_FILE = "cell.json", "status.json", "timing.json", ".cell.lock"
+FINAL_CHECKPOINT = "model_final.pth"
 EXIT_FAILED, EXIT_BUSY = 1, 3
 
+
+class State(str, enum.Enum):
+    """A cell's state (``status.json``'s ``state``; a ``str``, so it is written as its value)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    INTERRUPTED = "interrupted"  # "running" on disk, but no process holds the cell's lock
+    FAILED = "failed"
+    DONE = "done"
+    DIVERGED = "diverged"  # a non-finite loss: finished, never rerun
+    BUSY = "busy"  # another process runs it now
+
+    @property
+    def finished(self) -> bool:
+        return self in (State.DONE, State.DIVERGED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 #: ``train_fn(config_file, opts, resume, num_gpus) -> engine.train's dict`` (default
-#: :func:`train_cell`). Another one can be named in ``cell.json`` as "module:function" (the
-#: runner's ``train_fn``), e.g. a different trainer, or a fake in tests.
+#: :func:`train_cell`); another one is named as "module:function" (e.g. a fake in tests).
 TrainFn = Callable[[str, Sequence[str], bool, int], Dict[str, Any]]
 
 
@@ -56,11 +74,6 @@ def import_train_fn(name: str) -> TrainFn:
     if not sep or not module or not attr:
         raise ValueError(f"train_fn {name!r} is invalid: expected 'package.module:function'")
     return getattr(importlib.import_module(module), attr)
-
-
-def cell_opts(cell: Dict[str, Any], cell_dir: str) -> List[str]:
-    """The cell's full ``KEY VALUE`` overrides: the row's, then its seed and output folder."""
-    return [*cell["opts"], "SEED", str(cell["seed"]), "OUTPUT_DIR", os.path.abspath(cell_dir)]
 
 
 def divergence_iteration(exc: BaseException) -> Optional[int]:
@@ -79,8 +92,6 @@ def divergence_iteration(exc: BaseException) -> Optional[int]:
 # ------------------------------------------------------------------------ training in a cell
 def _train_worker(config_file: str, opts: Sequence[str], resume: bool) -> Dict[str, Any]:
     """One training process: what ``train_net.py``'s ``main`` does, for this cell's config."""
-    import argparse as _argparse
-
     from detectron2.engine import default_setup
     from detectron2.utils import comm
     from detectron2.utils.logger import setup_logger
@@ -89,67 +100,17 @@ def _train_worker(config_file: str, opts: Sequence[str], resume: bool) -> Dict[s
     from focal_plugin.engine import setup_cfg, train
 
     cfg = setup_cfg(config_file, list(opts))
-    default_setup(cfg, _argparse.Namespace(config_file=config_file, opts=list(opts), resume=resume,
-                                           eval_only=False))
+    default_setup(cfg, argparse.Namespace(config_file=config_file, opts=list(opts), resume=resume,
+                                          eval_only=False))
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
-    token = CPU_SHARE["token"]
-    hooks = [cpu_share_hook(cfg.OUTPUT_DIR, token)] if token and comm.get_world_size() == 1 else []
-    return train(cfg, resume=resume, hooks=hooks)
-
-
-#: this cell process's CPU lending: the token of the pool that spawned it (``--share-token``; None:
-#: no lending, e.g. in-process, submitit or multi-GPU cells) and the offers taken so far
-CPU_SHARE: Dict[str, Any] = {"token": None, "lent": []}
-
-
-def cpu_share_hook(output_dir: str, token: str, period: int = 20):
-    """A detectron2 hook: every ``period`` iterations, re-pin the training process (affinity and
-    torch threads, in the training thread, where torch sizes its intra-op pool) to the CPUs that
-    its runner's pool offers in ``OUTPUT_DIR/cpus.json`` (``launch.offer_cpus``: a finished worker
-    lends its CPUs to a cell still running). Offers of another pool (``token``: a killed earlier
-    run) are ignored; an offer that cannot be applied is logged, never fatal. More threads change
-    floating-point summation order, so a cell that took CPUs is not bitwise reproducible: each
-    offer taken is logged and recorded in ``status.json`` (``device.cpus_lent``)."""
-    from detectron2.engine import HookBase
-
-    log = logging.getLogger(__name__)
-
-    class CpuShareHook(HookBase):
-        seen = None
-
-        def after_step(self):
-            if (self.trainer.iter + 1) % period:
-                return
-            path = os.path.join(output_dir, CPU_SHARE_FILE)
-            try:
-                mtime = os.stat(path).st_mtime_ns
-            except OSError:
-                return
-            if mtime == self.seen:
-                return
-            self.seen = mtime
-            offer = read_json(path) or {}
-            cpus = offer.get("cpus")
-            if offer.get("token") != token or not cpus or not hasattr(os, "sched_getaffinity") \
-                    or set(cpus) == os.sched_getaffinity(0):
-                return
-            it = self.trainer.iter + 1
-            try:
-                pin_to(cpus)
-            except (OSError, ValueError, RuntimeError) as e:
-                log.warning(f"iteration {it}: could not take the CPUs {cpus} the runner offered: {e}")
-                return
-            CPU_SHARE["lent"].append({"iteration": it, "cpus": list(cpus)})
-            log.info(f"iteration {it}: the runner lent idle CPUs: now on CPUs {cpus}")
-
-    return CpuShareHook()
+    return train(cfg, resume=resume)
 
 
 def train_cell(config_file: str, opts: Sequence[str], resume: bool, num_gpus: int = 1) -> Dict[str, Any]:
     """Train (and evaluate) one cell on ``num_gpus`` workers; the engine's result dict.
 
-    The only place the runner starts training: one process directly, several through the
-    plugin's ``launch`` (detectron2's on CUDA, gloo processes on CPU).
+    One process directly, several through the plugin's ``launch`` (detectron2's on CUDA, gloo
+    processes on CPU).
     """
     if num_gpus <= 1:
         return _train_worker(config_file, opts, resume)
@@ -163,27 +124,17 @@ def train_cell(config_file: str, opts: Sequence[str], resume: bool, num_gpus: in
     return result
 
 
-def _time_cell(config_file: str, opts: Sequence[str], timing: Dict[str, int]) -> Dict[str, Any]:
-    from focal_plugin.ablation.timing import measure_ms_per_image
-    from focal_plugin.engine import setup_cfg
-
-    cfg = setup_cfg(config_file, list(opts))
-    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    return measure_ms_per_image(cfg, weights, images=timing["images"], warmup=timing["warmup"])
-
-
 # ------------------------------------------------------------------------------ environment
 CODE_PATHS = ("focal_plugin", "tools", "train_net.py", "setup.py")
 
 
 def _git_commit(repo: Optional[str] = None) -> str:
-    """This checkout's commit, "+dirty" with uncommitted changes to :data:`CODE_PATHS`."""
+    """This checkout's commit, "+dirty" with uncommitted changes to :data:`CODE_PATHS` (not to
+    the results/ and docs that runs themselves update)."""
     repo = repo or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         head = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True,
                               text=True, timeout=10).stdout.strip()
-        # "+dirty": uncommitted changes to what a cell runs (code, configs, specs) — not to the
-        # results/ and docs that runs such as `make reproduce-mini` themselves update
         dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no", "--",
                                 *CODE_PATHS], capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -220,94 +171,136 @@ def read_status(cell_dir: str) -> Dict[str, Any]:
     return read_json(os.path.join(cell_dir, STATUS_FILE)) or {}
 
 
-def cell_state(cell_dir: str, status: Optional[Dict[str, Any]] = None) -> str:
-    """pending | running | interrupted | failed | done | diverged | ...: the status file's state,
-    except that "running" without a live holder of the cell's lock (its process was killed) is
-    "interrupted"."""
+def cell_state(cell_dir: str, status: Optional[Dict[str, Any]] = None) -> State:
+    """The status file's state, except that "running" without a live holder of the cell's lock
+    (its process was killed) is :attr:`State.INTERRUPTED`."""
     status = read_status(cell_dir) if status is None else status
-    state = status.get("state")
-    if state is None:
-        return "pending"
-    if state == "running" and not FileLock(os.path.join(cell_dir, LOCK_FILE)).is_held():
-        return "interrupted"
+    state = State(status.get("state", State.PENDING))
+    if state is State.RUNNING and not FileLock(os.path.join(cell_dir, LOCK_FILE)).is_held():
+        return State.INTERRUPTED
     return state
 
 
-def run_cell(cell_dir: str, train_fn: Optional[TrainFn] = None) -> Dict[str, Any]:
-    """Run the cell in ``cell_dir`` unless it is finished; return its status dict.
+@dataclasses.dataclass
+class CellJob:
+    """Run one cell (``cell_dir``) with the runner's execution options; submitit pickles it.
 
-    Resumes from the cell's last checkpoint when there is one. A non-finite loss is recorded as
-    ``{"state": "diverged", "diverged_at": N}``; other errors as ``{"state": "failed", "error"}``
-    (the next run retries them). Returns ``{"state": "busy", "holder": {...}}`` without touching
-    the cell when another process is running it.
+    Checkpointable in submitit's sense: on pre-emption or time-out the job is requeued and the
+    cell resumes from its last detectron2 checkpoint.
     """
-    cell = read_json(os.path.join(cell_dir, CELL_FILE))
+
+    cell_dir: str
+    num_gpus: int = 1
+    prune_checkpoints: bool = True
+    timing: Optional[Dict[str, int]] = None  # {images, warmup}: time the final weights
+    train_fn: Any = None  # "module:function", a callable (in-process runs), or None: train_cell
+
+    def __call__(self) -> Dict[str, Any]:
+        status = run_cell(self)
+        if status.get("state") == State.FAILED:
+            raise RuntimeError(f"cell {self.cell_dir} failed: {status.get('error')}")
+        return status
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(dataclasses.replace(self))
+
+    def to_json(self) -> str:
+        if callable(self.train_fn):
+            raise ValueError("a callable train_fn runs only in this process; name it 'module:function'")
+        return json.dumps(dataclasses.asdict(self))
+
+
+def run_cell(job: CellJob) -> Dict[str, Any]:
+    """Run the cell unless it is finished (then only its missing timing); its status dict.
+
+    A non-finite loss is recorded as ``{"state": "diverged", "diverged_at": N}``; other errors as
+    ``{"state": "failed", "error"}`` (the next run retries them). Returns ``{"state": "busy"}``
+    without touching the cell when another process is running it.
+    """
+    cell = read_json(os.path.join(job.cell_dir, CELL_FILE))
     if cell is None:
-        raise FileNotFoundError(f"{cell_dir} has no {CELL_FILE}: not an ablation cell folder")
-    lock = FileLock(os.path.join(cell_dir, LOCK_FILE), what=f"cell {cell['row']}/seed{cell['seed']}")
+        raise FileNotFoundError(f"{job.cell_dir} has no {CELL_FILE}: not an ablation cell folder")
+    lock = FileLock(os.path.join(job.cell_dir, LOCK_FILE), what=f"cell {os.path.basename(job.cell_dir)}")
     try:
         lock.acquire()
     except LockHeld as e:
-        return {"state": "busy", "holder": e.holder, "message": str(e)}
-    if train_fn is None:
-        train_fn = import_train_fn(cell["train_fn"]) if cell.get("train_fn") else train_cell
+        return {"state": State.BUSY, "holder": e.holder, "message": str(e)}
     try:
-        return _run_locked(cell_dir, cell, train_fn)
+        status = read_status(job.cell_dir)
+        if not State(status.get("state", State.PENDING)).finished:
+            status = _train(job, cell, status)
+        if job.timing and status.get("state") == State.DONE:
+            time_cell(job.cell_dir, cell, job.timing)
+        return status
     finally:
         lock.release()
 
 
-def _run_locked(cell_dir: str, cell: Dict[str, Any], train_fn: TrainFn) -> Dict[str, Any]:
-    previous = read_status(cell_dir)
-    if previous.get("state") in FINISHED:
-        return previous
-    path = os.path.join(cell_dir, STATUS_FILE)
-    resume = os.path.isfile(os.path.join(cell_dir, "last_checkpoint"))
-    num_gpus = int(cell.get("num_gpus", 1))
+def _train(job: CellJob, cell: Dict[str, Any], previous: Dict[str, Any]) -> Dict[str, Any]:
+    from focal_plugin.configs import resolve_config_file
+
+    path = os.path.join(job.cell_dir, STATUS_FILE)
+    resume = os.path.isfile(os.path.join(job.cell_dir, "last_checkpoint"))
     status: Dict[str, Any] = {
-        "state": "running", "cell": f"{cell['row']}/seed{cell['seed']}", "pid": os.getpid(),
+        "state": State.RUNNING, "cell": os.path.basename(job.cell_dir), "pid": os.getpid(),
         "host": socket.gethostname(), "started": now_iso(),
         "first_started": previous.get("first_started") or now_iso(),
         "attempts": int(previous.get("attempts", 0)) + 1, "resumed": resume,
-        "commit": _git_commit(), "device": describe_device(num_gpus), "python": sys.version.split()[0],
-    }
-    if previous.get("trained_by") and resume:  # resumes weights copied from a twin (ablation.twins)
-        status["trained_by"] = previous["trained_by"]
+        "commit": _git_commit(), "device": describe_device(job.num_gpus), "python": sys.version.split()[0]}
     write_json_atomic(path, status)
-    opts = cell_opts(cell, cell_dir)
+    train_fn = job.train_fn if callable(job.train_fn) else \
+        import_train_fn(job.train_fn) if job.train_fn else train_cell
+    opts = [*cell["opts"], "SEED", str(cell["seed"]), "OUTPUT_DIR", os.path.abspath(job.cell_dir)]
     start = time.perf_counter()
     try:
-        result = train_fn(cell["base"], opts, resume, num_gpus)
-        metrics = _pick_metrics(result, cell)
-        if cell.get("timing"):
-            timing = _time_cell(cell["base"], opts, cell["timing"])
-            metrics["ms"] = timing["ms"]
-            status["timing"] = timing
-        status.update(state="done", metrics=metrics, iterations=result.get("iterations"),
+        result = train_fn(resolve_config_file(cell["base"]), opts, resume, job.num_gpus)
+        first_test = ((cell.get("identity") or {}).get("DATASETS.TEST") or [None])[0]
+        status.update(state=State.DONE, metrics=pick_metrics(result, first_test), iterations=result.get("iterations"),
                       max_iter=result.get("max_iter"), resumed_from_iter=result.get("resumed_from_iter"))
-        if result.get("iterations"):  # it trained steps of its own: not only the twin's weights
-            status.pop("trained_by", None)
-        if cell.get("prune_checkpoints", True):
-            status["pruned_checkpoints"] = prune_checkpoints(cell_dir)
+        if job.prune_checkpoints:
+            status["pruned_checkpoints"] = prune_checkpoints(job.cell_dir)
     except Exception as exc:  # recorded; the run goes on with the next cell
         at = divergence_iteration(exc)
         if at is not None:
-            status.update(state="diverged", diverged_at=at, error=str(exc).strip().splitlines()[-1][:500])
+            status.update(state=State.DIVERGED, diverged_at=at, error=str(exc).strip().splitlines()[-1][:500])
         else:
-            status.update(state="failed", error=f"{type(exc).__name__}: {exc}"[:2000],
+            status.update(state=State.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000],
                           traceback=traceback.format_exc()[-4000:])
-    status["finished"] = now_iso()
-    status["wall_time_s"] = time.perf_counter() - start
-    if CPU_SHARE["lent"]:  # CPUs taken while training (cpu_share_hook): the device changed
-        status["device"]["cpus_lent"] = list(CPU_SHARE["lent"])
+    status.update(finished=now_iso(), wall_time_s=time.perf_counter() - start)
     write_json_atomic(path, status)
     return status
+
+
+def time_cell(cell_dir: str, cell: Dict[str, Any], timing: Dict[str, int]) -> Dict[str, Any]:
+    """Time inference on the cell's final weights into ``timing.json`` unless it already holds a
+    timing with these parameters (``{images, warmup}``); returns it. Weights that are not here
+    (git keeps no checkpoints) are recorded as an error naming the file."""
+    path = os.path.join(cell_dir, TIMING_FILE)
+    old = read_json(path) or {}
+    if old.get("ms") is not None and all(old.get(k) == v for k, v in timing.items()):
+        return old
+    weights = os.path.join(cell_dir, FINAL_CHECKPOINT)
+    if not os.path.isfile(weights):
+        out = {**timing, "ms": None, "error": f"{weights} is missing: the cell trained elsewhere "
+               "(checkpoints are not kept in git); train it here to time it"}
+    else:
+        from focal_plugin.ablation.timing import measure_ms_per_image
+        from focal_plugin.configs import resolve_config_file
+        from focal_plugin.engine import setup_cfg
+
+        opts = [*cell["opts"], "SEED", str(cell["seed"]), "OUTPUT_DIR", os.path.abspath(cell_dir)]
+        cfg = setup_cfg(resolve_config_file(cell["base"]), opts)
+        out = {**measure_ms_per_image(cfg, weights, **timing), "timed": now_iso(), "host": socket.gethostname()}
+    write_json_atomic(path, out)
+    return out
 
 
 def prune_checkpoints(cell_dir: str) -> List[str]:
     """Delete the intermediate ``model_NNNNNNN.pth`` of a finished cell (it is never resumed),
     keeping ``model_final.pth``; returns the names deleted. Diverged cells keep theirs."""
-    if not os.path.isfile(os.path.join(cell_dir, "model_final.pth")):
+    if not os.path.isfile(os.path.join(cell_dir, FINAL_CHECKPOINT)):
         return []
     gone = []
     for name in sorted(os.listdir(cell_dir)):
@@ -317,86 +310,57 @@ def prune_checkpoints(cell_dir: str) -> List[str]:
     return gone
 
 
-def _pick_metrics(result: Dict[str, Any], cell: Dict[str, Any]) -> Dict[str, Any]:
-    """COCO bbox metrics of the cell's test dataset (the first, if there are several)."""
+def pick_metrics(result: Dict[str, Any], dataset: Optional[str] = None) -> Dict[str, Any]:
+    """COCO bbox metrics of ``dataset`` (the cell's ``DATASETS.TEST[0]``), by name: a result
+    read back from ``results.json`` (multi-process cells) has its datasets in sorted order."""
     per_dataset = result.get("metrics") or {}
     if not per_dataset:
         raise RuntimeError("training finished without evaluation results (DATASETS.TEST empty?)")
-    name = cell.get("test_dataset") or next(iter(per_dataset))
-    bbox = per_dataset[name].get("bbox", per_dataset[name])
+    first = per_dataset[dataset if dataset in per_dataset else next(iter(per_dataset))]
+    bbox = first.get("bbox", first)
     return {k: (float(v) if v is not None else None) for k, v in bbox.items() if not k.startswith("AP-")}
 
 
-# ------------------------------------------------------------------------------------ submitit
-class CellJob:
-    """A submitit job running one cell (one job per cell; ``num_gpus`` from ``cell.json``).
-
-    Checkpointable in submitit's sense: on pre-emption or time-out the job is requeued and the
-    cell resumes from its last detectron2 checkpoint.
-    """
-
-    def __init__(self, cell_dir: str, train_fn: Optional[TrainFn] = None):
-        self.cell_dir = cell_dir
-        self.train_fn = train_fn  # a callable: debug executor only (else named in cell.json)
-
-    def __call__(self) -> Dict[str, Any]:
-        status = run_cell(self.cell_dir, train_fn=self.train_fn)
-        if status.get("state") == "failed":
-            raise RuntimeError(f"cell {self.cell_dir} failed: {status.get('error')}")
-        return status
-
-    def checkpoint(self, *args: Any, **kwargs: Any):
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(CellJob(self.cell_dir, self.train_fn))
-
-
 # ------------------------------------------------------------------------ process entry point
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when the runner dies (even by SIGKILL), so an
-    interrupted runner leaves no orphan training; elsewhere, best effort."""
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # pragma: no cover
-        pass
-    if os.getppid() != parent_pid:  # the runner died before prctl took effect
+def _die_with_parent(parent_pid: int, period_s: float = 1.0) -> None:
+    """End this process when the runner that spawned it dies (even by SIGKILL): an interrupted
+    runner leaves no orphan training to race the next run for the cell."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(period_s)
         os._exit(75)
 
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
-def pin_to(cpus: Sequence[int]) -> None:
-    """Pin this process to ``cpus`` and size torch's thread pools to them."""
+
+def pin_to(cpus: Sequence[int], threads: int) -> None:
+    """Pin this process to ``cpus`` and fix torch's intra-op threads (results depend on them)."""
     import torch
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(cpus))
-    torch.set_num_threads(len(cpus))
+    torch.set_num_threads(threads)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Run one ablation cell (used by tools/ablate.py).")
-    parser.add_argument("cell_dir")
+    parser.add_argument("--job", required=True, help="CellJob as JSON")
     parser.add_argument("--cpus", default="", help="comma-separated CPU ids to pin to")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--parent-pid", type=int, default=0, help="die with this process")
-    parser.add_argument("--share-token", default=None, help="take CPUs offered with this token")
     args = parser.parse_args(argv)
-    CPU_SHARE["token"] = args.share_token
     if args.parent_pid:
         _die_with_parent(args.parent_pid)
     if args.cpus:
-        pin_to([int(c) for c in args.cpus.split(",")])
-    status = run_cell(args.cell_dir)
-    state = status.get("state")
-    print(f"[ablate] cell {args.cell_dir}: {state}", flush=True)
-    return {"failed": EXIT_FAILED, "busy": EXIT_BUSY}.get(state, 0)
+        pin_to([int(c) for c in args.cpus.split(",")], args.threads or len(args.cpus.split(",")))
+    job = CellJob(**json.loads(args.job))
+    status = run_cell(job)
+    print(f"[ablate] cell {job.cell_dir}: {status.get('state')}", flush=True)
+    return {State.FAILED: EXIT_FAILED, State.BUSY: EXIT_BUSY}.get(State(status.get("state")), 0)
 
 
 if __name__ == "__main__":
-    # Run the canonical module's main, not this __main__ copy, so that CellJob pickles by its
-    # real name and there is one module state.
+    # the canonical module's main, not this __main__ copy: CellJob pickles by its real name
     from focal_plugin.ablation.cell import main as _main
 
     sys.exit(_main())

@@ -1,9 +1,7 @@
-"""Small file helpers of the ablation runner: atomic JSON writes and exclusive locks.
+"""Exclusive locks of the ablation runner (a run folder's, a cell's) and timestamps.
 
-Everything the runner leaves on disk is written to a temporary file and renamed into place, so a
-reader (another runner, ``--report``, a killed-and-restarted run) never sees half a file. Locks
-are ``fcntl.flock`` locks on a file that also names its holder (pid, host, start time, command):
-the kernel drops them when the holder dies, even by SIGKILL, so a stale lock never blocks a
+Files are written atomically by :mod:`focal_plugin.io`. Locks are ``fcntl.flock`` locks on a
+file that also names its holder (pid, host, start time, command): the kernel drops them when the holder dies, even by SIGKILL, so a stale lock never blocks a
 resumed run, and a live one is refused with a message naming who holds it.
 """
 
@@ -30,44 +28,6 @@ ACQUIRE_TRIES, ACQUIRE_RETRY_S = 10, 0.02
 
 def now_iso() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-    """Write ``payload`` as JSON to ``path`` through a temporary file and ``os.replace``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-class CorruptJSON(ValueError):
-    """A file that exists but holds no JSON object (cut short, a merge conflict, edited by hand)."""
-
-
-def read_json(path: str) -> Optional[Dict[str, Any]]:
-    """The JSON object in ``path``, or None when the file does not exist. Raises
-    :class:`CorruptJSON` (a ``ValueError`` naming ``path``) when it holds no JSON object."""
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptJSON(f"{path}: not valid JSON ({e}): repair or remove it") from e
-    if not isinstance(value, dict):
-        raise CorruptJSON(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return value
 
 
 class LockHeld(RuntimeError):

@@ -1,26 +1,24 @@
-"""Run a spec's cells (rows x seeds): locally, in parallel pinned workers, or as submitit jobs.
+"""Run a spec's cells (rows x seeds): locally in pinned workers, in this process, or as submitit jobs.
 
-Layout of a run (``RUN_DIR = OUTPUT/<spec name>/<scale>``)::
+Layout of an output folder (default ``results/<scale>``: the mini runs are written where they
+are committed; checkpoints, logs and event files are ignored by git)::
 
-    RUN_DIR/.runner.lock           held by the runner for the whole run (names its pid and host)
-    RUN_DIR/runs.jsonl             one line per runner invocation (launcher, workers, seeds, times)
-    RUN_DIR/<row>/seed<k>/         one cell (see focal_plugin.ablation.cell)
-    RUN_DIR/report.{md,csv,json}   the table against the paper (focal_plugin.ablation.report)
-    RUN_DIR/submitit/              submitit's job files (submitit launcher)
+    OUTPUT/cells/<key>/            one cell, shared by every spec that reaches its config
+                                   (focal_plugin.ablation.cell, .identity)
+    OUTPUT/<spec>/report.{md,csv,json}   the table against the paper (focal_plugin.ablation.report)
+    OUTPUT/<spec>/runs.jsonl       one start and one end line per runner invocation: the command
+                                   as typed and the options (:class:`RunOptions`)
+    OUTPUT/<spec>/.runner.lock     held by the runner for the whole run (names its pid and host)
+    OUTPUT/<spec>/submitit/        submitit's job files (submitit launcher)
 
-A finished cell (done or diverged) is never run again; an interrupted or failed one is run again
-and resumes from its last checkpoint. A cell identical to a finished cell of another spec in the
-same output folder (the same resolved config and seed: e.g. Table 3's FL row and Table 1b's
-γ = 2 row) takes that cell's result, or only its final weights when just the inference timing
-differs, instead of training again (focal_plugin.ablation.twins). A cell folder already holding
-a different definition (other overrides, base config or seed) is refused, so one output folder
-never mixes two settings.
+A finished cell (done or diverged) is never trained again; an interrupted or failed one resumes
+from its last checkpoint. A timed table (metric ``ms``) times each finished cell's final weights
+once (``timing.json`` beside its results).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import shlex
@@ -29,15 +27,91 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from focal_plugin.ablation import cell as cell_mod
-from focal_plugin.ablation import twins
-from focal_plugin.ablation.export import ExportConflict, export_cell, export_run
-from focal_plugin.ablation.files import FileLock, LockHeld, now_iso, read_json, write_json_atomic
-from focal_plugin.ablation.history import RUNNER_LOCK
-from focal_plugin.ablation.launch import core_shares, run_pool, visible_gpus
-from focal_plugin.ablation.spec import ABLATIONS_DIR, METRIC_LABELS, RowPlan, Spec
+from focal_plugin.ablation.cell import CELL_FILE, TIMING_FILE, CellJob, State, cell_state, read_status, run_cell
+from focal_plugin.ablation.files import FileLock, now_iso
+from focal_plugin.ablation.identity import cell_key, resolved_identity
+from focal_plugin.ablation.launch import run_pool, visible_gpus
+from focal_plugin.ablation.spec import METRIC_LABELS, RowPlan, Spec
+from focal_plugin.configs import CONFIG_ROOT
+from focal_plugin.io import read_json, write_json_atomic
 
-LAUNCHERS = ("local", "submitit")
+RUNNER_LOCK, HISTORY_FILE, CELLS_DIR = ".runner.lock", "runs.jsonl", "cells"
+
+
+def _opt(help: str, **cli: Any) -> Dict[str, Any]:
+    return {"help": help, "cli": cli}
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """How a spec is run: every option of ``tools/ablate.py`` (its flags are built from these
+    fields), recorded in ``runs.jsonl`` and shown in the report. Adding an option is one field."""
+
+    scale: str = dataclasses.field(default="mini", metadata=_opt(
+        "paper: COCO + configs/paper; mini: synthetic data + configs/mini", choices=("paper", "mini")))
+    output_dir: Optional[str] = dataclasses.field(default=None, metadata=_opt(
+        "root of cells and reports (default: results/<scale>)"))
+    seeds: Optional[List[int]] = dataclasses.field(default=None, metadata=_opt(
+        "run these seeds on every row instead of the spec's", nargs="+", type=int, metavar="SEED"))
+    only: Optional[List[str]] = dataclasses.field(default=None, metadata=_opt(
+        "run only these rows (ids from --dry-run)", nargs="+", metavar="ROW"))
+    launcher: str = dataclasses.field(default="local", metadata=_opt(
+        "local processes or submitit jobs (one per cell)", choices=("local", "submitit")))
+    workers: int = dataclasses.field(default=1, metadata=_opt(
+        "local: cells at a time, each on CPUs of its own; 0 = in this process", type=int))
+    threads: int = dataclasses.field(default=1, metadata=_opt(
+        "local: torch threads (and CPUs) of every cell, whatever --workers is", type=int))
+    gpus_per_cell: int = dataclasses.field(default=1, metadata=_opt(
+        "training processes per cell (detectron2's launch; on CPU, gloo processes)", type=int))
+    submitit_cluster: Optional[str] = dataclasses.field(default=None, metadata=_opt(
+        "submitit executor (default: auto-detect, SLURM when available)", choices=("slurm", "local", "debug")))
+    submitit_param: List[str] = dataclasses.field(default_factory=list, metadata=_opt(
+        "submitit update_parameters KEY=VALUE, e.g. slurm_partition=dev", action="append", metavar="KEY=VALUE"))
+    base_config: Optional[str] = dataclasses.field(default=None, metadata=_opt(
+        "replace the spec's base config of this scale"))
+    label: Optional[str] = dataclasses.field(default=None, metadata=_opt("a label printed at the top of the report"))
+    train_fn: Any = dataclasses.field(default=None, metadata=_opt(
+        "training function MODULE:FUNCTION fn(config_file, opts, resume, num_gpus) -> engine.train's dict",
+        metavar="MODULE:FUNCTION"))
+    imbalance: bool = dataclasses.field(default=True, metadata=_opt("skip the class-imbalance section"))
+    keep_checkpoints: bool = dataclasses.field(default=False, metadata=_opt(
+        "keep a finished cell's intermediate checkpoints (default: only model_final.pth stays)"))
+    progress: bool = dataclasses.field(default=True, metadata=_opt("no progress bar (one line per cell)"))
+    opts: List[str] = dataclasses.field(default_factory=list, metadata=_opt(
+        "KEY VALUE config overrides for every cell", nargs="*"))
+
+    def __post_init__(self) -> None:
+        checks = [(self.workers >= 0, f"workers = {self.workers}: expected >= 0 (0 = in this process)"),
+                  (self.threads >= 1, f"threads = {self.threads}: expected >= 1"),
+                  (self.gpus_per_cell >= 1, f"gpus_per_cell = {self.gpus_per_cell}: expected >= 1"),
+                  (not self.seeds or min(self.seeds) >= 0, f"seeds = {self.seeds}: expected seeds >= 0"),
+                  (not callable(self.train_fn) or (self.launcher == "local" and self.workers == 0)
+                   or self.submitit_cluster == "debug", "a callable train_fn runs only in this process "
+                   "(workers 0 or the debug executor); name it 'module:function' for worker processes")]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise ValueError(bad[0])
+        self.submitit_params()  # a malformed KEY=VALUE is a usage error now, not after training
+
+    def submitit_params(self) -> Dict[str, Any]:
+        import ast
+
+        out = {}
+        for item in self.submitit_param:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--submitit-param {item!r}: expected KEY=VALUE")
+            try:
+                out[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                out[key] = value
+        return out
+
+    def record(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if callable(self.train_fn):  # (in-process runs) named, not importable
+            out["train_fn"] = getattr(self.train_fn, "__qualname__", repr(self.train_fn))
+        return out
 
 
 class PlanMismatch(RuntimeError):
@@ -45,362 +119,313 @@ class PlanMismatch(RuntimeError):
 
 
 @dataclasses.dataclass
-class CellPlan:
+class Cell:
+    """A row at one seed, and the folder of its config (:func:`identity.cell_key`)."""
+
     row: RowPlan
     seed: int
+    key: str
     dir: str
+    definition: Dict[str, Any]
 
     @property
     def id(self) -> str:
         return f"{self.row.id}/seed{self.seed}"
 
-    def state(self) -> str:
-        """pending | running | interrupted | failed | done | diverged (:func:`cell.cell_state`)."""
-        return cell_mod.cell_state(self.dir)
+    def state(self) -> State:
+        return cell_state(self.dir)
 
     def command(self) -> str:
         """The equivalent ``train_net.py`` command line (copy-pasteable)."""
         opts = [*self.row.opts, "SEED", str(self.seed), "OUTPUT_DIR", self.dir]
-        return "python train_net.py --config-file " + " ".join(
-            shlex.quote(x) for x in [self.row.base, *opts])
+        return "python train_net.py --config-file " + " ".join(shlex.quote(x) for x in [self.row.base, *opts])
+
+
+def _portable(path: str) -> str:
+    """A base config as cell.json stores it: configs-relative when shipped, else absolute."""
+    rel = os.path.relpath(path, CONFIG_ROOT)
+    return path if rel.startswith(os.pardir) else rel
+
+
+def _shown(path: str) -> str:
+    rel = os.path.relpath(path)
+    return path if rel.startswith(os.pardir) else rel
 
 
 class Runner:
-    """Plans and runs the cells of one spec at one scale (see the module docstring).
+    """Plans and runs the cells of one spec (see the module docstring)."""
 
-    ``workers``: 0 = in this process (sequential; for debugging and tests with ``train_fn``),
-    N >= 1 = N worker processes at a time, each pinned to its share of the CPUs (and GPUs).
-    ``gpus_per_cell``: training processes per cell (detectron2's launch; gloo processes on CPU).
-    ``train_fn``: the training function, ``"module:function"`` (any launcher) or a callable
-    (``workers=0`` or submitit's debug executor only); default :func:`cell.train_cell`.
-    ``imbalance``: compute the data's class imbalance for the report. ``keep_checkpoints``: keep
-    a finished cell's intermediate checkpoints (default: only ``model_final.pth`` stays).
-    ``reuse``: take the result of an identical finished cell of another spec (module docstring).
-    ``export_dir``: copy each finished cell's small files there as it finishes, and the report when
-    written (:mod:`focal_plugin.ablation.export`; e.g. ``results/mini``, kept in git).
-    """
+    def __init__(self, spec: Spec, options: Optional[RunOptions] = None, log: Callable[[str], None] = print,
+                 argv: Optional[Sequence[str]] = None):
+        self.spec, self.options, self.log = spec, options or RunOptions(), log
+        self.argv = list(argv) if argv is not None else None
+        o = self.options
+        self.output_dir = os.path.abspath(o.output_dir or os.path.join("results", o.scale))
+        self.run_dir = os.path.join(self.output_dir, spec.name)
+        self.all_rows = spec.resolve(o.scale, o.base_config, o.opts, o.seeds)
+        unknown = [r for r in o.only or () if r not in spec.row_ids]
+        if unknown:
+            raise ValueError(f"--only: unknown row(s) {unknown} of {spec.path}; rows: {spec.row_ids}")
+        self.rows = [r for r in self.all_rows if not o.only or r.id in o.only]
 
-    def __init__(self, spec: Spec, scale: str, output_dir: str, seeds: int = 1,
-                 only: Optional[Sequence[str]] = None, base_config: Optional[str] = None,
-                 extra_opts: Sequence[str] = (), launcher: str = "local", workers: int = 1,
-                 gpus_per_cell: int = 1, submitit_cluster: Optional[str] = None,
-                 submitit_params: Optional[Dict[str, Any]] = None, train_fn: Optional[Callable] = None,
-                 progress: bool = True, poll_s: float = 5.0, log: Callable[[str], None] = print,
-                 label: Optional[str] = None, imbalance: bool = True, keep_checkpoints: bool = False,
-                 reuse: bool = True, export_dir: Optional[str] = None):
-        if launcher not in LAUNCHERS:
-            raise ValueError(f"launcher {launcher!r} is invalid: expected one of {list(LAUNCHERS)}")
-        if seeds < 1:
-            raise ValueError(f"seeds = {seeds} is invalid: expected >= 1")
-        if workers < 0:
-            raise ValueError(f"workers = {workers} is invalid: expected >= 0 (0 = in this process)")
-        self.spec, self.scale, self.seeds = spec, scale, seeds
-        self.output_dir = os.path.abspath(output_dir)
-        self.run_dir = os.path.join(self.output_dir, spec.name, scale)
-        self.base_config = base_config
-        self.extra_opts = list(extra_opts)
-        self.all_rows = spec.resolve(scale, base_config, extra_opts)
-        if only:
-            unknown = [r for r in only if r not in spec.row_ids]
-            if unknown:
-                raise ValueError(f"--only: unknown row(s) {unknown} of {spec.path}; rows: {spec.row_ids}")
-        self.rows = [r for r in self.all_rows if not only or r.id in only]
-        self.launcher, self.workers, self.gpus_per_cell = launcher, workers, gpus_per_cell
-        self.submitit_cluster = submitit_cluster
-        self.submitit_params = dict(submitit_params or {})
-        self.train_fn, self.progress, self.poll_s, self.log = train_fn, progress, poll_s, log
-        self.label = label
-        self.imbalance = imbalance
-        self.keep_checkpoints = keep_checkpoints
-        self.reuse = reuse
-        self.export_dir = os.path.abspath(export_dir) if export_dir else None
-        if self.export_dir:  # before any training: a bad folder is a usage error, not a lost run
-            try:
-                os.makedirs(self.export_dir, exist_ok=True)
-            except OSError as e:
-                raise ValueError(f"--export {export_dir!r} is not a usable folder: {e}") from e
-        if callable(train_fn) and (launcher != "local" or workers != 0) and submitit_cluster != "debug":
-            raise ValueError("a callable train_fn runs only in this process (workers=0 or the debug "
-                             "executor); name it as 'module:function' for worker processes")
+    @property
+    def timing(self) -> Optional[Dict[str, int]]:
+        return self.spec.timing if "ms" in self.spec.metrics else None
 
     # ------------------------------------------------------------------------------ planning
-    def plan(self) -> List[CellPlan]:
-        return [CellPlan(row, seed, os.path.join(self.run_dir, row.id, f"seed{seed}"))
-                for row in self.rows for seed in range(self.seeds)]
+    def cells(self, rows: Optional[Sequence[RowPlan]] = None) -> List[Cell]:
+        train_fn = self.options.record()["train_fn"]
+        out = []
+        for row in self.rows if rows is None else rows:
+            for seed in row.seeds:
+                identity = resolved_identity(row.base, row.opts, seed)
+                key = cell_key(identity, train_fn)
+                definition = {"key": key, "seed": seed, "base": _portable(row.base), "opts": list(row.opts),
+                              "identity": identity, "train_fn": train_fn,
+                              "planned_by": f"{self.spec.name}/{row.id}"}
+                out.append(Cell(row, seed, key, os.path.join(self.output_dir, CELLS_DIR, key), definition))
+        return out
 
-    def definition(self, cell: CellPlan) -> Dict[str, Any]:
-        """The content of the cell's ``cell.json``."""
-        return {"spec": self.spec.name, "spec_file": self.spec.path, "scale": self.scale, "row": cell.row.id,
-                "seed": cell.seed, "base": cell.row.base, "base_name": cell.row.base_name,
-                "opts": list(cell.row.opts), "settings": cell.row.settings,
-                "timing": self.spec.timing if "ms" in self.spec.metrics else None,
-                "num_gpus": self.gpus_per_cell,
-                "train_fn": self.train_fn if isinstance(self.train_fn, str) else None,
-                "trainer": _train_fn_name(self.train_fn),  # None: detectron2's (train_cell)
-                "prune_checkpoints": not self.keep_checkpoints}
-
-    _IDENTITY = ("base_name", "opts", "seed", "timing")
-
-    def check_definitions(self, cells: Sequence[CellPlan]) -> None:
-        """Raise :class:`PlanMismatch` if a cell folder was planned with other settings."""
+    def check_definitions(self, cells: Sequence[Cell]) -> None:
+        """Raise :class:`PlanMismatch` if a cell folder holds another definition (a folder
+        written by other code, or edited)."""
         bad = []
         for c in cells:
-            old = read_json(os.path.join(c.dir, cell_mod.CELL_FILE))
-            if old is None:
-                continue
-            new = self.definition(c)
-            diff = [k for k in self._IDENTITY if old.get(k) != new.get(k)]
+            old = read_json(os.path.join(c.dir, CELL_FILE))
+            diff = [k for k in ("identity", "seed", "train_fn") if old and old.get(k) != c.definition[k]]
             if diff:
-                bad.append(f"  {c.id}: {', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in diff)}")
+                bad.append(f"  {c.id} ({c.dir}): {', '.join(diff)} differ")
         if bad:
-            raise PlanMismatch(
-                f"{self.run_dir} holds cells planned with different settings:\n" + "\n".join(bad[:10])
-                + "\nUse another --output-dir (or delete those cell folders) to run the new settings.")
+            raise PlanMismatch(f"{self.output_dir} holds cells with other definitions:\n" + "\n".join(bad[:10])
+                               + "\nUse another --output-dir (or delete those cell folders).")
 
     def dry_run(self) -> str:
-        """The cells with their state and full overrides, as text (nothing is written)."""
-        cells = self.plan()
-        lines = [f"{self.spec.title} — scale {self.scale}: {len(self.rows)} row(s) x {self.seeds} seed(s) "
-                 f"= {len(cells)} cell(s) in {self.run_dir}"]
+        """The cells with their state, folder and full command, as text (nothing is written)."""
+        cells = self.cells()
+        lines = [f"{self.spec.title} — scale {self.options.scale}: {len(self.rows)} row(s), {len(cells)} "
+                 f"cell(s) in {_shown(self.output_dir)}"]
         for c in cells:
             paper = " ".join(f"{METRIC_LABELS[m]} {v:.1f}" if v is not None else f"{METRIC_LABELS[m]} —"
                              for m, v in c.row.paper.items())
             settings = ", ".join(f"{k}={v}" for k, v in c.row.settings.items())
-            state = c.state()
-            lines.append(f"[{state:11s}] {c.id:28s} {settings:30s} paper: {paper}"
+            shared = (read_json(os.path.join(c.dir, CELL_FILE)) or {}).get("planned_by")
+            lines.append(f"[{c.state().value:11s}] {c.id:28s} {settings:30s} paper: {paper}"
                          + (f" ({c.row.paper_note})" if c.row.paper_note else ""))
-            twin, exact = (twins.planned_twin(c.dir, self.definition(c), self.output_dir, self.scale,
-                                              self.run_dir)
-                           if self.reuse and state not in (*cell_mod.FINISHED, "running") else (None, False))
-            if twin:  # what the run will do instead of training
-                rel = os.path.relpath(twin, self.output_dir)
-                lines.append(f"    takes the result of {rel}" if exact else
-                             f"    takes the weights of {rel} (evaluated and timed, not trained)")
+            lines.append(f"    cell {c.key}" + (f" (shared with {shared})" if shared and not
+                                                shared.startswith(self.spec.name + "/") else ""))
             lines.append(f"    {c.command()}")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------------------- running
     def run(self) -> Dict[str, Any]:
-        """Run every unfinished cell, then write the report; returns a summary dict.
+        """Run every unfinished cell (and missing timings), then write the report.
 
         Raises :class:`~focal_plugin.ablation.files.LockHeld` (naming the other runner's pid and
-        host) when another runner uses this run folder, :class:`PlanMismatch` when its cells were
-        planned with other settings.
+        host) when another runner uses this spec's folder, :class:`PlanMismatch` when a cell
+        folder holds another definition.
         """
         os.makedirs(self.run_dir, exist_ok=True)
+        self._check_scale()
         lock = FileLock(os.path.join(self.run_dir, RUNNER_LOCK), what=f"run folder {self.run_dir}")
-        lock.acquire(spec=self.spec.name, scale=self.scale)
+        lock.acquire(spec=self.spec.name, scale=self.options.scale)
         try:
-            cells = self.plan()
-            self.check_definitions(cells)
-            twins.clear_cache()
-            states = {c.id: c.state() for c in cells}
-            for c in cells:  # a finished (or running) cell keeps the definition it runs with
-                path = os.path.join(c.dir, cell_mod.CELL_FILE)
-                if states[c.id] not in (*cell_mod.FINISHED, "running") or not os.path.isfile(path):
-                    write_json_atomic(path, self.definition(c))
-            reused = 0
-            for c in cells:
-                if states[c.id] in (*cell_mod.FINISHED, "running"):  # running: another process's
-                    continue
-                if not self.reuse:
-                    twins.forget_weights(c.dir)
-                elif twins.reuse(c.dir, self.definition(c), self.output_dir, self.scale, self.run_dir,
-                                 self.log, c.id):
-                    states[c.id] = c.state()
-                    reused += 1
-            todo = [c for c in cells if states[c.id] not in cell_mod.FINISHED]
-            started = time.time()
-            self._history({"event": "start", "spec": self._spec_arg(), "scale": self.scale,
-                           "output_dir": _shown_path(self.output_dir), "gpus_per_cell": self.gpus_per_cell,
-                           "reuse": self.reuse, "launcher": self.launcher, "workers": self.workers,
-                           "train_fn": _train_fn_name(self.train_fn),
-                           "keep_checkpoints": self.keep_checkpoints, "imbalance": self.imbalance,
-                           "submitit_cluster": self.submitit_cluster, "submitit_params": self.submitit_params,
-                           "export": _shown_path(self.export_dir) if self.export_dir else None,
-                           "seeds": self.seeds, "cells": len(cells), "to_run": len(todo), "reused": reused,
-                           "only": [r.id for r in self.rows] if len(self.rows) < len(self.all_rows) else None,
-                           "base_config": self.base_config, "extra_opts": self.extra_opts,
-                           "label": self.label})
-            skipped = len(cells) - len(todo)
-            if skipped:
-                self.log(f"[ablate] {skipped} finished cell(s) kept, {len(todo)} to run")
-            if self.launcher == "submitit":
-                results = self._run_submitit(todo)
-            elif self.workers == 0:
-                results = self._run_in_process(todo)
-            else:
-                results = self._run_local(todo)
-            summary = {"cells": len(cells), "skipped": skipped, "ran": len(todo),
-                       "states": {c.id: results.get(c.id, states[c.id]) for c in cells},
-                       "wall_time_s": time.time() - started, "run_dir": self.run_dir}
-            self._history({"event": "end", "wall_time_s": summary["wall_time_s"],
-                           "states": _count(summary["states"].values())})
-            summary["report"] = self.report()
-            return summary
+            return self._run_locked()
         finally:
             lock.release()
 
-    def _spec_arg(self) -> str:
-        """How --spec names this spec: a shipped spec by name, any other by its path."""
-        shipped = os.path.join(ABLATIONS_DIR, f"{self.spec.name}.yaml")
-        same = os.path.isfile(shipped) and os.path.samefile(shipped, self.spec.path)
-        return self.spec.name if same else _shown_path(self.spec.path)
+    def _run_locked(self) -> Dict[str, Any]:
+        cells = self.cells()
+        self.check_definitions(cells)
+        for c in cells:
+            if not os.path.isfile(os.path.join(c.dir, CELL_FILE)):
+                write_json_atomic(os.path.join(c.dir, CELL_FILE), c.definition)
+        todo = list({c.key: c for c in cells if self._needs_run(c)}.values())
+        started = time.time()
+        self._history({"event": "start", "argv": self.argv, "options": self.options.record(),
+                       "spec": self.spec.name, "cells": len(cells), "to_run": len(todo)})
+        if len(cells) > len(todo):
+            self.log(f"[ablate] {len(cells) - len(todo)} finished cell(s) kept, {len(todo)} to run")
+        run = {"submitit": self._run_submitit}.get(self.options.launcher,
+                                                   self._run_in_process if self.options.workers == 0
+                                                   else self._run_local)
+        results = run(todo)
+        states = {c.id: State(results.get(c.key, {}).get("state") or c.state()) for c in cells}
+        summary = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": len(todo), "states": states,
+                   "wall_time_s": time.time() - started, "run_dir": self.run_dir}
+        counts: Dict[str, int] = {}
+        for s in states.values():
+            counts[s.value] = counts.get(s.value, 0) + 1
+        self._history({"event": "end", "wall_time_s": summary["wall_time_s"], "states": counts})
+        summary["report"] = self.report()
+        return summary
+
+    def _needs_run(self, c: Cell) -> bool:
+        state = c.state()
+        if state is State.RUNNING:  # another process's
+            return False
+        if not state.finished:
+            return True
+        timing = read_json(os.path.join(c.dir, TIMING_FILE)) or {}
+        return bool(self.timing) and state is State.DONE and (
+            timing.get("ms") is None and not timing.get("error")
+            or any(timing.get(k) != v for k, v in self.timing.items()))
+
+    def _check_scale(self) -> None:
+        for event in read_history(self.run_dir):
+            scale = (event.get("options") or {}).get("scale", event.get("scale"))
+            if event.get("event") == "start" and scale and scale != self.options.scale:
+                raise ValueError(f"{self.run_dir} holds runs of scale {scale!r}, this one is "
+                                 f"{self.options.scale!r}: use another --output-dir per scale")
+
+    def job(self, c: Cell) -> CellJob:
+        o = self.options
+        return CellJob(c.dir, num_gpus=o.gpus_per_cell, prune_checkpoints=not o.keep_checkpoints,
+                       timing=self.timing, train_fn=o.train_fn)
 
     def report(self) -> Dict[str, str]:
         """(Re)write ``report.{md,csv,json}`` from the finished cells; returns their paths."""
         from focal_plugin.ablation.report import write_reports
 
-        paths = write_reports(self.spec, self.scale, self.run_dir, self.all_rows,
-                              base_config=self.base_config, extra_opts=self.extra_opts,
-                              with_imbalance=self.imbalance, label=self.label)
-        if self.export_dir:
-            for row in self.all_rows:  # every seed on disk, finished earlier or taken from another spec
-                for cell_dir in sorted(glob.glob(os.path.join(self.run_dir, row.id, "seed*"))):
-                    self._export(export_cell, cell_dir, self.run_dir)
-            self._export(export_run, self.run_dir)
-        return paths
+        return write_reports(self)
 
     def _report_quietly(self) -> None:
-        """:meth:`report` between cells: a failure is logged, it never stops the cells still to run."""
+        """The report between cells: a failure is logged, never stops the cells still to run."""
         try:
             self.report()
-        except Exception as e:  # the report is rebuilt again at the end of the run
+        except Exception as e:  # rebuilt again at the end of the run
             self.log(f"[ablate] the report could not be rewritten ({type(e).__name__}: {e}); "
-                     f"the cells' results stay in {self.run_dir}")
-
-    def _export(self, fn: Callable, *args) -> None:
-        """Export without ever stopping the run: a failure is logged, the results stay in run_dir."""
-        try:
-            fn(*args, self.export_dir, self.spec.name)
-        except (OSError, ExportConflict, ValueError) as e:  # ValueError: a corrupt exported file
-            self.log(f"[ablate] export to {self.export_dir} failed ({type(e).__name__}: {e}); "
-                     f"the results stay in {self.run_dir}")
+                     f"the cells' results stay in {self.output_dir}")
 
     def _history(self, event: Dict[str, Any]) -> None:
         event = {"time": now_iso(), "pid": os.getpid(), "host": socket.gethostname(), **event}
-        with open(os.path.join(self.run_dir, "runs.jsonl"), "a") as f:
-            f.write(json.dumps(event) + "\n")
+        with open(os.path.join(self.run_dir, HISTORY_FILE), "a") as f:
+            f.write(json.dumps(event, default=str) + "\n")
 
     def _bar(self, total: int):
         from tqdm import tqdm
 
-        return tqdm(total=total, unit="cell", desc=f"{self.spec.name} [{self.scale}]", dynamic_ncols=True,
-                    disable=not self.progress or total == 0, file=sys.stderr)
+        return tqdm(total=total, unit="cell", desc=f"{self.spec.name} [{self.options.scale}]", dynamic_ncols=True,
+                    disable=not self.options.progress or total == 0, file=sys.stderr)
 
-    def _finished(self, bar, c: CellPlan, status: Dict[str, Any]) -> str:
-        state = status.get("state", "?")
-        if state == "running":  # the process died without recording an outcome
-            state = "interrupted"
-        detail = ""
-        if state == "done":
-            m = status.get("metrics", {})
-            detail = " ".join(f"{METRIC_LABELS[k]} {m[k]:.1f}" for k in self.spec.metrics
-                              if m.get(k) is not None)
-        elif state == "diverged":
-            detail = f"at iteration {status.get('diverged_at')}"
-        elif state == "failed":
-            detail = str(status.get("error", ""))[:200]
-        elif state == "busy":
-            detail = str(status.get("message", ""))[:300]
+    def _finished(self, bar, c: Cell, status: Dict[str, Any]) -> Dict[str, Any]:
+        state = State(status.get("state") or State.PENDING)
+        if state is State.RUNNING:  # the process died without recording an outcome
+            state = State.INTERRUPTED
+        m = status.get("metrics") or {}
+        detail = {State.DONE: " ".join(f"{METRIC_LABELS[k]} {m[k]:.1f}" for k in self.spec.metrics
+                                       if m.get(k) is not None),
+                  State.DIVERGED: f"at iteration {status.get('diverged_at')}",
+                  State.FAILED: str(status.get("error", ""))[:200],
+                  State.BUSY: str(status.get("message", ""))[:300]}.get(state, "")
+        if not self.timing:  # (timing cells measure speed: no extra load while they run)
+            self._report_quietly()
         wall = status.get("wall_time_s")
-        if self.export_dir:
-            self._export(export_cell, c.dir, self.run_dir)
-        if not self.spec.timing:  # (a timed table's cells may be timing inference: no extra load now)
-            self._report_quietly()  # a long run's report (and its export) is never older than its last cell
-        msg = f"[{state}] {c.id} {detail}" + (f" ({wall:.0f} s)" if wall else "")
-        if bar.disable:
-            self.log(msg)
-        else:
-            bar.write(msg)
+        msg = f"[{state.value}] {c.id} {detail}" + (f" ({wall:.0f} s)" if wall else "")
+        bar.write(msg) if not bar.disable else self.log(msg)
         bar.update(1)
-        bar.set_postfix_str(f"last: {c.id} {state}")
-        return state
+        return {**status, "state": state}
 
-    def _run_in_process(self, todo: Sequence[CellPlan]) -> Dict[str, str]:
-        out = {}
+    def _run_in_process(self, todo: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
         with self._bar(len(todo)) as bar:
-            for c in todo:
-                fn = self.train_fn if callable(self.train_fn) else None
-                out[c.id] = self._finished(bar, c, cell_mod.run_cell(c.dir, train_fn=fn))
-        return out
+            return {c.key: self._finished(bar, c, run_cell(self.job(c))) for c in todo}
 
-    def _run_local(self, todo: Sequence[CellPlan]) -> Dict[str, str]:
-        if self.workers > len(core_shares(1)[0]) and self.log:
-            self.log(f"[ablate] warning: {self.workers} workers on fewer CPUs: workers share CPUs")
-        out: Dict[str, str] = {}
+    def _run_local(self, todo: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
+        o = self.options
+        from focal_plugin.ablation.launch import available_cpus
+
+        if o.workers * o.threads > len(available_cpus()):
+            self.log(f"[ablate] warning: {o.workers} worker(s) x {o.threads} thread(s) on "
+                     f"{len(available_cpus())} CPU(s): workers share CPUs")
+        out: Dict[str, Dict[str, Any]] = {}
         with self._bar(len(todo)) as bar:
             def finished(i: int, status: Dict[str, Any]) -> None:
-                out[todo[i].id] = self._finished(bar, todo[i], status)
+                out[todo[i].key] = self._finished(bar, todo[i], status)
 
-            # lending needs the built-in trainer in one process per cell (its hook takes the CPUs)
-            # and no inference timing (thread counts must stay equal across a timed table's rows)
-            lend = not self.spec.timing and self.train_fn is None and self.gpus_per_cell <= 1
-            run_pool([c.dir for c in todo], self.workers, finished, lend_cpus=lend)
+            run_pool([self.job(c) for c in todo], o.workers, o.threads, finished)
         return out
 
-    def _run_submitit(self, todo: Sequence[CellPlan]) -> Dict[str, str]:
+    def _run_submitit(self, todo: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
         try:
             import submitit
         except ImportError as e:  # pragma: no cover
             raise RuntimeError("--launcher submitit needs submitit: pip install 'focal_plugin[slurm]'") from e
-        executor = submitit.AutoExecutor(folder=os.path.join(self.run_dir, "submitit", "%j"),
-                                         cluster=self.submitit_cluster)
-        gpus = self.gpus_per_cell if executor.cluster == "slurm" or visible_gpus() else 0
-        params = {"timeout_min": 60 * 24, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": gpus,
-                  "name": f"ablate-{self.spec.name}-{self.scale}"}
-        params.update(self.submitit_params)
-        if executor.cluster == "debug":
-            params = {k: v for k, v in params.items() if k in ("timeout_min",)}
-        executor.update_parameters(**params)
-        jobs = []
-        for c in todo:
-            job = executor.submit(cell_mod.CellJob(c.dir, self.train_fn if callable(self.train_fn) else None))
+        executor = self._executor(submitit)
+        with executor.batch():  # one submission (a job array on SLURM), one job per cell
+            jobs = [executor.submit(self.job(c)) for c in todo]
+        for c, job in zip(todo, jobs):
             write_json_atomic(os.path.join(c.dir, "submitit.json"),
                               {"job_id": job.job_id, "cluster": executor.cluster, "submitted": now_iso()})
-            jobs.append((c, job))
         self.log(f"[ablate] submitted {len(jobs)} job(s) to {executor.cluster} "
                  f"(logs: {os.path.join(self.run_dir, 'submitit')})")
-        out: Dict[str, str] = {}
+        by_job = {job.job_id: c for c, job in zip(todo, jobs)}
+        out: Dict[str, Dict[str, Any]] = {}
         with self._bar(len(jobs)) as bar:
-            pending = list(jobs)
-            while pending:
-                still = []
-                for c, job in pending:
-                    if not job.done():
-                        still.append((c, job))
-                        continue
-                    try:
-                        status = job.result()
-                    except Exception as e:  # a failed job: its status.json says why
-                        status = cell_mod.read_status(c.dir) or {"state": "failed", "error": str(e)}
-                        if status.get("state") == "running":
-                            status = {"state": "interrupted", "error": str(e)[-500:]}
-                    out[c.id] = self._finished(bar, c, status)
-                pending = still
-                if pending:
-                    time.sleep(self.poll_s)
+            for job in submitit.helpers.as_completed(jobs, poll_frequency=5):
+                c = by_job[job.job_id]
+                out[c.key] = self._finished(bar, c, _job_status(job, c.dir))
         return out
 
-
-def _train_fn_name(train_fn) -> Optional[str]:
-    """As --train-fn names it ("module:function"); a callable by its name (not importable)."""
-    if train_fn is None or isinstance(train_fn, str):
-        return train_fn
-    return getattr(train_fn, "__qualname__", repr(train_fn))
-
-
-def _shown_path(path: str) -> str:
-    """``path`` relative to the working directory when inside it (as a user would type it)."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith(os.pardir) else rel
+    def _executor(self, submitit):
+        executor = submitit.AutoExecutor(folder=os.path.join(self.run_dir, "submitit", "%j"),
+                                         cluster=self.options.submitit_cluster)
+        gpus = self.options.gpus_per_cell if executor.cluster == "slurm" or visible_gpus() else 0
+        params = {"timeout_min": 60 * 24, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": gpus,
+                  "name": f"ablate-{self.spec.name}-{self.options.scale}", **self.options.submitit_params()}
+        if executor.cluster == "debug":
+            params = {k: v for k, v in params.items() if k == "timeout_min"}
+        executor.update_parameters(**params)
+        return executor
 
 
-def _count(states) -> Dict[str, int]:
-    out: Dict[str, int] = {}
-    for s in states:
-        out[s] = out.get(s, 0) + 1
+def _job_status(job, cell_dir: str) -> Dict[str, Any]:
+    try:
+        return job.result()
+    except Exception as e:  # a failed job: its status.json says why
+        status = read_status(cell_dir) or {"state": State.FAILED, "error": str(e)}
+        if status.get("state") == State.RUNNING:
+            status = {"state": State.INTERRUPTED, "error": str(e)[-500:]}
+        return status
+
+
+# ------------------------------------------------------------------------------------ history
+def read_history(run_dir: str) -> List[Dict[str, Any]]:
+    """The events of ``runs.jsonl`` (a line cut by a kill is skipped)."""
+    path = os.path.join(run_dir, HISTORY_FILE)
+    if not os.path.isfile(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
     return out
 
 
-__all__ = ["Runner", "CellPlan", "PlanMismatch", "LockHeld", "core_shares"]
+def invocations(run_dir: str) -> List[Dict[str, Any]]:
+    """One entry per runner start: when, the command as typed, how many cells, how it ended (an
+    interrupted runner — killed, crashed — left a start without an end; ``running`` tells it
+    from the runner at work now)."""
+    history = read_history(run_dir)
+    lock = FileLock(os.path.join(run_dir, RUNNER_LOCK))
+    holder = lock.holder() if lock.is_held() else None
+    live = (holder.get("host"), holder.get("pid")) if holder else None
+    last = max((i for i, h in enumerate(history) if h.get("event") == "start"), default=-1)
+    out = []
+    for i, h in enumerate(history):
+        if h.get("event") != "start":
+            continue
+        who = (h.get("host"), h.get("pid"))
+        nxt = history[i + 1] if i + 1 < len(history) else {}
+        end = nxt if nxt.get("event") == "end" and (nxt.get("host"), nxt.get("pid")) == who else None
+        argv = h.get("argv")
+        options = h.get("options") or {}
+        out.append({"started": h.get("time"), "host": h.get("host"), "pid": h.get("pid"),
+                    "launcher": f"{options.get('launcher')} (workers {options.get('workers')})",
+                    "to_run": h.get("to_run"), "cells": h.get("cells"),
+                    "ended": end.get("time") if end else None, "states": end.get("states") if end else None,
+                    "running": not end and i == last and live == who,
+                    "command": ("(v2 runner) " if options.get("migrated_from") else "") + shlex.join(argv)
+                    if argv else "(Python API) " + json.dumps(options, default=str)})
+    return out

@@ -1,38 +1,34 @@
 """Ablation specs: one YAML file per paper table (``configs/ablations/*.yaml``).
 
-A spec holds a base config per scale, the table's rows as config overrides, and the paper's
-numbers per row. The same spec runs at ``paper`` scale (``configs/paper``: COCO, ImageNet
-weights, 90k iterations) or ``mini`` scale (``configs/mini``: synthetic data, CPU)::
+A spec holds a base config per scale, the table's rows as config overrides, the seeds each row
+runs with and the paper's numbers per row. The same spec runs at ``paper`` scale
+(``configs/paper``: COCO, 90k iterations) or ``mini`` scale (``configs/mini``: synthetic data)::
 
-    name: table1a                      # default: the file name
     title: "Table 1a: alpha-balanced CE (gamma = 0), varying alpha"
-    source: "R50-FPN, 600 px, COCO minival"      # where the paper's numbers come from
-    note: "..."                        # optional, shown under the table
-    columns: [alpha]                   # the settings shown per row, in order
-    metrics: [AP, AP50, AP75]          # of AP AP50 AP75 APs APm APl ms (ms = ms/image, measured)
-    timing: {images: 100, warmup: 10}  # only with "ms": batch-1 inference timing after training
-    scales:                            # the base config per scale (+ overrides of that scale)
+    source: "R50-FPN, 600 px, COCO minival"   # where the paper's numbers come from
+    note: "..."                                # optional, shown under the table
+    columns: [alpha]                           # the settings shown per row, in order
+    metrics: [AP, AP50, AP75]                  # of AP AP50 AP75 APs APm APl ms (ms/image, timed)
+    timing: {images: 100, warmup: 10}          # with "ms": timed on each cell's final weights
+    seeds: 1                                   # N (seeds 0..N-1) or a list [0, 3]; default 1
+    overrides: {MODEL.FOCAL.LOSS: sigmoid_ce}  # every row, every scale
+    scales:                                    # per scale: base config (+ overrides, seeds)
       paper: {base: paper/retinanet_R_50_FPN_600_90k.yaml}
-      mini: {base: mini/Base-Mini-Repro.yaml, overrides: {...}}
-    overrides: {MODEL.FOCAL.LOSS: sigmoid_ce}    # every row, both scales
+      mini: {base: mini/protocol/Base-Protocol.yaml, seeds: 3}
     rows:
-      - id: alpha_.10                  # folder name of the row's cells: [A-Za-z0-9_.=+-]
-        settings: {alpha: ".10"}
-        overrides: {MODEL.FOCAL.ALPHA: 0.10}
-        anchors: {scales_per_octave: 2, aspects: 3}   # optional: Table 1c density, expanded to
-                                       # MODEL.ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS from the
-                                       # base config's first size per level
-        paper: {AP: 0.0, AP50: 0.0, AP75: 0.0}       # null = not reported
-        paper_note: "diverges"         # optional text shown in the paper columns
-        scales: {mini: {settings: {...}, overrides: {...}, base: ..., anchors: ...}}
-    claims:                            # the paper's qualitative claims, judged against seed noise
+      - id: alpha_.75                          # [A-Za-z0-9_.=+-]
+        settings: {alpha: ".75"}
+        overrides: {MODEL.FOCAL.ALPHA: 0.75}
+        seeds: 3                               # this row's seeds (all scales)
+        anchors: {scales_per_octave: 2, aspects: 3}   # Table 1c density (from the base's sizes)
+        paper: {AP: 30.2, AP50: 46.7, AP75: 32.8}     # null = not reported
+        paper_note: "diverges"                 # optional text in the paper columns
+        scales: {mini: {settings: {...}, overrides: {...}, base: ..., anchors: ..., seeds: ...}}
+    claims:                                    # judged by focal_plugin.ablation.verdict
       - {text: "the best alpha for CE is .75", type: best, row: alpha_.75, metric: AP}
 
-Claim types (see :mod:`focal_plugin.ablation.verdict`): ``best`` (row, metric[, rows, direction]),
-``better`` (row, than, metric), ``similar`` (row, to, metric, tol), ``any_similar`` (rows, to,
-metric, tol[, min_count]), ``diverges`` / ``converges`` (row), ``increasing`` (rows, metric).
-
-Every error names the spec file and, where there is one, the row or claim.
+Each level (spec, scale, row, row at a scale) is a :class:`Layer`; later levels win. Every error
+names the spec file and, where there is one, the row or claim.
 """
 
 from __future__ import annotations
@@ -52,25 +48,16 @@ METRIC_LABELS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "APs": "APS", "APm"
 LOWER_IS_BETTER = frozenset({"ms"})
 SCALES = ("paper", "mini")
 ABLATIONS_DIR = os.path.join(CONFIG_ROOT, "ablations")
+#: keys the runner sets per cell: never from a spec or the command line
+RUNNER_KEYS = ("OUTPUT_DIR", "SEED")
 
-_SPEC_KEYS = {"name", "title", "source", "note", "columns", "metrics", "timing", "scales", "overrides",
-              "rows", "claims"}
-_SCALE_KEYS = {"base", "overrides", "note"}
-_ROW_KEYS = {"id", "settings", "overrides", "anchors", "paper", "paper_note", "scales"}
-_ROW_SCALE_KEYS = {"base", "overrides", "anchors", "settings"}
-_ANCHOR_KEYS = {"scales_per_octave", "aspects"}
-_TIMING_KEYS = {"images", "warmup"}
-_CLAIM_FIELDS = {
-    # type: (required, optional)
-    "best": ({"row", "metric"}, {"rows", "direction"}),
-    "better": ({"row", "than", "metric"}, set()),
-    "similar": ({"row", "to", "metric", "tol"}, set()),
-    "any_similar": ({"rows", "to", "metric", "tol"}, {"min_count"}),
-    "diverges": ({"row"}, set()),
-    "converges": ({"row"}, set()),
-    "increasing": ({"rows", "metric"}, set()),
-}
-_ROW_ID = re.compile(r"[A-Za-z0-9_.=+-]+")
+_SPEC_KEYS = {"name", "title", "source", "note", "columns", "metrics", "timing", "seeds", "overrides",
+              "scales", "rows", "claims"}
+_SCALE_KEYS = {"base", "overrides", "seeds", "note"}
+_ROW_KEYS = {"id", "settings", "overrides", "anchors", "seeds", "paper", "paper_note", "scales"}
+_ROW_SCALE_KEYS = {"base", "overrides", "anchors", "settings", "seeds"}
+_ID = re.compile(r"[A-Za-z0-9_.=+-]+")
+_KEY = re.compile(r"[A-Z0-9_]+(\.[A-Z0-9_]+)*")
 
 
 class SpecError(ValueError):
@@ -78,30 +65,35 @@ class SpecError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Claim:
-    """One of the paper's qualitative claims about a table, in a form that can be judged."""
+class Layer:
+    """What one level of a spec sets (``None``: not set at this level)."""
 
-    text: str
-    type: str
-    metric: str = "AP"
-    row: Optional[str] = None
-    than: Optional[str] = None
-    to: Optional[str] = None
-    rows: Tuple[str, ...] = ()
-    tol: Optional[float] = None
-    min_count: int = 1
-    direction: Optional[str] = None  # best: "max" / "min" (default: by metric)
+    base: Optional[str] = None
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    anchors: Optional[Mapping[str, int]] = None
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    seeds: Optional[Tuple[int, ...]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    id: str
+    layer: Layer
+    scales: Mapping[str, Layer]
+    paper: Mapping[str, Optional[float]]
+    paper_note: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class RowPlan:
-    """A spec row resolved at one scale: what a cell of this row trains (before its seed)."""
+    """A spec row resolved at one scale: what its cells train, and with which seeds."""
 
     id: str
     settings: Dict[str, Any]
     base: str  # absolute path of the base config
-    base_name: str  # as written in the spec (configs-relative), for display
+    base_name: str  # as written in the spec (configs-relative), for display and cell.json
     opts: Tuple[str, ...]  # KEY VALUE overrides, in order (spec, scale, row, anchors, command line)
+    seeds: Tuple[int, ...]
     paper: Dict[str, Optional[float]]
     paper_note: str = ""
 
@@ -118,84 +110,57 @@ class Spec:
     columns: List[str]
     metrics: List[str]
     timing: Optional[Dict[str, int]]
-    scales: Dict[str, Dict[str, Any]]
-    overrides: Dict[str, Any]
-    rows: List[Dict[str, Any]]
-    claims: List[Claim]
+    layer: Layer
+    scales: Dict[str, Layer]
+    rows: List[Row]
+    claims: List[Any]  # verdict.Claim
 
     @property
     def row_ids(self) -> List[str]:
-        return [r["id"] for r in self.rows]
+        return [r.id for r in self.rows]
 
     def fail(self, message: str, row: Optional[str] = None) -> SpecError:
-        where = f"{self.path}: row {row!r}: " if row is not None else f"{self.path}: "
-        return SpecError(where + message)
+        return SpecError(_where(self.path, row) + message)
 
-    def base_name(self, scale: str) -> str:
-        return self.scales[scale]["base"]
-
-    def resolve(self, scale: str, base_config: Optional[str] = None,
-                extra_opts: Sequence[str] = ()) -> List[RowPlan]:
-        """The rows at ``scale`` as :class:`RowPlan` s, every override checked against the config.
+    def resolve(self, scale: str, base_config: Optional[str] = None, extra_opts: Sequence[str] = (),
+                seeds: Optional[Sequence[int]] = None) -> List[RowPlan]:
+        """The rows at ``scale``, every override checked against the config.
 
         ``base_config`` replaces the spec's base config of that scale (rows naming their own base
-        keep it); ``extra_opts`` (``KEY VALUE`` ...) apply to every row after the spec's overrides.
-        Raises :class:`SpecError` naming the spec file and row for an override that is not a
-        config key or has the wrong type.
+        keep it); ``extra_opts`` (``KEY VALUE`` ...) apply to every row last; ``seeds`` replace
+        every row's. Raises :class:`SpecError` naming the file and row for an override that is
+        not a config key, has the wrong type or is set by the runner (``SEED``, ``OUTPUT_DIR``).
         """
         if scale not in self.scales:
             raise self.fail(f"no base config for scale {scale!r} (scales: {sorted(self.scales)})")
-        if len(extra_opts) % 2:
-            raise self.fail(f"command-line overrides must be KEY VALUE pairs, got {list(extra_opts)}")
-        table_base = base_config or self.scales[scale]["base"]
+        extra = _check_opts(list(extra_opts), self.fail)
         cache: Dict[str, Any] = {}
-        plans = []
-        for row in self.rows:
-            rs = row.get("scales", {}).get(scale, {})
-            base_name = rs.get("base") or table_base
-            cfg = self._base_cfg(base_name, row["id"], cache)
-            overrides: Dict[str, Any] = {}
-            for layer in (self.overrides, self.scales[scale].get("overrides", {}), row.get("overrides", {}),
-                          rs.get("overrides", {})):
-                overrides.update(layer)
-            opts: List[str] = []
-            for key, value in overrides.items():
-                opts += [key, _opt_value(value)]
-            self._merge(cfg, opts, row["id"], base_name)
-            anchors = rs.get("anchors", row.get("anchors"))
-            if anchors:
-                from focal_plugin.anchors import anchor_overrides
+        return [self._resolve_row(row, scale, base_config, extra, seeds, cache) for row in self.rows]
 
-                bases = [float(level[0]) for level in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
-                try:
-                    anchor_opts = anchor_overrides(anchors["scales_per_octave"], anchors["aspects"], bases)
-                except ValueError as e:
-                    raise self.fail(f"anchors {anchors}: {e}", row["id"]) from e
-                self._merge(cfg, anchor_opts, row["id"], base_name)
-                opts += anchor_opts
-            if extra_opts:
-                try:
-                    cfg.merge_from_list(list(extra_opts))
-                except (KeyError, ValueError, AssertionError) as e:
-                    raise self.fail(f"command-line override {list(extra_opts)} is invalid: {e}") from e
-                opts += list(extra_opts)
-            plans.append(RowPlan(
-                id=row["id"], settings={**row.get("settings", {}), **rs.get("settings", {})},
-                base=resolve_config_file(base_name), base_name=base_name, opts=tuple(opts),
-                paper={m: row.get("paper", {}).get(m) for m in self.metrics},
-                paper_note=row.get("paper_note", ""),
-            ))
-        return plans
-
-    def table_config(self, scale: str, base_config: Optional[str] = None,
-                     extra_opts: Sequence[str] = ()) -> Tuple[str, List[str]]:
-        """The table's base config file at ``scale`` and its overrides shared by all rows (the
-        spec's, the scale's, ``extra_opts``), e.g. for data statistics of the table."""
+    def _resolve_row(self, row: Row, scale: str, base_config, extra, seeds, cache) -> RowPlan:
+        layers = [self.layer, self.scales[scale], row.layer, row.scales.get(scale, Layer())]
+        base_name = _last([layers[1].base if base_config is None else base_config, layers[3].base])
+        cfg = self._base_cfg(base_name, row.id, cache)
         opts: List[str] = []
-        for layer in (self.overrides, self.scales[scale].get("overrides", {})):
-            for key, value in layer.items():
-                opts += [key, _opt_value(value)]
-        return resolve_config_file(base_config or self.scales[scale]["base"]), opts + list(extra_opts)
+        for key, value in _merged(layers, "overrides").items():
+            opts += [key, _opt_value(value)]
+        self._merge(cfg, opts, row.id, base_name)
+        anchors = _last([layer.anchors for layer in layers])
+        if anchors:
+            from focal_plugin.anchors import anchor_overrides
+
+            bases = [float(level[0]) for level in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+            try:
+                anchor_opts = anchor_overrides(anchors["scales_per_octave"], anchors["aspects"], bases)
+            except ValueError as e:
+                raise self.fail(f"anchors {dict(anchors)}: {e}", row.id) from e
+            self._merge(cfg, anchor_opts, row.id, base_name)
+            opts += anchor_opts
+        self._merge(cfg, extra, row.id, base_name, what="command-line override")
+        return RowPlan(id=row.id, settings=_merged(layers, "settings"), base=resolve_config_file(base_name),
+                       base_name=base_name, opts=tuple(opts + extra),
+                       seeds=tuple(seeds) if seeds else _last([la.seeds for la in layers]) or (0,),
+                       paper={m: row.paper.get(m) for m in self.metrics}, paper_note=row.paper_note)
 
     def _base_cfg(self, base_name: str, row: str, cache: Dict[str, Any]):
         if base_name not in cache:
@@ -207,17 +172,41 @@ class Spec:
                 raise self.fail(f"base config {base_name!r} cannot be loaded: {e}", row) from e
         return cache[base_name].clone()
 
-    def _merge(self, cfg, opts: List[str], row: str, base_name: str) -> None:
+    def _merge(self, cfg, opts: Sequence[str], row: str, base_name: str, what: str = "override") -> None:
         from focal_plugin.engine import has_key, unknown_key
 
         for key, value in zip(opts[::2], opts[1::2]):
             if not has_key(cfg, key):
-                raise self.fail(f"override {key!r} is not a config key (base {base_name}): "
+                raise self.fail(f"{what} {key!r} is not a config key (base {base_name}): "
                                 f"{unknown_key(cfg, key)}", row)
             try:
                 cfg.merge_from_list([key, value])
             except (KeyError, ValueError, AssertionError) as e:
-                raise self.fail(f"override {key} = {value!r} is invalid: {e}", row) from e
+                raise self.fail(f"{what} {key} = {value!r} is invalid: {e}", row) from e
+
+    def table_config(self, scale: str, base_config: Optional[str] = None,
+                     extra_opts: Sequence[str] = ()) -> Tuple[str, List[str]]:
+        """The table's base config file at ``scale`` and the overrides all its rows share."""
+        opts: List[str] = []
+        for key, value in _merged([self.layer, self.scales[scale]], "overrides").items():
+            opts += [key, _opt_value(value)]
+        return resolve_config_file(base_config or self.scales[scale].base), opts + list(extra_opts)
+
+
+def _where(path: str, row: Optional[str] = None) -> str:
+    return f"{path}: row {row!r}: " if row is not None else f"{path}: "
+
+
+def _last(values):
+    """The last value that is set (not None)."""
+    return next((v for v in reversed(values) if v is not None), None)
+
+
+def _merged(layers: Sequence[Layer], field: str) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for layer in layers:
+        out.update(getattr(layer, field))
+    return out
 
 
 def _opt_value(value: Any) -> str:
@@ -229,14 +218,21 @@ def _opt_value(value: Any) -> str:
     return repr(value)
 
 
+def _check_opts(opts: List[str], fail) -> List[str]:
+    """Command-line ``KEY VALUE`` pairs: well formed, and no key the runner sets per cell."""
+    if len(opts) % 2:
+        raise fail(f"command-line overrides must be KEY VALUE pairs, got {opts}")
+    _check_overrides(dict(zip(opts[::2], opts[1::2])), fail, None, "command-line overrides")
+    return opts
+
+
 # ------------------------------------------------------------------------------------ loading
 def spec_path(name_or_path: str) -> str:
     """A spec file: a path, or a shipped spec's name (``table1a`` / ``table1a.yaml``)."""
     if os.path.isfile(name_or_path):
         return os.path.abspath(name_or_path)
     name = os.path.basename(name_or_path)
-    name = name if name.endswith(".yaml") else name + ".yaml"
-    path = os.path.join(ABLATIONS_DIR, name)
+    path = os.path.join(ABLATIONS_DIR, name if name.endswith(".yaml") else name + ".yaml")
     if os.path.isfile(path):
         return path
     raise FileNotFoundError(
@@ -266,93 +262,144 @@ def load_spec(name_or_path: str) -> Spec:
 
 def _parse(path: str, raw: Any) -> Spec:
     def fail(msg: str, row: Optional[str] = None) -> SpecError:
-        return SpecError((f"{path}: row {row!r}: " if row is not None else f"{path}: ") + msg)
+        return SpecError(_where(path, row) + msg)
 
     if not isinstance(raw, Mapping):
         raise fail("expected a mapping at the top level")
     _unknown(raw, _SPEC_KEYS, fail, "spec")
-    for key in ("title", "columns", "metrics", "scales", "rows"):
-        if key not in raw:
-            raise fail(f"missing required key {key!r}")
-    metrics = list(raw["metrics"])
-    bad = [m for m in metrics if m not in METRICS]
-    if bad or not metrics:
-        raise fail(f"metrics {bad or metrics} invalid: expected a non-empty subset of {list(METRICS)}")
-    timing = raw.get("timing")
-    if "ms" in metrics and not timing:
-        raise fail("metric 'ms' needs a 'timing: {images: N, warmup: W}' section")
-    if timing is not None:
-        if not isinstance(timing, Mapping):
-            raise fail("'timing' must be a mapping {images, warmup}")
-        _unknown(timing, _TIMING_KEYS, fail, "timing")
-        for k in _TIMING_KEYS:
-            if not isinstance(timing.get(k), int) or timing[k] < (1 if k == "images" else 0):
-                raise fail(f"timing.{k} = {timing.get(k)!r} is invalid: expected an integer "
-                           f"{'>= 1' if k == 'images' else '>= 0'}")
+    missing = [k for k in ("title", "columns", "metrics", "scales", "rows") if k not in raw]
+    if missing:
+        raise fail(f"missing required key {missing[0]!r}")
+    metrics = _parse_metrics(raw["metrics"], fail)
+    timing = _parse_timing(raw.get("timing"), metrics, fail)
     scales = raw["scales"]
     if not isinstance(scales, Mapping) or not scales:
         raise fail("'scales' must map a scale (paper, mini) to {base: config}")
-    for scale, sc in scales.items():
-        if scale not in SCALES:
-            raise fail(f"unknown scale {scale!r}: expected one of {list(SCALES)}")
-        if not isinstance(sc, Mapping) or "base" not in sc:
-            raise fail(f"scales.{scale} must be a mapping with a 'base' config")
-        _unknown(sc, _SCALE_KEYS, fail, f"scales.{scale}")
-        _check_base(sc["base"], fail, None)
-        _check_overrides(sc.get("overrides", {}), fail, None, f"scales.{scale}.overrides")
-    _check_overrides(raw.get("overrides", {}), fail, None, "overrides")
+    layers = {s: _parse_scale(s, sc, fail) for s, sc in scales.items()}
     columns = list(raw["columns"])
     rows = raw["rows"]
     if not isinstance(rows, list) or not rows:
         raise fail("'rows' must be a non-empty list")
-    seen: set = set()
+    parsed: List[Row] = []
     for i, row in enumerate(rows):
-        if not isinstance(row, Mapping) or "id" not in row:
-            raise fail(f"row #{i + 1} must be a mapping with an 'id'")
-        rid = row["id"]
-        if not isinstance(rid, str) or not _ROW_ID.fullmatch(rid):
-            raise fail(f"row #{i + 1}: id {rid!r} is invalid: expected letters, digits and _.=+-")
-        if rid in seen:
-            raise fail("duplicate row id", rid)
-        seen.add(rid)
-        _unknown(row, _ROW_KEYS, fail, "row", rid)
-        _check_overrides(row.get("overrides", {}), fail, rid, "overrides")
-        _check_anchors(row.get("anchors"), fail, rid)
-        paper = row.get("paper", {}) or {}
-        if not isinstance(paper, Mapping):
-            raise fail("'paper' must map metrics to numbers", rid)
-        for m, v in paper.items():
-            if m not in metrics:
-                raise fail(f"paper number for {m!r}, which is not one of the spec's metrics {metrics}", rid)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise fail(f"paper.{m} = {v!r} is not a number (use null for 'not reported')", rid)
-        settings = dict(row.get("settings", {}) or {})
-        per_scale = row.get("scales", {}) or {}
-        if not isinstance(per_scale, Mapping):
-            raise fail("'scales' must map a scale to {settings, overrides, base, anchors}", rid)
-        for scale, rs in per_scale.items():
-            if scale not in SCALES:
-                raise fail(f"unknown scale {scale!r}: expected one of {list(SCALES)}", rid)
-            if not isinstance(rs, Mapping):
-                raise fail(f"scales.{scale} must be a mapping", rid)
-            _unknown(rs, _ROW_SCALE_KEYS, fail, f"scales.{scale}", rid)
-            _check_overrides(rs.get("overrides", {}), fail, rid, f"scales.{scale}.overrides")
-            _check_anchors(rs.get("anchors"), fail, rid)
-            if "base" in rs:
-                _check_base(rs["base"], fail, rid)
-            extra = set(rs.get("settings", {}) or {}) - set(columns)
-            if extra:
-                raise fail(f"scales.{scale}.settings {sorted(extra)} are not columns {columns}", rid)
-        if set(settings) != set(columns):
-            raise fail(f"settings {sorted(settings)} must name exactly the columns {columns}", rid)
-    claims = [_parse_claim(c, i, seen, metrics, fail) for i, c in enumerate(raw.get("claims", []) or [])]
-    name = raw.get("name") or os.path.splitext(os.path.basename(path))[0]
-    if not _ROW_ID.fullmatch(str(name)):
+        parsed.append(_parse_row(row, i, columns, metrics, {r.id for r in parsed}, fail))
+    from focal_plugin.ablation.verdict import parse_claim
+
+    ids = {r.id for r in parsed}
+    claims = [parse_claim(c, i, ids, metrics, fail) for i, c in enumerate(raw.get("claims") or [])]
+    name = str(raw.get("name") or os.path.splitext(os.path.basename(path))[0])
+    if not _ID.fullmatch(name):
         raise fail(f"name {name!r} is invalid: expected letters, digits and _.=+-")
-    return Spec(path=path, name=str(name), title=str(raw["title"]), source=str(raw.get("source", "")),
-                note=str(raw.get("note", "")), columns=columns, metrics=metrics,
-                timing=dict(timing) if timing else None, scales={k: dict(v) for k, v in scales.items()},
-                overrides=dict(raw.get("overrides", {}) or {}), rows=[dict(r) for r in rows], claims=claims)
+    top = _layer(raw, fail, None, "spec", ("overrides", "seeds"))
+    return Spec(path=path, name=name, title=str(raw["title"]), source=str(raw.get("source", "")),
+                note=str(raw.get("note", "")), columns=columns, metrics=metrics, timing=timing,
+                layer=top, scales=layers, rows=parsed, claims=claims)
+
+
+def _parse_metrics(raw: Any, fail) -> List[str]:
+    metrics = list(raw or [])
+    bad = [m for m in metrics if m not in METRICS]
+    if bad or not metrics:
+        raise fail(f"metrics {bad or metrics} invalid: expected a non-empty subset of {list(METRICS)}")
+    return metrics
+
+
+def _parse_timing(timing: Any, metrics: List[str], fail) -> Optional[Dict[str, int]]:
+    if "ms" in metrics and not timing:
+        raise fail("metric 'ms' needs a 'timing: {images: N, warmup: W}' section")
+    if timing is None:
+        return None
+    if not isinstance(timing, Mapping):
+        raise fail("'timing' must be a mapping {images, warmup}")
+    _unknown(timing, {"images", "warmup"}, fail, "timing")
+    for k, low in (("images", 1), ("warmup", 0)):
+        if isinstance(timing.get(k), bool) or not isinstance(timing.get(k), int) or timing[k] < low:
+            raise fail(f"timing.{k} = {timing.get(k)!r} is invalid: expected an integer >= {low}")
+    return dict(timing)
+
+
+def _parse_scale(scale: str, sc: Any, fail) -> Layer:
+    if scale not in SCALES:
+        raise fail(f"unknown scale {scale!r}: expected one of {list(SCALES)}")
+    if not isinstance(sc, Mapping) or "base" not in sc:
+        raise fail(f"scales.{scale} must be a mapping with a 'base' config")
+    _unknown(sc, _SCALE_KEYS, fail, f"scales.{scale}")
+    return _layer(sc, fail, None, f"scales.{scale}", ("base", "overrides", "seeds"))
+
+
+def _parse_row(row: Any, i: int, columns: List[str], metrics: List[str], seen: set, fail) -> Row:
+    if not isinstance(row, Mapping) or "id" not in row:
+        raise fail(f"row #{i + 1} must be a mapping with an 'id'")
+    rid = str(row["id"])
+    if not _ID.fullmatch(rid):
+        raise fail(f"row id {rid!r} is invalid: expected letters, digits and _.=+-")
+    if rid in seen:
+        raise fail("duplicate row id", rid)
+    _unknown(row, _ROW_KEYS, fail, "row", rid)
+    layer = _layer(row, fail, rid, "row", ("overrides", "anchors", "settings", "seeds"))
+    if set(layer.settings) != set(columns):
+        raise fail(f"settings {sorted(layer.settings)} must name exactly the columns {columns}", rid)
+    per_scale = row.get("scales") or {}
+    if not isinstance(per_scale, Mapping):
+        raise fail("'scales' must map a scale to {settings, overrides, base, anchors, seeds}", rid)
+    scales: Dict[str, Layer] = {}
+    for scale, rs in per_scale.items():
+        if scale not in SCALES or not isinstance(rs, Mapping):
+            raise fail(f"scales.{scale} must be a mapping under one of {list(SCALES)}", rid)
+        _unknown(rs, _ROW_SCALE_KEYS, fail, f"scales.{scale}", rid)
+        scales[scale] = _layer(rs, fail, rid, f"scales.{scale}", tuple(_ROW_SCALE_KEYS))
+        extra = set(scales[scale].settings) - set(columns)
+        if extra:
+            raise fail(f"scales.{scale}.settings {sorted(extra)} are not columns {columns}", rid)
+    return Row(id=rid, layer=layer, scales=scales, paper=_parse_paper(row.get("paper"), metrics, fail, rid),
+               paper_note=str(row.get("paper_note", "")))
+
+
+def _parse_paper(paper: Any, metrics: List[str], fail, rid: str) -> Dict[str, Optional[float]]:
+    paper = paper or {}
+    if not isinstance(paper, Mapping):
+        raise fail("'paper' must map metrics to numbers", rid)
+    for m, v in paper.items():
+        if m not in metrics:
+            raise fail(f"paper number for {m!r}, which is not one of the spec's metrics {metrics}", rid)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise fail(f"paper.{m} = {v!r} is not a number (use null for 'not reported')", rid)
+    return dict(paper)
+
+
+def _layer(raw: Mapping, fail, row: Optional[str], what: str, keys: Sequence[str]) -> Layer:
+    """The :class:`Layer` fields ``keys`` of ``raw``, each checked."""
+    if "base" in keys and "base" in raw:
+        try:
+            resolve_config_file(str(raw["base"]))
+        except FileNotFoundError as e:
+            raise fail(f"base config {raw['base']!r} not found: {e}", row) from None
+    if "overrides" in keys:
+        _check_overrides(raw.get("overrides") or {}, fail, row, f"{what}.overrides")
+    anchors = raw.get("anchors") if "anchors" in keys else None
+    if anchors is not None and (not isinstance(anchors, Mapping)
+                                or set(anchors) != {"scales_per_octave", "aspects"}):
+        raise fail(f"anchors {anchors!r} must be {{scales_per_octave: n, aspects: 1 or 3}}", row)
+    settings = raw.get("settings") or {} if "settings" in keys else {}
+    if not isinstance(settings, Mapping):
+        raise fail(f"{what}.settings must map columns to values", row)
+    seeds = _parse_seeds(raw["seeds"], fail, row, what) if "seeds" in keys and "seeds" in raw else None
+    return Layer(base=str(raw["base"]) if "base" in keys and "base" in raw else None,
+                 overrides=dict(raw.get("overrides") or {}) if "overrides" in keys else {},
+                 anchors=dict(anchors) if anchors else None, settings=dict(settings), seeds=seeds)
+
+
+def _parse_seeds(raw: Any, fail, row: Optional[str], what: str) -> Tuple[int, ...]:
+    """``N`` (seeds 0..N-1) or a list of distinct non-negative integers."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if is_int(raw) and raw >= 1:
+        return tuple(range(raw))
+    if isinstance(raw, list) and raw and all(is_int(s) and s >= 0 for s in raw) and len(set(raw)) == len(raw):
+        return tuple(raw)
+    raise fail(f"{what}.seeds = {raw!r} is invalid: expected a count >= 1 or a list of distinct "
+               "seeds >= 0", row)
 
 
 def _unknown(mapping: Mapping, allowed: set, fail, what: str, row: Optional[str] = None) -> None:
@@ -365,49 +412,8 @@ def _check_overrides(overrides: Any, fail, row: Optional[str], what: str) -> Non
     if not isinstance(overrides, Mapping):
         raise fail(f"{what} must map config keys to values", row)
     for key in overrides:
-        if not isinstance(key, str) or not re.fullmatch(r"[A-Z0-9_]+(\.[A-Z0-9_]+)*", key):
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise fail(f"{what}: {key!r} is not a config key (expected e.g. MODEL.FOCAL.GAMMA)", row)
-        if key in ("OUTPUT_DIR", "SEED"):
-            raise fail(f"{what}: {key} is set by the runner per cell, not by a spec", row)
-
-
-def _check_anchors(anchors: Any, fail, row: Optional[str]) -> None:
-    if anchors is None:
-        return
-    if not isinstance(anchors, Mapping) or set(anchors) != _ANCHOR_KEYS:
-        raise fail(f"anchors {anchors!r} must be {{scales_per_octave: n, aspects: 1 or 3}}", row)
-
-
-def _check_base(base: Any, fail, row: Optional[str]) -> None:
-    try:
-        resolve_config_file(str(base))
-    except FileNotFoundError as e:
-        raise fail(f"base config {base!r} not found: {e}", row) from None
-
-
-def _parse_claim(raw: Any, i: int, rows: set, metrics: List[str], fail) -> Claim:
-    where = f"claim #{i + 1}"
-    if not isinstance(raw, Mapping) or "type" not in raw or "text" not in raw:
-        raise fail(f"{where} must be a mapping with 'text' and 'type'")
-    kind = raw["type"]
-    if kind not in _CLAIM_FIELDS:
-        raise fail(f"{where}: unknown type {kind!r}; expected one of {sorted(_CLAIM_FIELDS)}")
-    required, optional = _CLAIM_FIELDS[kind]
-    _unknown(raw, required | optional | {"text", "type"}, fail, where)
-    missing = sorted(required - set(raw))
-    if missing:
-        raise fail(f"{where} ({kind}) is missing {missing}")
-    refs = [raw[k] for k in ("row", "than", "to") if k in raw] + list(raw.get("rows", []))
-    for ref in refs:
-        if ref not in rows:
-            raise fail(f"{where} refers to row {ref!r}, which the spec does not have")
-    metric = raw.get("metric", "AP")
-    if metric not in metrics:
-        raise fail(f"{where}: metric {metric!r} is not one of the spec's metrics {metrics}")
-    direction = raw.get("direction")
-    if direction not in (None, "max", "min"):
-        raise fail(f"{where}: direction {direction!r} must be 'max' or 'min'")
-    return Claim(text=str(raw["text"]), type=kind, metric=metric, row=raw.get("row"), than=raw.get("than"),
-                 to=raw.get("to"), rows=tuple(raw.get("rows", ())),
-                 tol=float(raw["tol"]) if "tol" in raw else None,
-                 min_count=int(raw.get("min_count", 1)), direction=direction)
+        if key in RUNNER_KEYS:
+            raise fail(f"{what}: {key} is set by the runner per cell (seeds: the spec's 'seeds' or "
+                       "--seeds; output: --output-dir), not by an override", row)

@@ -7,24 +7,28 @@ seed of either row the noise is unknown, so every comparison is **inconclusive**
 seeds all diverged ranks below any row that trained. Verdicts: ``reproduced``, ``not reproduced``,
 ``inconclusive`` (within noise, or one seed), ``no data`` (cells not finished).
 
-A claim over several rows ("α = .75 is the best α", "AP increases with depth") is only judged
-once every row it names has a finished seed: a rival that has not run could still beat the
-claimed row, so until then the verdict is ``no data`` and the text lists the rows not run —
-unless the finished rows already refute the claim (``not reproduced`` cannot be undone by more
-rows). Like every comparison, it uses the seeds finished so far.
+A claim over several rows ("α = .75 is the best α") is judged once every row it names has a
+finished seed — a rival that has not run could still beat the claimed row — unless the finished
+rows already refute it.
+
+Claim types are the functions registered with :func:`claim_type`: a claim's fields are the
+keyword arguments of its function (those without a default are required), so a type is declared
+once. Row fields (``row``, ``than``, ``to``, ``rows``) must name rows of the spec.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import statistics
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from focal_plugin.ablation.spec import LOWER_IS_BETTER, METRIC_LABELS, Claim
+from focal_plugin.ablation.spec import LOWER_IS_BETTER, METRIC_LABELS
 
 NOISE_K = 2.0
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NO_DATA = "reproduced", "not reproduced", "inconclusive", "no data"
+_ROW_FIELDS = ("row", "than", "to")
 
 
 @dataclasses.dataclass
@@ -68,8 +72,8 @@ class Comparison:
 def compare(a: RowStats, b: RowStats, metric: str, sign: int = 1) -> Comparison:
     """Is ``a`` better than ``b`` on ``metric`` beyond seed noise? ``sign`` +1: higher values win,
     -1: lower values win. A row whose seeds all diverged has the worst value of the metric (the
-    lowest AP, the highest ms), so it loses, unless the claim looks for the worst row (Table 1a's
-    "α = .10 is the worst": AP with ``sign`` -1), where it wins."""
+    lowest AP, the highest ms), so it loses — unless the claim looks for the worst row (``sign``
+    against the metric's direction), where it wins."""
     if a.seeds == 0 or b.seeds == 0:
         return Comparison("no data")
     if a.all_diverged or b.all_diverged:
@@ -83,11 +87,8 @@ def compare(a: RowStats, b: RowStats, metric: str, sign: int = 1) -> Comparison:
     if a.n(metric) < 2 or b.n(metric) < 2:
         return Comparison("one seed", diff)
     noise = NOISE_K * math.sqrt(a.std(metric) ** 2 / a.n(metric) + b.std(metric) ** 2 / b.n(metric))
-    if sign * diff > noise:
-        return Comparison("better", diff, noise)
-    if sign * diff < -noise:
-        return Comparison("worse", diff, noise)
-    return Comparison("within", diff, noise)
+    relation = "better" if sign * diff > noise else "worse" if sign * diff < -noise else "within"
+    return Comparison(relation, diff, noise)
 
 
 def fmt_stat(s: RowStats, metric: str) -> str:
@@ -108,148 +109,199 @@ def _gap(c: Comparison) -> str:
     return f" (Δ {c.diff:+.2f}{noise})"
 
 
-def _paper(paper: Dict[str, Dict[str, Optional[float]]], row: str, metric: str) -> Optional[float]:
-    return (paper.get(row) or {}).get(metric)
+# ------------------------------------------------------------------------------------ claims
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One of the paper's qualitative claims about a table: its type's fields in ``args``."""
+
+    text: str
+    type: str
+    args: Mapping[str, Any]
+
+    @property
+    def metric(self) -> str:
+        return self.args.get("metric", "AP")
+
+    @property
+    def row(self) -> Optional[str]:
+        return self.args.get("row")
 
 
-def _paper_text(paper, rows: Sequence[str], metric: str) -> str:
-    vals = [_paper(paper, r, metric) for r in rows]
-    if all(v is None for v in vals):
-        return "—"
-    return ", ".join(f"{r} {v:.1f}" if v is not None else f"{r} —" for r, v in zip(rows, vals))
+@dataclasses.dataclass
+class Context:
+    """What a claim is judged on: each row's stats and the paper's numbers."""
+
+    stats: Dict[str, RowStats]
+    paper: Dict[str, Dict[str, Optional[float]]]
+
+    def paper_value(self, row: str, metric: str) -> Optional[float]:
+        return (self.paper.get(row) or {}).get(metric)
+
+    def paper_text(self, rows: Sequence[str], metric: str) -> str:
+        vals = [self.paper_value(r, metric) for r in rows]
+        if all(v is None for v in vals):
+            return "—"
+        return ", ".join(f"{r} {v:.1f}" if v is not None else f"{r} —" for r, v in zip(rows, vals))
+
+
+CLAIM_TYPES: Dict[str, Callable[..., Dict[str, Any]]] = {}
+
+
+def claim_type(name: str):
+    """Register ``fn(ctx, *, fields...) -> {"verdict", "ours", "paper", ...}`` as claim type ``name``."""
+    def register(fn):
+        CLAIM_TYPES[name] = fn
+        return fn
+    return register
+
+
+def _fields(kind: str) -> Dict[str, bool]:
+    """A claim type's fields -> required?"""
+    params = list(inspect.signature(CLAIM_TYPES[kind]).parameters.values())[1:]
+    return {p.name: p.default is inspect.Parameter.empty for p in params}
+
+
+def parse_claim(raw: Any, i: int, rows: set, metrics: List[str], fail) -> Claim:
+    """A spec's claim #``i``, checked: type, fields, the rows and metric it names."""
+    where = f"claim #{i + 1}"
+    if not isinstance(raw, Mapping) or "type" not in raw or "text" not in raw:
+        raise fail(f"{where} must be a mapping with 'text' and 'type'")
+    kind = raw["type"]
+    if kind not in CLAIM_TYPES:
+        raise fail(f"{where}: unknown type {kind!r}; expected one of {sorted(CLAIM_TYPES)}")
+    fields = _fields(kind)
+    args = {k: v for k, v in raw.items() if k not in ("text", "type")}
+    unknown = sorted(set(args) - set(fields))
+    if unknown:
+        raise fail(f"unknown key(s) {unknown} in {where}; allowed: {sorted({*fields, 'text', 'type'})}")
+    missing = sorted(k for k, required in fields.items() if required and k not in args)
+    if missing:
+        raise fail(f"{where} ({kind}) is missing {missing}")
+    for ref in [args[k] for k in _ROW_FIELDS if k in args] + list(args.get("rows", ())):
+        if ref not in rows:
+            raise fail(f"{where} refers to row {ref!r}, which the spec does not have")
+    if args.get("metric", "AP") not in metrics:
+        raise fail(f"{where}: metric {args['metric']!r} is not one of the spec's metrics {metrics}")
+    if args.get("direction") not in (None, "max", "min"):
+        raise fail(f"{where}: direction {args['direction']!r} must be 'max' or 'min'")
+    if "rows" in args:
+        args["rows"] = tuple(args["rows"])
+    for key, kind_of in (("tol", float), ("min_count", int)):
+        if key in args:
+            args[key] = kind_of(args[key])
+    return Claim(text=str(raw["text"]), type=kind, args=args)
 
 
 def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, Optional[float]]]
           ) -> Dict[str, Any]:
-    """``{"claim", "type", "verdict", "ours", "paper"}`` for one claim (see the module docstring)."""
-    m = claim.metric
-    sign = -1 if m in LOWER_IS_BETTER else 1
-    label = METRIC_LABELS.get(m, m)
-    out: Dict[str, Any] = {"claim": claim.text, "type": claim.type, "metric": m, "row": claim.row}
-    if claim.type in ("diverges", "converges"):
-        s = stats[claim.row]
-        k = len(s.diverged_at)
-        if s.seeds == 0:
-            verdict = NO_DATA
-        elif k in (0, s.seeds):
-            verdict = REPRODUCED if (k == s.seeds) == (claim.type == "diverges") else NOT_REPRODUCED
-        else:
-            verdict = INCONCLUSIVE
-        at = f" (at iteration {', '.join(map(str, s.diverged_at))})" if k else ""
-        out.update(verdict=verdict, ours=f"{claim.row}: {k}/{s.seeds} seeds diverged{at}",
-                   paper=_paper_text(paper, [claim.row], m))
-        return out
-    if claim.type == "better":
-        c = compare(stats[claim.row], stats[claim.than], m, sign)
-        verdict = {"better": REPRODUCED, "worse": NOT_REPRODUCED, "no data": NO_DATA}.get(
-            c.relation, INCONCLUSIVE)
-        pa, pb = _paper(paper, claim.row, m), _paper(paper, claim.than, m)
-        ptxt = f"{pa:.1f} vs {pb:.1f} (Δ {pa - pb:+.1f})" if pa is not None and pb is not None else \
-            _paper_text(paper, [claim.row, claim.than], m)
-        ours = f"{label} {fmt_stat(stats[claim.row], m)} vs {fmt_stat(stats[claim.than], m)}{_gap(c)}"
-        out.update(verdict=verdict, paper=ptxt, ours=ours)
-        return out
-    if claim.type == "best":
-        rivals = [r for r in (claim.rows or stats) if r != claim.row]
-        s_sign = sign if claim.direction is None else (1 if claim.direction == "max" else -1)
-        comps = {r: compare(stats[claim.row], stats[r], m, s_sign) for r in rivals}
-        rels = {c.relation for c in comps.values()} - {"no data"}  # no data: not run, or no value
-        pending = [r for r in rivals if stats[r].seeds == 0]
-        if stats[claim.row].seeds == 0:
-            verdict, pending = NO_DATA, []
-        elif "worse" in rels:
-            verdict = NOT_REPRODUCED
-        elif pending or not rels:  # a rival not run yet could still beat it
-            verdict = NO_DATA
-        elif rels == {"better"}:
-            verdict = REPRODUCED
-        else:
-            verdict = INCONCLUSIVE
-        beaten_by = [r for r, c in comps.items() if c.relation == "worse"]
-        close = [f"{r}{_gap(c)}" for r, c in comps.items() if c.relation in ("within", "one seed")]
-        ours = f"{claim.row} {label} {fmt_stat(stats[claim.row], m)}"
-        if beaten_by:
-            ours += f"; beaten beyond noise by {', '.join(beaten_by)}"
-        if close:
-            ours += f"; not separated from {'; '.join(close[:3])}" + (" ..." if len(close) > 3 else "")
-        ours += _pending_text(pending, len(rivals))
-        out["margin"] = _margin(claim.row, rivals, comps, stats, m, s_sign)
-        pvals = {r: _paper(paper, r, m) for r in [claim.row, *rivals]}
-        known = {r: v for r, v in pvals.items() if v is not None}
-        pick = (max if s_sign > 0 else min)(known, key=known.get) if known else None
-        ptxt = f"{'highest' if s_sign > 0 else 'lowest'}: {pick} ({known[pick]:.1f})" if pick else "—"
-        out.update(verdict=verdict, ours=ours, paper=ptxt)
-        return out
-    if claim.type in ("similar", "any_similar"):
-        rows = [claim.row] if claim.type == "similar" else list(claim.rows)
-        per = {r: _similar(stats[r], stats[claim.to], m, claim.tol or 0.0) for r in rows}
-        counts = {v: sum(1 for x in per.values() if x[0] == v) for v in (REPRODUCED, NOT_REPRODUCED, NO_DATA)}
-        need = 1 if claim.type == "similar" else claim.min_count
-        if counts[NO_DATA] == len(rows):
-            verdict = NO_DATA
-        elif counts[REPRODUCED] >= need:
-            verdict = REPRODUCED
-        elif len(rows) - counts[NOT_REPRODUCED] < need:
-            verdict = NOT_REPRODUCED
-        elif any(stats[r].seeds == 0 for r in rows):  # rows not run yet could still meet it
-            verdict = NO_DATA
-        else:
-            verdict = INCONCLUSIVE
-        parts = [f"{r} {label} {fmt_stat(stats[r], m)}{per[r][1]}" for r in rows]
-        ours = f"{claim.to} {fmt_stat(stats[claim.to], m)}; " + "; ".join(parts[:6])
-        ours += " ..." if len(parts) > 6 else ""
-        if claim.type == "any_similar":
-            ours += f" — {counts[REPRODUCED]} of {len(rows)} within ±{claim.tol:g} beyond noise (need {need})"
-        out.update(verdict=verdict, ours=ours, paper=_paper_text(paper, [claim.to, *rows], m),
-                   tolerance=claim.tol)
-        return out
-    if claim.type == "increasing":
-        comps = [compare(stats[b], stats[a], m, 1) for a, b in zip(claim.rows, claim.rows[1:])]
-        rels = {c.relation for c in comps}
-        rows = list(claim.rows)
-        if any(compare(stats[b], stats[a], m, 1).relation == "worse"  # any finished pair, gaps too
-               for i, a in enumerate(rows) for b in rows[i + 1:]):
-            verdict = NOT_REPRODUCED
-        elif "no data" in rels:
-            verdict = NO_DATA
-        elif rels == {"better"}:
-            verdict = REPRODUCED
-        else:
-            verdict = INCONCLUSIVE
-        ours = " → ".join(fmt_stat(stats[r], m) for r in claim.rows)
-        out.update(verdict=verdict, ours=f"{label}: {ours}", paper=_paper_text(paper, list(claim.rows), m))
-        return out
-    raise ValueError(f"unknown claim type {claim.type!r}")  # pragma: no cover (spec validates)
+    """``{"claim", "type", "metric", "row", "verdict", "ours", "paper", ...}`` for one claim."""
+    out = {"claim": claim.text, "type": claim.type, "metric": claim.metric, "row": claim.row}
+    out.update(CLAIM_TYPES[claim.type](Context(stats, paper), **claim.args))
+    return out
+
+
+def _sign(metric: str) -> int:
+    return -1 if metric in LOWER_IS_BETTER else 1
+
+
+def _divergence(ctx: Context, row: str, metric: str, expect: bool) -> Dict[str, Any]:
+    s = ctx.stats[row]
+    k = len(s.diverged_at)
+    if s.seeds == 0:
+        verdict = NO_DATA
+    elif k in (0, s.seeds):
+        verdict = REPRODUCED if (k == s.seeds) == expect else NOT_REPRODUCED
+    else:
+        verdict = INCONCLUSIVE
+    at = f" (at iteration {', '.join(map(str, s.diverged_at))})" if k else ""
+    return {"verdict": verdict, "ours": f"{row}: {k}/{s.seeds} seeds diverged{at}",
+            "paper": ctx.paper_text([row], metric)}
+
+
+@claim_type("diverges")
+def _diverges(ctx: Context, *, row: str, metric: str = "AP") -> Dict[str, Any]:
+    return _divergence(ctx, row, metric, expect=True)
+
+
+@claim_type("converges")
+def _converges(ctx: Context, *, row: str, metric: str = "AP") -> Dict[str, Any]:
+    return _divergence(ctx, row, metric, expect=False)
+
+
+@claim_type("better")
+def _better(ctx: Context, *, row: str, than: str, metric: str = "AP") -> Dict[str, Any]:
+    c = compare(ctx.stats[row], ctx.stats[than], metric, _sign(metric))
+    verdict = {"better": REPRODUCED, "worse": NOT_REPRODUCED, "no data": NO_DATA}.get(c.relation, INCONCLUSIVE)
+    pa, pb = ctx.paper_value(row, metric), ctx.paper_value(than, metric)
+    paper = (f"{pa:.1f} vs {pb:.1f} (Δ {pa - pb:+.1f})" if pa is not None and pb is not None
+             else ctx.paper_text([row, than], metric))
+    label = METRIC_LABELS.get(metric, metric)
+    ours = f"{label} {fmt_stat(ctx.stats[row], metric)} vs {fmt_stat(ctx.stats[than], metric)}{_gap(c)}"
+    return {"verdict": verdict, "paper": paper, "ours": ours}
+
+
+@claim_type("best")
+def _best(ctx: Context, *, row: str, metric: str = "AP", rows: Sequence[str] = (),
+          direction: Optional[str] = None) -> Dict[str, Any]:
+    stats = ctx.stats
+    rivals = [r for r in (rows or stats) if r != row]
+    sign = _sign(metric) if direction is None else (1 if direction == "max" else -1)
+    comps = {r: compare(stats[row], stats[r], metric, sign) for r in rivals}
+    rels = {c.relation for c in comps.values()} - {"no data"}  # no data: not run, or no value
+    pending = [r for r in rivals if stats[r].seeds == 0]
+    if stats[row].seeds == 0:
+        verdict, pending = NO_DATA, []
+    elif "worse" in rels:
+        verdict = NOT_REPRODUCED
+    elif pending or not rels:  # a rival not run yet could still beat it
+        verdict = NO_DATA
+    else:
+        verdict = REPRODUCED if rels == {"better"} else INCONCLUSIVE
+    return {"verdict": verdict, "ours": _best_text(ctx, row, metric, comps, pending, len(rivals)),
+            "paper": _best_paper(ctx, [row, *rivals], metric, sign),
+            "margin": _margin(row, rivals, comps, stats, metric, sign)}
+
+
+def _best_text(ctx: Context, row: str, metric: str, comps: Dict[str, Comparison], pending, of: int) -> str:
+    ours = f"{row} {METRIC_LABELS.get(metric, metric)} {fmt_stat(ctx.stats[row], metric)}"
+    beaten_by = [r for r, c in comps.items() if c.relation == "worse"]
+    close = [f"{r}{_gap(c)}" for r, c in comps.items() if c.relation in ("within", "one seed")]
+    if beaten_by:
+        ours += f"; beaten beyond noise by {', '.join(beaten_by)}"
+    if close:
+        ours += f"; not separated from {'; '.join(close[:3])}" + (" ..." if len(close) > 3 else "")
+    if pending:
+        shown = ", ".join(pending[:4]) + (" ..." if len(pending) > 4 else "")
+        ours += f"; pending: {len(pending)} of {of} other rows ({shown})"
+    return ours
+
+
+def _best_paper(ctx: Context, rows: Sequence[str], metric: str, sign: int) -> str:
+    known = {r: v for r in rows if (v := ctx.paper_value(r, metric)) is not None}
+    if not known:
+        return "—"
+    pick = (max if sign > 0 else min)(known, key=known.get)
+    return f"{'highest' if sign > 0 else 'lowest'}: {pick} ({known[pick]:.1f})"
 
 
 def _margin(row: str, rivals: Sequence[str], comps: Dict[str, Comparison], stats: Dict[str, RowStats],
             metric: str, sign: int) -> Optional[Dict[str, Any]]:
     """The claimed row against its strongest finished rival: ``{"rival", "diff", "noise",
-    "relation", "diverged", "pending"}`` (``diverged``: "row" / "rivals" when a side has no value
-    because all its seeds diverged, else None; ``pending``: the rivals not finished yet, any of which
-    could still be stronger; ``lower_wins``: the claim's "strongest" is the lowest value, as in
-    "α = .10 is the worst"); None while the row or every rival has not finished."""
+    "relation", "diverged", "pending", "lower_wins"}`` (``diverged``: "row" / "rivals" when a side
+    has no value because all its seeds diverged; ``pending``: rivals not finished yet, any of
+    which could still be stronger); None while the row or every rival has not finished."""
     finished = [r for r in rivals if stats[r].seeds]
     if not stats[row].seeds or not finished:
         return None
     common = {"pending": [r for r in rivals if not stats[r].seeds], "lower_wins": sign < 0}
     ranked = [r for r in finished if stats[r].n(metric) and not stats[r].all_diverged]
+    top = (max if sign > 0 else min)(ranked, key=lambda r: stats[r].mean(metric)) if ranked else None
     if stats[row].all_diverged or not ranked:
-        top = (max if sign > 0 else min)(ranked, key=lambda r: stats[r].mean(metric)) if ranked else None
         c = comps[top or finished[0]]
         return {"rival": top, "diff": None, "noise": None, "relation": c.relation,
                 "diverged": "row" if stats[row].all_diverged else "rivals", **common}
-    top = (max if sign > 0 else min)(ranked, key=lambda r: stats[r].mean(metric))
     c = comps[top]
-    return {"rival": top, "diff": c.diff, "noise": c.noise, "relation": c.relation, "diverged": None,
-            **common}
-
-
-def _pending_text(pending: Sequence[str], of: int) -> str:
-    if not pending:
-        return ""
-    shown = ", ".join(pending[:4]) + (" ..." if len(pending) > 4 else "")
-    return f"; pending: {len(pending)} of {of} other rows ({shown})"
+    return {"rival": top, "diff": c.diff, "noise": c.noise, "relation": c.relation, "diverged": None, **common}
 
 
 def _similar(a: RowStats, b: RowStats, metric: str, tol: float) -> tuple:
@@ -264,6 +316,56 @@ def _similar(a: RowStats, b: RowStats, metric: str, tol: float) -> tuple:
         return INCONCLUSIVE, _gap(c)
     if abs(c.diff) + c.noise <= tol:
         return REPRODUCED, _gap(c)
-    if abs(c.diff) - c.noise > tol:
-        return NOT_REPRODUCED, _gap(c)
-    return INCONCLUSIVE, _gap(c)
+    return (NOT_REPRODUCED if abs(c.diff) - c.noise > tol else INCONCLUSIVE), _gap(c)
+
+
+def _similar_rows(ctx: Context, rows: Sequence[str], to: str, tol: float, metric: str,
+                  min_count: int) -> Dict[str, Any]:
+    per = {r: _similar(ctx.stats[r], ctx.stats[to], metric, tol) for r in rows}
+    counts = {v: sum(1 for x in per.values() if x[0] == v) for v in (REPRODUCED, NOT_REPRODUCED, NO_DATA)}
+    if counts[NO_DATA] == len(rows):
+        verdict = NO_DATA
+    elif counts[REPRODUCED] >= min_count:
+        verdict = REPRODUCED
+    elif len(rows) - counts[NOT_REPRODUCED] < min_count:
+        verdict = NOT_REPRODUCED
+    elif any(ctx.stats[r].seeds == 0 for r in rows):  # rows not run yet could still meet it
+        verdict = NO_DATA
+    else:
+        verdict = INCONCLUSIVE
+    label = METRIC_LABELS.get(metric, metric)
+    parts = [f"{r} {label} {fmt_stat(ctx.stats[r], metric)}{per[r][1]}" for r in rows]
+    ours = f"{to} {fmt_stat(ctx.stats[to], metric)}; " + "; ".join(parts[:6]) + (" ..." if len(parts) > 6 else "")
+    return {"verdict": verdict, "ours": ours, "paper": ctx.paper_text([to, *rows], metric), "tolerance": tol,
+            "count": counts[REPRODUCED]}
+
+
+@claim_type("similar")
+def _similar_claim(ctx: Context, *, row: str, to: str, tol: float, metric: str = "AP") -> Dict[str, Any]:
+    out = _similar_rows(ctx, (row,), to, tol, metric, 1)
+    del out["count"]
+    return out
+
+
+@claim_type("any_similar")
+def _any_similar(ctx: Context, *, rows: Sequence[str], to: str, tol: float, metric: str = "AP",
+                 min_count: int = 1) -> Dict[str, Any]:
+    out = _similar_rows(ctx, rows, to, tol, metric, min_count)
+    out["ours"] += f" — {out.pop('count')} of {len(rows)} within ±{tol:g} beyond noise (need {min_count})"
+    return out
+
+
+@claim_type("increasing")
+def _increasing(ctx: Context, *, rows: Sequence[str], metric: str = "AP") -> Dict[str, Any]:
+    stats, rows = ctx.stats, list(rows)
+    rels = {compare(stats[b], stats[a], metric, 1).relation for a, b in zip(rows, rows[1:])}
+    if any(compare(stats[b], stats[a], metric, 1).relation == "worse"  # any finished pair, gaps too
+           for i, a in enumerate(rows) for b in rows[i + 1:]):
+        verdict = NOT_REPRODUCED
+    elif "no data" in rels:
+        verdict = NO_DATA
+    else:
+        verdict = REPRODUCED if rels == {"better"} else INCONCLUSIVE
+    ours = " → ".join(fmt_stat(stats[r], metric) for r in rows)
+    return {"verdict": verdict, "ours": f"{METRIC_LABELS.get(metric, metric)}: {ours}",
+            "paper": ctx.paper_text(rows, metric)}

@@ -1,0 +1,95 @@
+"""A campaign: what ``make reproduce-mini`` runs, and in what order, as data.
+
+A campaign file (``configs/ablations/campaigns/*.yaml``) lists steps, run in order::
+
+    scale: mini                 # the scale of every step (a step may not change it)
+    steps:
+      - {spec: table1b, only: [gamma_0, gamma_2.0]}   # a spec (its seeds), optionally some rows
+      - {tool: [tools/imbalance_scan.py, --report, results/mini/imbalance_scan]}  # a repo tool
+
+Every step is checked before the first one runs (spec files, row ids, tool files). A campaign is
+resumable like a spec: finished cells are kept, so running it again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from typing import Any, Callable, List, Optional, Tuple
+
+import yaml
+
+from focal_plugin.ablation.spec import ABLATIONS_DIR, SCALES, load_spec
+
+CAMPAIGNS_DIR = os.path.join(ABLATIONS_DIR, "campaigns")
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    spec: Optional[str] = None
+    only: Optional[Tuple[str, ...]] = None
+    tool: Optional[Tuple[str, ...]] = None
+
+    def __str__(self) -> str:
+        if self.tool:
+            return " ".join(self.tool)
+        return f"--spec {self.spec}" + (f" --only {' '.join(self.only)}" if self.only else "")
+
+
+def campaign_path(name_or_path: str) -> str:
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    path = os.path.join(CAMPAIGNS_DIR, os.path.basename(name_or_path).removesuffix(".yaml") + ".yaml")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"campaign {name_or_path!r} not found (neither a file nor {path})")
+    return path
+
+
+def load_campaign(name_or_path: str) -> Tuple[str, List[Step]]:
+    """``(scale, steps)`` of a campaign file; ``ValueError`` naming the file and step."""
+    path = campaign_path(name_or_path)
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict) or set(raw) - {"scale", "steps"} or raw.get("scale") not in SCALES:
+        raise ValueError(f"{path}: expected {{scale: one of {list(SCALES)}, steps: [...]}}")
+    steps = [_step(s, i, path) for i, s in enumerate(raw.get("steps") or [])]
+    return raw["scale"], steps
+
+
+def _step(raw: Any, i: int, path: str) -> Step:
+    where = f"{path}: step #{i + 1}"
+    if not isinstance(raw, dict) or len({"spec", "tool"} & set(raw)) != 1 or set(raw) - {"spec", "only", "tool"}:
+        raise ValueError(f"{where}: expected {{spec: NAME[, only: [ROW, ...]]}} or {{tool: [FILE, ARG, ...]}}")
+    if "tool" in raw:
+        tool = tuple(str(x) for x in raw["tool"])
+        if not tool or not os.path.isfile(os.path.join(_REPO, tool[0])):
+            raise ValueError(f"{where}: tool {tool[:1]} is not a file of the repository")
+        return Step(tool=tool)
+    spec = load_spec(raw["spec"])
+    only = tuple(raw.get("only") or ()) or None
+    unknown = [r for r in only or () if r not in spec.row_ids]
+    if unknown:
+        raise ValueError(f"{where}: rows {unknown} are not rows of {spec.path}")
+    return Step(spec=raw["spec"], only=only)
+
+
+def run_tool(step: Step) -> int:
+    return subprocess.call([sys.executable, *step.tool], cwd=_REPO)
+
+
+def run_campaign(steps: List[Step], run_spec: Callable[[Step], int], log: Callable[[str], None] = print,
+                 tool: Optional[Callable[[Step], int]] = run_tool) -> int:
+    """Run ``steps`` in order (``run_spec(step)`` for a spec step, ``tool(step)`` for a tool, or
+    only list it when ``tool`` is None); every step runs even if an earlier one had failed
+    cells. Returns the worst exit status (2, a usage error or a folder in use, stops at once)."""
+    worst = 0
+    for i, step in enumerate(steps, 1):
+        log(f"[campaign] step {i}/{len(steps)}: {step}")
+        rc = run_spec(step) if step.spec else tool(step) if tool else 0
+        if rc == 2:  # usage error, folder in use: the rest would meet it too
+            return rc
+        worst = max(worst, rc)
+    return worst
