@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import os
 from pathlib import Path
 
@@ -115,11 +116,17 @@ claims:
 """
 
 
-def _finish(run_dir, row, seed, ap):
+def _runner(spec, out):
+    from focal_plugin.ablation import Runner, RunOptions
+
+    return Runner(spec, RunOptions(output_dir=str(out), seeds=[0, 1, 2]))
+
+
+def _finish(cell_dir, ap):
     """A finished cell as the runner leaves it (definition + status with metrics)."""
-    d = Path(run_dir) / row / f"seed{seed}"
-    d.mkdir(parents=True)
-    (d / "cell.json").write_text(json.dumps({"row": row, "seed": seed}))
+    d = Path(cell_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "cell.json").write_text(json.dumps({"seed": 0}))
     (d / "status.json").write_text(json.dumps({"state": "done", "metrics": {"AP": ap}}))
 
 
@@ -132,12 +139,12 @@ def test_report_measures_each_rows_data_and_the_curve_reads_the_margins(sixteen,
     path = tmp_path / "scan.yaml"
     path.write_text(SCAN_SPEC)
     spec = load_spec(str(path))
-    run_dir = tmp_path / "run"
-    for row, aps in {"src_fl": (9.0, 9.2, 9.4), "src_ce": (4.0, 4.5, 5.0), "c8_fl": (6.0, 6.1, 6.2),
-                     "c8_ce": (6.5, 7.0, 7.5)}.items():
-        for seed, ap in enumerate(aps):
-            _finish(run_dir, row, seed, ap)
-    report = build_report(spec, "mini", str(run_dir), spec.resolve("mini"))
+    runner = _runner(spec, tmp_path / "run")
+    aps = {"src_fl": (9.0, 9.2, 9.4), "src_ce": (4.0, 4.5, 5.0), "c8_fl": (6.0, 6.1, 6.2),
+           "c8_ce": (6.5, 7.0, 7.5)}
+    for c in runner.cells():
+        _finish(c.dir, aps[c.row.id][c.seed])
+    report = build_report(runner)
     by_row = report["imbalance"]["by_row"]
     assert by_row["src_fl"] == by_row["src_ce"] != by_row["c8_fl"] == by_row["c8_ce"]
     src, c8 = by_row["src_fl"]["negatives_per_positive"], by_row["c8_fl"]["negatives_per_positive"]
@@ -147,7 +154,8 @@ def test_report_measures_each_rows_data_and_the_curve_reads_the_margins(sixteen,
     n = by_row["src_fl"]["images"]  # the images really measured, not a number typed in a note
     assert n and f"negatives / positive (measured, {n} train images)" in md
     assert "(paper)" not in md  # no paper numbers: no Δ
-    assert f"| src | FL | {by_row['src_fl']['negatives_per_positive']:,.0f} |" in md
+    npp = f"{by_row['src_fl']['negatives_per_positive']:,.0f}"
+    assert re.search(rf"\| src +\| FL +\| {npp} +\|", md), md
     assert to_csv(report).splitlines()[0].startswith("row,data,loss,negatives_per_positive,AP_ours")
     points = gap_points(report)  # sorted by imbalance: c8 (fewer classes) first
     assert [(p["row"], p["rival"]) for p in points] == [("c8_fl", "c8_ce"), ("src_fl", "src_ce")]
@@ -161,7 +169,7 @@ def test_report_measures_each_rows_data_and_the_curve_reads_the_margins(sixteen,
     path.write_text(SCAN_SPEC.split("  - {id: c8_fl")[0] + "claims:\n" + SCAN_SPEC.split("claims:\n")[1]
                     .split("  - {text: \"FL beats CE on c8")[0])
     spec = load_spec(str(path))
-    same = build_report(spec, "mini", str(run_dir), spec.resolve("mini"))
+    same = build_report(_runner(spec, tmp_path / "run"))
     assert "by_row" not in same["imbalance"] and "measured" not in to_markdown(same)
 
 
@@ -265,8 +273,8 @@ def test_tool_errors_name_the_report_and_create_the_output_folder(tmp_path, caps
 
 def test_scan_spec_rows_at_80_classes_are_table_1s_cells():
     """The scan's 80-class rows train exactly what Tables 1a/1b's cells trained (their results are reused)."""
+    from focal_plugin.ablation.identity import resolved_identity
     from focal_plugin.ablation.spec import load_spec
-    from focal_plugin.ablation.twins import identity
 
     scan = {r.id: r for r in load_spec("imbalance_scan").resolve("mini")}
     assert set(load_spec("imbalance_scan").scales) == {"mini"}
@@ -274,7 +282,7 @@ def test_scan_spec_rows_at_80_classes_are_table_1s_cells():
     t1b = {r.id: r for r in load_spec("table1b").resolve("mini")}
 
     def ident(row):
-        return identity({"base": row.base, "opts": list(row.opts), "seed": 0})
+        return resolved_identity(row.base, row.opts, 0)
 
     for ours, theirs in [("c80_fl", t1b["gamma_2.0"]), ("c80_ace_.75", t1b["gamma_0"]),
                          ("c80_ace_.90", t1a["alpha_.90"]), ("c80_ace_.99", t1a["alpha_.99"])]:
@@ -311,7 +319,7 @@ def test_report_imbalance_isolates_a_failing_row_and_follows_the_data(sixteen, t
     path.write_text(SCAN_SPEC.replace("DATASETS.TRAIN: [focal_test_merge_c8]}}",
                                       "DATASETS.TRAIN: [focal_test_no_such_data]}}", 1))
     spec = load_spec(str(path))
-    imb = report_mod.imbalance(spec, "mini", str(tmp_path), None, [], spec.resolve("mini"))
+    imb = report_mod.imbalance(_runner(spec, tmp_path))
     assert imb["available"] and "focal_test_no_such_data" in imb["by_row"]["c8_fl"]["error"]
     assert imb["by_row"]["c8_ce"]["negatives_per_positive"] > 0
     assert imb["by_row"]["src_fl"] == imb["by_row"]["src_ce"]
@@ -320,13 +328,13 @@ def test_report_imbalance_isolates_a_failing_row_and_follows_the_data(sixteen, t
 
     orig = imb_mod.imbalance_stats
     monkeypatch.setattr(imb_mod, "imbalance_stats", lambda *a, **k: calls.append(a[1]) or orig(*a, **k))
-    report_mod.imbalance(spec, "mini", str(tmp_path), None, [], spec.resolve("mini"))
+    report_mod.imbalance(_runner(spec, tmp_path))
     assert calls == ["focal_test_no_such_data"], "measured settings come from the cache"
     # the same dataset name with other content (another generator fingerprint) is measured again
     register_dense_shapes("focal_test_merge_src", dataclasses.replace(SIXTEEN, seed=4), "train",
                           root=tmp_path / "other")
     calls.clear()
-    report_mod.imbalance(spec, "mini", str(tmp_path), None, [], spec.resolve("mini"))
+    report_mod.imbalance(_runner(spec, tmp_path))
     assert sorted(set(calls)) == ["focal_test_merge_c8", "focal_test_merge_src", "focal_test_no_such_data"]
 
 
@@ -355,15 +363,15 @@ def test_gap_points_against_a_settings_column():
 
 
 def test_schedule_scan_shares_the_protocols_cells_and_scales_the_schedule():
+    from focal_plugin.ablation.identity import resolved_identity
     from focal_plugin.ablation.spec import load_spec
-    from focal_plugin.ablation.twins import identity
     from focal_plugin.engine import setup_cfg
 
     rows = {r.id: r for r in load_spec("schedule_scan").resolve("mini")}
     t1a = {r.id: r for r in load_spec("table1a").resolve("mini")}
 
     def ident(row):
-        return identity({"base": row.base, "opts": list(row.opts), "seed": 0})
+        return resolved_identity(row.base, row.opts, 0)
 
     assert ident(rows["it3000_ace_.90"]) == ident(t1a["alpha_.90"])
     base = setup_cfg(rows["it3000_fl"].base, list(rows["it3000_fl"].opts)).SOLVER

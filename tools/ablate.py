@@ -9,7 +9,7 @@
     python tools/ablate.py --spec table1b --report                  # rebuild the report only
     python tools/ablate.py --campaign mini --workers 2              # configs/ablations/campaigns/mini.yaml
     python tools/ablate.py --spec table1a --base-config configs/mini/smoke_tiny.yaml \\
-        --output-dir /tmp/smoke --opts SOLVER.MAX_ITER 20           # KEY VALUE on every cell
+        --output-dir /tmp/smoke SOLVER.MAX_ITER 20                  # KEY VALUE on every cell
 
 Cells run in OUTPUT/cells/<key> (OUTPUT: results/<scale> by default), one folder per config and
 seed, shared by every spec that reaches it; a finished cell is never rerun, an interrupted one
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,16 +43,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--campaign", help="run a campaign's steps in order (name or file)")
     p.add_argument("--list", action="store_true", help="list the shipped specs and exit")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their commands; run nothing")
-    p.add_argument("--report", action="store_true", help="rebuild the report from finished cells; run nothing")
+    p.add_argument(
+        "--report", action="store_true", help="rebuild the report from finished cells; run nothing"
+    )
     for f in dataclasses.fields(RunOptions):
         cli = dict(f.metadata["cli"])
         if f.type in ("bool", bool):  # a flag that flips the default
             flag = f"--{'no-' if f.default else ''}{f.name.replace('_', '-')}"
-            p.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
-                           help=f.metadata["help"])
+            p.add_argument(
+                flag,
+                dest=f.name,
+                action="store_false" if f.default else "store_true",
+                help=f.metadata["help"],
+            )
             continue
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, help=f.metadata["help"], **cli)
+        if cli.pop("positional", False):
+            p.add_argument(f.name, help=f.metadata["help"], **cli)
+        else:
+            p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, help=f.metadata["help"], **cli)
     return p
+
+
+def parse_args(argv) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.only:  # `--only a b KEY VALUE`: what follows the rows is overrides, not rows
+        keys = [
+            i for i, item in enumerate(args.only) if re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", item)
+        ]
+        if keys:
+            args.opts = args.only[keys[0] :] + args.opts
+            args.only = args.only[: keys[0]]
+    return args
 
 
 def options_of(args: argparse.Namespace, **changes) -> RunOptions:
@@ -84,16 +106,18 @@ def run_spec(spec_name: str, options: RunOptions, args: argparse.Namespace, argv
     counts: dict = {}
     for state in summary["states"].values():
         counts[state.value] = counts.get(state.value, 0) + 1
-    print(f"[ablate] {runner.spec.name} [{options.scale}]: {summary['cells']} cell(s): "
-          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-          + f" ({summary['skipped']} kept from earlier runs); {summary['wall_time_s']:.0f} s")
+    print(
+        f"[ablate] {runner.spec.name} [{options.scale}]: {summary['cells']} cell(s): "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + f" ({summary['skipped']} kept from earlier runs); {summary['wall_time_s']:.0f} s"
+    )
     print(f"[ablate] report: {summary['report']['md']}")
     return 1 if counts.get("failed") else 3 if set(counts) - {"done", "diverged"} else 0
 
 
 def main(argv=None) -> int:
     typed = ["tools/ablate.py", *(sys.argv[1:] if argv is None else argv)]  # the command as typed
-    args = build_parser().parse_args(typed[1:])
+    args = parse_args(typed[1:])
     if args.list:
         for name in list_specs():
             spec = load_spec(name)
@@ -111,9 +135,16 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run_campaign(steps, lambda step: run_spec(
-        step.spec, dataclasses.replace(options, only=list(step.only) if step.only else options.only),
-        args, typed), tool=None if args.dry_run else run_tool)
+    return run_campaign(
+        steps,
+        lambda step: run_spec(
+            step.spec,
+            dataclasses.replace(options, only=list(step.only) if step.only else options.only),
+            args,
+            typed,
+        ),
+        tool=None if args.dry_run else run_tool,
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import argparse
 import os
 import sys
 
-from focal_plugin.io import read_json
 from focal_plugin.analysis.imbalance_scan import coco_reference_line, gap_points, write_outputs
+from focal_plugin.io import read_json
 
 DEFAULT_REPORT = os.path.join("results", "mini", "imbalance_scan", "report.json")
 

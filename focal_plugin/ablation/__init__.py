@@ -10,5 +10,6 @@ from focal_plugin.ablation.runner import Cell, PlanMismatch, Runner, RunOptions
 from focal_plugin.ablation.spec import RowPlan, Spec, SpecError, list_specs, load_spec
 from focal_plugin.ablation.verdict import Claim
 
-__all__ = ["Cell", "Claim", "LockHeld", "PlanMismatch", "RowPlan", "RunOptions", "Runner", "Spec", "SpecError",
+__all__ = ["Cell", "Claim", "LockHeld", "PlanMismatch", "RowPlan", "RunOptions", "Runner", "Spec",
+           "SpecError",
            "State", "build_report", "list_specs", "load_spec", "write_reports"]

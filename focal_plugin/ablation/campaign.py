@@ -61,8 +61,9 @@ def load_campaign(name_or_path: str) -> Tuple[str, List[Step]]:
 
 def _step(raw: Any, i: int, path: str) -> Step:
     where = f"{path}: step #{i + 1}"
-    if not isinstance(raw, dict) or len({"spec", "tool"} & set(raw)) != 1 or set(raw) - {"spec", "only", "tool"}:
-        raise ValueError(f"{where}: expected {{spec: NAME[, only: [ROW, ...]]}} or {{tool: [FILE, ARG, ...]}}")
+    keys = set(raw) if isinstance(raw, dict) else {"?"}
+    if len({"spec", "tool"} & keys) != 1 or keys - {"spec", "only", "tool"}:
+        raise ValueError(f"{where}: expected {{spec: NAME[, only: [ROW, ...]]}} or {{tool: [FILE, ARG ...]}}")
     if "tool" in raw:
         tool = tuple(str(x) for x in raw["tool"])
         if not tool or not os.path.isfile(os.path.join(_REPO, tool[0])):

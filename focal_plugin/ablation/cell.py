@@ -257,7 +257,8 @@ def _train(job: CellJob, cell: Dict[str, Any], previous: Dict[str, Any]) -> Dict
     try:
         result = train_fn(resolve_config_file(cell["base"]), opts, resume, job.num_gpus)
         first_test = ((cell.get("identity") or {}).get("DATASETS.TEST") or [None])[0]
-        status.update(state=State.DONE, metrics=pick_metrics(result, first_test), iterations=result.get("iterations"),
+        status.update(state=State.DONE, metrics=pick_metrics(result, first_test),
+                      iterations=result.get("iterations"),
                       max_iter=result.get("max_iter"), resumed_from_iter=result.get("resumed_from_iter"))
         if job.prune_checkpoints:
             status["pruned_checkpoints"] = prune_checkpoints(job.cell_dir)
@@ -292,7 +293,8 @@ def time_cell(cell_dir: str, cell: Dict[str, Any], timing: Dict[str, int]) -> Di
 
         opts = [*cell["opts"], "SEED", str(cell["seed"]), "OUTPUT_DIR", os.path.abspath(cell_dir)]
         cfg = setup_cfg(resolve_config_file(cell["base"]), opts)
-        out = {**measure_ms_per_image(cfg, weights, **timing), "timed": now_iso(), "host": socket.gethostname()}
+        out = {**measure_ms_per_image(cfg, weights, **timing), "timed": now_iso(),
+               "host": socket.gethostname()}
     write_json_atomic(path, out)
     return out
 

@@ -1,8 +1,9 @@
 """Exclusive locks of the ablation runner (a run folder's, a cell's) and timestamps.
 
 Files are written atomically by :mod:`focal_plugin.io`. Locks are ``fcntl.flock`` locks on a
-file that also names its holder (pid, host, start time, command): the kernel drops them when the holder dies, even by SIGKILL, so a stale lock never blocks a
-resumed run, and a live one is refused with a message naming who holds it.
+file that also names its holder (pid, host, start time, command): the kernel drops them when
+the holder dies, even by SIGKILL, so a stale lock never blocks a resumed run,
+and a live one is refused with a message naming who holds it.
 """
 
 from __future__ import annotations

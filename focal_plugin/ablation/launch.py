@@ -74,7 +74,8 @@ def spawn_cell(job: CellJob, cpus: Sequence[int], threads: int, gpus: Sequence[s
     status = read_status(job.cell_dir)
     if rc == EXIT_BUSY:
         h = FileLock(os.path.join(job.cell_dir, LOCK_FILE)).holder() or {}
-        return {"state": State.BUSY, "message": f"another process runs it (pid {h.get('pid')} on {h.get('host')})"}
+        return {"state": State.BUSY,
+                "message": f"another process runs it (pid {h.get('pid')} on {h.get('host')})"}
     if rc != 0 and status.get("state") in (None, State.RUNNING):
         return {"state": State.INTERRUPTED, "error": f"cell process exited with code {rc}; see "
                 f"{job.cell_dir}/run.log"}

@@ -89,8 +89,8 @@ def _results_table(report: Dict[str, Any]) -> List[str]:
             line.append(_fmt((by_row.get(e["row"]) or {}).get("negatives_per_positive"), "{:,.0f}"))
         line += [_bold(x[m]["ours_text"], x[m]["best_ours"]) for m in metrics]
         if has_paper:
-            line += [_bold(_fmt(x[m]["paper"], "{:.1f}") if x[m]["paper"] is not None else e["paper_note"] or "—",
-                           x[m]["best_paper"]) for m in metrics]
+            line += [_bold(_fmt(x[m]["paper"], "{:.1f}") if x[m]["paper"] is not None
+                           else e["paper_note"] or "—", x[m]["best_paper"]) for m in metrics]
             line += [_fmt(x[m]["delta"], "{:+.1f}") for m in metrics]
         rows.append(line)
     note = ("Bold: the best value per column (highest AP, lowest ms/img). Ours: mean ± sample std over the "
@@ -117,7 +117,8 @@ def _imbalance(report: Dict[str, Any]) -> List[str]:
     by_row = imb.get("by_row") or {}
     if by_row:
         rows = [[row, f"n/a: {r['error']}"] + [""] * len(_IMBALANCE_ROWS) if "error" in r else
-                [row, r["dataset"], *[_fmt(r.get(k), f) for _, k, f in _IMBALANCE_ROWS]] for row, r in by_row.items()]
+                [row, r["dataset"], *[_fmt(r.get(k), f) for _, k, f in _IMBALANCE_ROWS]]
+                for row, r in by_row.items()]
         lines += ["", "The rows train on different data, anchors, sizes or matching; per row:", ""]
         lines += _md(rows, ["row", "dataset", *[label for label, _, _ in _IMBALANCE_ROWS]])
     return lines
@@ -127,7 +128,8 @@ def _environment(report: Dict[str, Any]) -> List[str]:
     env = report["environment"]
     lines = ["", "## Environment", "", f"- Scale: {env['scale']}; seeds: up to {env['seeds']}",
              f"- Device(s): {'; '.join(env['devices']) or '—'}",
-             f"- Commit(s): {', '.join(env['commits']) or '—'}; host(s): {', '.join(env['hosts']) or '—'}", ""]
+             f"- Commit(s): {', '.join(env['commits']) or '—'}; "
+             f"host(s): {', '.join(env['hosts']) or '—'}", ""]
     runs = [r for r in env.get("invocations") or [] if not (r["ended"] and r["to_run"] == 0)]
     if runs:
         lines += _md([[f"{r['started']} (pid {r['pid']})", r["launcher"], f"{r['to_run']} of {r['cells']}",
@@ -145,7 +147,8 @@ def _environment(report: Dict[str, Any]) -> List[str]:
 
 def _outcome(r: Dict[str, Any]) -> str:
     if r["ended"]:
-        return ", ".join(f"{n} {s}" for s, n in sorted(r["states"].items())) if r["states"] else "none recorded"
+        states = sorted((r["states"] or {}).items())
+        return ", ".join(f"{n} {s}" for s, n in states) if states else "none recorded"
     return "running" if r.get("running") else "no end recorded: killed or crashed"
 
 
@@ -162,14 +165,16 @@ def to_csv(report: Dict[str, Any]) -> str:
     header = ["row", *report["columns"], *(["negatives_per_positive"] if by_row else [])]
     for m in metrics:
         header += [f"{m}_ours", f"{m}_std", f"{m}_n", f"{m}_paper", f"{m}_delta"]
-    w.writerow(header + ["seeds_finished", "seeds_planned", "diverged_at", "best_ours", "best_paper", "paper_note"])
+    w.writerow(header + ["seeds_finished", "seeds_planned", "diverged_at", "best_ours", "best_paper",
+                         "paper_note"])
     for e in report["table"]:
         line = [e["row"], *[e["settings"].get(c, "") for c in report["columns"]]]
         if by_row:
             line.append(_csv_num((by_row.get(e["row"]) or {}).get("negatives_per_positive")))
         for m in metrics:
             x = e["metrics"][m]
-            line += [_csv_num(x["ours"]), _csv_num(x["std"]), x["n"], _csv_num(x["paper"]), _csv_num(x["delta"])]
+            line += [_csv_num(x["ours"]), _csv_num(x["std"]), x["n"], _csv_num(x["paper"]),
+                     _csv_num(x["delta"])]
         line += [e["seeds_finished"], e["seeds_planned"], ";".join(map(str, e["diverged_at"])),
                  ";".join(m for m in metrics if e["metrics"][m]["best_ours"]),
                  ";".join(m for m in metrics if e["metrics"][m]["best_paper"]), e["paper_note"]]

@@ -91,7 +91,8 @@ def _table(rows, stats: Dict[str, RowStats], metrics: Sequence[str]) -> List[Dic
         for m in metrics:
             mean, p = (None if s.all_diverged else s.mean(m)), row.paper.get(m)
             entry["metrics"][m] = {"ours": mean, "std": s.std(m), "n": s.n(m), "ours_text": _ours_text(s, m),
-                                   "paper": p, "delta": mean - p if mean is not None and p is not None else None,
+                                   "paper": p,
+                                   "delta": mean - p if mean is not None and p is not None else None,
                                    "best_ours": row.id in ours[m], "best_paper": row.id in paper[m]}
         table.append(entry)
     return table
@@ -112,7 +113,8 @@ def build_report(runner, with_imbalance: Optional[bool] = None) -> Dict[str, Any
             "note": spec.note, "columns": spec.columns, "metrics": spec.metrics,
             "table": _table(rows, stats, spec.metrics),
             "claims": [judge(c, stats, paper) for c in spec.claims],
-            "imbalance": imbalance(runner) if imbalance_on else {"available": False, "reason": "not computed"},
+            "imbalance": imbalance(runner) if imbalance_on else {"available": False,
+                                                                  "reason": "not computed"},
             "environment": _environment(runner, cells, invocations(runner.run_dir))}
 
 
@@ -152,7 +154,8 @@ def _dataset_identity(name: str) -> Dict[str, Any]:
     from detectron2.data import MetadataCatalog
 
     meta = MetadataCatalog.get(name)
-    out: Dict[str, Any] = {"classes": list(meta.get("thing_classes") or []), "fingerprint": meta.get("fingerprint")}
+    out: Dict[str, Any] = {"classes": list(meta.get("thing_classes") or []),
+                           "fingerprint": meta.get("fingerprint")}
     if not out["fingerprint"] and meta.get("json_file") and os.path.isfile(meta.json_file):
         out.update(json_file=meta.json_file, json_mtime=os.path.getmtime(meta.json_file))
     if meta.get("merged_from"):
@@ -191,8 +194,8 @@ def imbalance(runner) -> Dict[str, Any]:
     def stats_of(cfg) -> Dict[str, Any]:
         k = _data_key(cfg)
         if k not in computed:  # a setting is measured once
-            computed[k] = _imbalance_row(imbalance_stats(cfg, cfg.DATASETS.TRAIN[0], max_images=IMBALANCE_IMAGES,
-                                                         with_coco=False))
+            computed[k] = _imbalance_row(imbalance_stats(cfg, cfg.DATASETS.TRAIN[0],
+                                                         max_images=IMBALANCE_IMAGES, with_coco=False))
         return computed[k]
 
     try:

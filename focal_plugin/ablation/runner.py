@@ -27,7 +27,15 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from focal_plugin.ablation.cell import CELL_FILE, TIMING_FILE, CellJob, State, cell_state, read_status, run_cell
+from focal_plugin.ablation.cell import (
+    CELL_FILE,
+    TIMING_FILE,
+    CellJob,
+    State,
+    cell_state,
+    read_status,
+    run_cell,
+)
 from focal_plugin.ablation.files import FileLock, now_iso
 from focal_plugin.ablation.identity import cell_key, resolved_identity
 from focal_plugin.ablation.launch import run_pool, visible_gpus
@@ -64,12 +72,15 @@ class RunOptions:
     gpus_per_cell: int = dataclasses.field(default=1, metadata=_opt(
         "training processes per cell (detectron2's launch; on CPU, gloo processes)", type=int))
     submitit_cluster: Optional[str] = dataclasses.field(default=None, metadata=_opt(
-        "submitit executor (default: auto-detect, SLURM when available)", choices=("slurm", "local", "debug")))
+        "submitit executor (default: auto-detect, SLURM when available)",
+        choices=("slurm", "local", "debug")))
     submitit_param: List[str] = dataclasses.field(default_factory=list, metadata=_opt(
-        "submitit update_parameters KEY=VALUE, e.g. slurm_partition=dev", action="append", metavar="KEY=VALUE"))
+        "submitit update_parameters KEY=VALUE, e.g. slurm_partition=dev", action="append",
+        metavar="KEY=VALUE"))
     base_config: Optional[str] = dataclasses.field(default=None, metadata=_opt(
         "replace the spec's base config of this scale"))
-    label: Optional[str] = dataclasses.field(default=None, metadata=_opt("a label printed at the top of the report"))
+    label: Optional[str] = dataclasses.field(default=None, metadata=_opt(
+        "a label printed at the top of the report"))
     train_fn: Any = dataclasses.field(default=None, metadata=_opt(
         "training function MODULE:FUNCTION fn(config_file, opts, resume, num_gpus) -> engine.train's dict",
         metavar="MODULE:FUNCTION"))
@@ -78,7 +89,8 @@ class RunOptions:
         "keep a finished cell's intermediate checkpoints (default: only model_final.pth stays)"))
     progress: bool = dataclasses.field(default=True, metadata=_opt("no progress bar (one line per cell)"))
     opts: List[str] = dataclasses.field(default_factory=list, metadata=_opt(
-        "KEY VALUE config overrides for every cell", nargs="*"))
+        "KEY VALUE config overrides for every cell (after the flags, as train_net.py takes them)",
+        nargs="...", positional=True))
 
     def __post_init__(self) -> None:
         checks = [(self.workers >= 0, f"workers = {self.workers}: expected >= 0 (0 = in this process)"),
@@ -196,7 +208,8 @@ class Runner:
             if diff:
                 bad.append(f"  {c.id} ({c.dir}): {', '.join(diff)} differ")
         if bad:
-            raise PlanMismatch(f"{self.output_dir} holds cells with other definitions:\n" + "\n".join(bad[:10])
+            raise PlanMismatch(f"{self.output_dir} holds cells with other definitions:\n"
+                               + "\n".join(bad[:10])
                                + "\nUse another --output-dir (or delete those cell folders).")
 
     def dry_run(self) -> str:
@@ -304,8 +317,8 @@ class Runner:
     def _bar(self, total: int):
         from tqdm import tqdm
 
-        return tqdm(total=total, unit="cell", desc=f"{self.spec.name} [{self.options.scale}]", dynamic_ncols=True,
-                    disable=not self.options.progress or total == 0, file=sys.stderr)
+        return tqdm(total=total, unit="cell", desc=f"{self.spec.name} [{self.options.scale}]",
+                    dynamic_ncols=True, disable=not self.options.progress or total == 0, file=sys.stderr)
 
     def _finished(self, bar, c: Cell, status: Dict[str, Any]) -> Dict[str, Any]:
         state = State(status.get("state") or State.PENDING)

@@ -231,7 +231,8 @@ def _converges(ctx: Context, *, row: str, metric: str = "AP") -> Dict[str, Any]:
 @claim_type("better")
 def _better(ctx: Context, *, row: str, than: str, metric: str = "AP") -> Dict[str, Any]:
     c = compare(ctx.stats[row], ctx.stats[than], metric, _sign(metric))
-    verdict = {"better": REPRODUCED, "worse": NOT_REPRODUCED, "no data": NO_DATA}.get(c.relation, INCONCLUSIVE)
+    verdicts = {"better": REPRODUCED, "worse": NOT_REPRODUCED, "no data": NO_DATA}
+    verdict = verdicts.get(c.relation, INCONCLUSIVE)
     pa, pb = ctx.paper_value(row, metric), ctx.paper_value(than, metric)
     paper = (f"{pa:.1f} vs {pb:.1f} (Δ {pa - pb:+.1f})" if pa is not None and pb is not None
              else ctx.paper_text([row, than], metric))
@@ -301,7 +302,8 @@ def _margin(row: str, rivals: Sequence[str], comps: Dict[str, Comparison], stats
         return {"rival": top, "diff": None, "noise": None, "relation": c.relation,
                 "diverged": "row" if stats[row].all_diverged else "rivals", **common}
     c = comps[top]
-    return {"rival": top, "diff": c.diff, "noise": c.noise, "relation": c.relation, "diverged": None, **common}
+    return {"rival": top, "diff": c.diff, "noise": c.noise, "relation": c.relation, "diverged": None,
+            **common}
 
 
 def _similar(a: RowStats, b: RowStats, metric: str, tol: float) -> tuple:
@@ -335,7 +337,8 @@ def _similar_rows(ctx: Context, rows: Sequence[str], to: str, tol: float, metric
         verdict = INCONCLUSIVE
     label = METRIC_LABELS.get(metric, metric)
     parts = [f"{r} {label} {fmt_stat(ctx.stats[r], metric)}{per[r][1]}" for r in rows]
-    ours = f"{to} {fmt_stat(ctx.stats[to], metric)}; " + "; ".join(parts[:6]) + (" ..." if len(parts) > 6 else "")
+    ours = f"{to} {fmt_stat(ctx.stats[to], metric)}; " + "; ".join(parts[:6])
+    ours += " ..." if len(parts) > 6 else ""
     return {"verdict": verdict, "ours": ours, "paper": ctx.paper_text([to, *rows], metric), "tolerance": tol,
             "count": counts[REPRODUCED]}
 

@@ -72,8 +72,16 @@ def test_seeds_belong_to_the_spec_and_a_row_may_override_them(fake_env, tmp_path
     (tmp_path / "seeded.yaml").write_text(text)
     runner = Runner(load_spec(str(tmp_path / "seeded.yaml")),
                     RunOptions(output_dir=fake_env["out"], workers=0, train_fn=fake_train))
-    assert [c.id for c in runner.cells()] == ["a25/seed0", "a25/seed1", "a75/seed4", "zero/seed0", "zero/seed1"]
-    forced = Runner(runner.spec, RunOptions(output_dir=fake_env["out"], seeds=[7], train_fn=fake_train, workers=0))
+    assert [c.id for c in runner.cells()] == [
+        "a25/seed0",
+        "a25/seed1",
+        "a75/seed4",
+        "zero/seed0",
+        "zero/seed1",
+    ]
+    forced = Runner(
+        runner.spec, RunOptions(output_dir=fake_env["out"], seeds=[7], train_fn=fake_train, workers=0)
+    )
     assert [c.id for c in forced.cells()] == ["a25/seed7", "a75/seed7", "zero/seed7"]
     for bad in ("0", "[1, 1]", "[-1]", "true"):
         (tmp_path / "bad.yaml").write_text(text.replace("seeds: 2", f"seeds: {bad}"))
@@ -87,18 +95,34 @@ def test_one_config_is_one_cell_whatever_spec_or_route_reaches_it(fake_env, tmp_
     first = make_runner(fake_env, only=["a75"])
     first.run()
     other = tmp_path / "other.yaml"
-    other.write_text(open(fake_env["spec"]).read().replace(
-        "{id: a75, settings: {α: \".75\"}, overrides: {MODEL.FOCAL.ALPHA: 0.75}",
-        "{id: b75, settings: {α: \".75\"}, overrides: {MODEL.FOCAL.ALPHA: 0.75, MODEL.FOCAL.GAMMA: 2.0}")
-        .replace("row: a75", "row: b75"))
-    second = Runner(load_spec(str(other)), RunOptions(output_dir=fake_env["out"], workers=0, train_fn=fake_train,
-                                                      only=["b75"], progress=False, imbalance=False))
+    other.write_text(
+        open(fake_env["spec"])
+        .read()
+        .replace(
+            '{id: a75, settings: {α: ".75"}, overrides: {MODEL.FOCAL.ALPHA: 0.75}',
+            '{id: b75, settings: {α: ".75"}, overrides: {MODEL.FOCAL.ALPHA: 0.75, MODEL.FOCAL.GAMMA: 2.0}',
+        )
+        .replace("row: a75", "row: b75")
+    )
+    second = Runner(
+        load_spec(str(other)),
+        RunOptions(
+            output_dir=fake_env["out"],
+            workers=0,
+            train_fn=fake_train,
+            only=["b75"],
+            progress=False,
+            imbalance=False,
+        ),
+    )
     assert cell_dir(second, "b75") == cell_dir(first, "a75")  # GAMMA 2.0 is the default: same config
     summary = second.run()
     assert summary["ran"] == 0 and summary["states"] == {"b75/seed0": "done"}
     assert calls_of(first, "a75") == [0]  # trained once
     report = json.load(open(summary["report"]["json"]))
-    assert next(e for e in report["table"] if e["row"] == "b75")["metrics"]["AP"]["ours"] == pytest.approx(75.0)
+    assert next(e for e in report["table"] if e["row"] == "b75")["metrics"]["AP"]["ours"] == pytest.approx(
+        75.0
+    )
     # another value is another cell
     third = make_runner(fake_env, only=["a75"], opts=["SOLVER.MAX_ITER", "9"])
     assert cell_dir(third, "a75") != cell_dir(first, "a75")
@@ -133,6 +157,7 @@ def test_interrupted_cell_resumes_failed_cell_retries_other_definition_refused(f
     st = {**status_of(runner, "a25"), "state": "running"}
     json.dump(st, open(os.path.join(cell, "status.json"), "w"))
     assert "[interrupted" in runner.dry_run()
+
     def state_in_report():
         return next(r for r in md_rows(open(runner.report()["md"]).read()) if r[0] == "a25/seed0")[2]
 
@@ -174,12 +199,23 @@ def test_a_timed_table_times_each_cell_once_on_its_final_weights(fake_env, tmp_p
     monkeypatch.setattr(timing, "measure_ms_per_image", fake_measure)
     untimed = make_runner(fake_env, only=["a25"])
     untimed.run()  # trained by an untimed table first
-    text = open(fake_env["spec"]).read().replace("metrics: [AP, AP50, AP75]",
-                                                 "metrics: [AP, AP50, AP75, ms]\ntiming: {images: 3, warmup: 1}")
+    text = (
+        open(fake_env["spec"])
+        .read()
+        .replace("metrics: [AP, AP50, AP75]", "metrics: [AP, AP50, AP75, ms]\ntiming: {images: 3, warmup: 1}")
+    )
     (tmp_path / "timed.yaml").write_text(text.replace("metric: AP}", "metric: AP}"))
-    runner = Runner(load_spec(str(tmp_path / "timed.yaml")),
-                    RunOptions(output_dir=fake_env["out"], workers=0, train_fn=fake_train, only=["a25"],
-                               progress=False, imbalance=False))
+    runner = Runner(
+        load_spec(str(tmp_path / "timed.yaml")),
+        RunOptions(
+            output_dir=fake_env["out"],
+            workers=0,
+            train_fn=fake_train,
+            only=["a25"],
+            progress=False,
+            imbalance=False,
+        ),
+    )
     assert cell_dir(runner, "a25") == cell_dir(untimed, "a25")  # a timed row and a trained row: one cell
     summary = runner.run()
     assert summary["ran"] == 1 and calls_of(runner, "a25") == [0]  # timed, not retrained
@@ -230,9 +266,12 @@ def test_runner_refuses_a_folder_in_use(fake_env):
 
 
 def test_options_are_checked_before_anything_runs():
-    for bad, words in (({"workers": -1}, "workers = -1"), ({"threads": 0}, "threads = 0"),
-                       ({"submitit_param": ["x"]}, "expected KEY=VALUE"),
-                       ({"train_fn": fake_train, "workers": 2}, "callable train_fn")):
+    for bad, words in (
+        ({"workers": -1}, "workers = -1"),
+        ({"threads": 0}, "threads = 0"),
+        ({"submitit_param": ["x"]}, "expected KEY=VALUE"),
+        ({"train_fn": fake_train, "workers": 2}, "callable train_fn"),
+    ):
         with pytest.raises(ValueError, match=words):
             RunOptions(**bad)
 
@@ -249,13 +288,18 @@ def test_prune_checkpoints_keeps_the_final_model(tmp_path):
     assert prune_checkpoints(str(tmp_path)) == []  # no final model (diverged or unfinished): keep all
     (tmp_path / "model_final.pth").write_text("x")
     assert prune_checkpoints(str(tmp_path)) == ["model_0000002.pth", "model_0000005.pth"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "metrics.json", "model_final.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last_checkpoint",
+        "metrics.json",
+        "model_final.pth",
+    ]
 
 
 def test_divergence_message_parsing():
     assert divergence_iteration(FloatingPointError("loss_cls = nan at iteration 17 (...)")) == 17
     assert divergence_iteration(FloatingPointError("Loss became infinite or NaN at iteration=88!")) == 88
-    assert divergence_iteration(RuntimeError("ProcessRaisedException: ... FloatingPointError: x at iteration 5")) == 5
+    spawned = RuntimeError("ProcessRaisedException: ... FloatingPointError: x at iteration 5")
+    assert divergence_iteration(spawned) == 5
     assert divergence_iteration(FloatingPointError("no iteration stated")) == -1
     assert divergence_iteration(RuntimeError("CUDA out of memory")) is None
 

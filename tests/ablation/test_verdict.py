@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from focal_plugin.ablation.spec import Claim
-from focal_plugin.ablation.verdict import INCONCLUSIVE, NO_DATA, NOT_REPRODUCED, REPRODUCED, RowStats, judge
+from focal_plugin.ablation.verdict import (
+    INCONCLUSIVE,
+    NO_DATA,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    Claim,
+    RowStats,
+    judge,
+)
+
+
+def make_claim(text, type, **args):
+    return Claim(text=text, type=type, args=args)
 
 
 def _rows(**values):
@@ -22,7 +33,7 @@ def _rows(**values):
 
 
 THREE_SEEDS_HIGH, THREE_SEEDS_LOW = (9.0, 9.2, 9.4), (4.0, 4.5, 5.0)
-BEST = Claim(text="g2 is the best", type="best", row="g2")
+BEST = make_claim(text="g2 is the best", type="best", row="g2")
 
 
 @pytest.mark.parametrize("values, verdict", [
@@ -46,14 +57,14 @@ def test_best_is_judged_only_against_finished_rivals(values, verdict):
 
 
 def test_best_with_lower_is_better_direction():
-    claim = Claim(text="a10 is the worst", type="best", row="a10", direction="min")
+    claim = make_claim(text="a10 is the worst", type="best", row="a10", direction="min")
     rows = _rows(a10=(0.1, 0.2, 0.0), a75=THREE_SEEDS_LOW, a25=None)
     assert judge(claim, rows, {})["verdict"] == NO_DATA
     rows["a25"] = _rows(a25=THREE_SEEDS_HIGH)["a25"]
     assert judge(claim, rows, {})["verdict"] == REPRODUCED
 
 
-INCREASING = Claim(text="AP grows", type="increasing", rows=("r1", "r2", "r3"))
+INCREASING = make_claim(text="AP grows", type="increasing", rows=("r1", "r2", "r3"))
 
 
 @pytest.mark.parametrize("values, verdict", [
@@ -67,7 +78,7 @@ def test_increasing(values, verdict):
     assert judge(INCREASING, _rows(**values), {})["verdict"] == verdict
 
 
-ANY_SIMILAR = Claim(text="some FL* is like FL", type="any_similar", rows=("s1", "s2"), to="fl", tol=0.5,
+ANY_SIMILAR = make_claim(text="some FL* is like FL", type="any_similar", rows=("s1", "s2"), to="fl", tol=0.5,
                     min_count=1)
 
 
@@ -91,7 +102,7 @@ def _diverged(row, seeds=3):
 def test_a_diverged_row_has_the_worst_value():
     """Table 1a: "α = .10 is the worst setting (training fails)". A row whose seeds all diverged
     is the lowest AP: it wins a 'worst' claim and loses a 'best' one."""
-    worst = Claim(text="a10 is the worst", type="best", row="a10", direction="min")
+    worst = make_claim(text="a10 is the worst", type="best", row="a10", direction="min")
     rows = _rows(a75=THREE_SEEDS_HIGH, a25=THREE_SEEDS_LOW)
     rows["a10"] = _diverged("a10")
     assert judge(worst, rows, {})["verdict"] == REPRODUCED
@@ -99,12 +110,12 @@ def test_a_diverged_row_has_the_worst_value():
     rows = _rows(a10=(0.1, 0.0, 0.2), a75=THREE_SEEDS_HIGH)
     rows["a999"] = _diverged("a999")
     assert judge(worst, rows, {})["verdict"] == NOT_REPRODUCED
-    best = Claim(text="a75 is the best", type="best", row="a75")
+    best = make_claim(text="a75 is the best", type="best", row="a75")
     assert judge(best, rows, {})["verdict"] == REPRODUCED
     rows["a75"] = _diverged("a75")
     assert judge(best, rows, {})["verdict"] == NOT_REPRODUCED
     # lower-is-better metric (ms/image): a diverged row is no fastest row either
-    fastest = Claim(text="r1 is the fastest", type="best", row="r1", metric="ms")
+    fastest = make_claim(text="r1 is the fastest", type="best", row="r1", metric="ms")
     timed = {"r1": RowStats("r1", {"ms": [10.0, 10.2, 10.1]}, seeds=3), "r2": _diverged("r2")}
     assert judge(fastest, timed, {})["verdict"] == REPRODUCED
 
@@ -132,7 +143,7 @@ def test_best_claim_reports_its_margin_over_the_strongest_rival():
     assert m["rival"] == "g5" and m["diff"] == pytest.approx(9.2 - 8.5)
     assert m["noise"] == pytest.approx(2 * ((0.2 ** 2 + 1.0 ** 2) / 3) ** 0.5) and m["relation"] == "within"
     assert m["pending"] == ["g1"] and m["lower_wins"] is False  # g1 not run: it may still be stronger
-    low = Claim(text="g0 is the worst", type="best", row="g0", direction="min")
+    low = make_claim(text="g0 is the worst", type="best", row="g0", direction="min")
     m = judge(low, stats, {})["margin"]  # the strongest rival of a "worst" claim is the lowest one
     assert m["rival"] == "g5" and m["diff"] == pytest.approx(4.5 - 8.5) and m["relation"] == "better"
     assert m["lower_wins"] is True
