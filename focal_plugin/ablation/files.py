@@ -22,6 +22,8 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 
+#: a spec's run folder: the runner's lock, the run record (one start and one end line per runner)
+RUNNER_LOCK, HISTORY_FILE = ".runner.lock", "runs.jsonl"
 #: ``FileLock.acquire`` retries this often, this far apart, before refusing: another process's
 #: ``is_held`` probe holds the lock for microseconds (more on a network file system)
 ACQUIRE_TRIES, ACQUIRE_RETRY_S = 10, 0.02

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from tabulate import tabulate
 
-from focal_plugin.ablation.spec import METRIC_LABELS
+from focal_plugin.ablation.verdict import METRIC_LABELS
 
 _IMBALANCE_ROWS = (("anchors / image", "anchors_per_image", "{:,.0f}"),
                    ("classes K", "num_classes", "{:d}"),

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from typing import Any, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation.cell import CELL_FILE, TIMING_FILE, cell_state, read_status
+from focal_plugin.ablation.files import HISTORY_FILE, RUNNER_LOCK, FileLock
 from focal_plugin.ablation.render import to_csv, to_markdown
-from focal_plugin.ablation.spec import LOWER_IS_BETTER
-from focal_plugin.ablation.verdict import RowStats, fmt_stat, judge
+from focal_plugin.ablation.verdict import LOWER_IS_BETTER, RowStats, fmt_stat, judge
 from focal_plugin.io import read_json, write_json_atomic, write_text_atomic
 
 # images per data setting for the imbalance figures (as configs/mini/README.md quotes them)
@@ -100,8 +101,6 @@ def _table(rows, stats: Dict[str, RowStats], metrics: Sequence[str]) -> List[Dic
 
 def build_report(runner, with_imbalance: Optional[bool] = None) -> Dict[str, Any]:
     """The report of ``runner``'s spec (every row, not only ``--only``'s) as a plain dict."""
-    from focal_plugin.ablation.runner import invocations
-
     spec, rows = runner.spec, runner.all_rows
     cells = runner.cells(rows)
     stats = collect(cells, spec.metrics)
@@ -232,3 +231,47 @@ def write_reports(runner, with_imbalance: Optional[bool] = None) -> Dict[str, st
     write_text_atomic(paths["csv"], to_csv(report))
     write_json_atomic(paths["json"], report)
     return paths
+
+
+# ------------------------------------------------------------------------------------ history
+def read_history(run_dir: str) -> List[Dict[str, Any]]:
+    """The events of ``runs.jsonl`` (a line cut by a kill is skipped)."""
+    path = os.path.join(run_dir, HISTORY_FILE)
+    if not os.path.isfile(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def invocations(run_dir: str) -> List[Dict[str, Any]]:
+    """One entry per runner start: when, the command as typed, how many cells, how it ended (an
+    interrupted runner — killed, crashed — left a start without an end; ``running`` tells it
+    from the runner at work now)."""
+    history = read_history(run_dir)
+    lock = FileLock(os.path.join(run_dir, RUNNER_LOCK))
+    holder = lock.holder() if lock.is_held() else None
+    live = (holder.get("host"), holder.get("pid")) if holder else None
+    last = max((i for i, h in enumerate(history) if h.get("event") == "start"), default=-1)
+    out = []
+    for i, h in enumerate(history):
+        if h.get("event") != "start":
+            continue
+        who = (h.get("host"), h.get("pid"))
+        nxt = history[i + 1] if i + 1 < len(history) else {}
+        end = nxt if nxt.get("event") == "end" and (nxt.get("host"), nxt.get("pid")) == who else None
+        argv = h.get("argv")
+        options = h.get("options") or {}
+        out.append({"started": h.get("time"), "host": h.get("host"), "pid": h.get("pid"),
+                    "launcher": f"{options.get('launcher')} (workers {options.get('workers')})",
+                    "to_run": h.get("to_run"), "cells": h.get("cells"),
+                    "ended": end.get("time") if end else None, "states": end.get("states") if end else None,
+                    "running": not end and i == last and live == who,
+                    "command": ("(v2 runner) " if options.get("migrated_from") else "") + shlex.join(argv)
+                    if argv else "(Python API) " + json.dumps(options, default=str)})
+    return out

@@ -36,14 +36,16 @@ from focal_plugin.ablation.cell import (
     read_status,
     run_cell,
 )
-from focal_plugin.ablation.files import FileLock, now_iso
+from focal_plugin.ablation.files import HISTORY_FILE, RUNNER_LOCK, FileLock, now_iso
 from focal_plugin.ablation.identity import cell_key, resolved_identity
 from focal_plugin.ablation.launch import run_pool, visible_gpus
-from focal_plugin.ablation.spec import METRIC_LABELS, RowPlan, Spec
+from focal_plugin.ablation.report import read_history, write_reports
+from focal_plugin.ablation.spec import RowPlan, Spec
+from focal_plugin.ablation.verdict import METRIC_LABELS
 from focal_plugin.configs import CONFIG_ROOT
 from focal_plugin.io import read_json, write_json_atomic
 
-RUNNER_LOCK, HISTORY_FILE, CELLS_DIR = ".runner.lock", "runs.jsonl", "cells"
+CELLS_DIR = "cells"
 
 
 def _opt(help: str, **cli: Any) -> Dict[str, Any]:
@@ -297,8 +299,6 @@ class Runner:
 
     def report(self) -> Dict[str, str]:
         """(Re)write ``report.{md,csv,json}`` from the finished cells; returns their paths."""
-        from focal_plugin.ablation.report import write_reports
-
         return write_reports(self)
 
     def _report_quietly(self) -> None:
@@ -398,47 +398,3 @@ def _job_status(job, cell_dir: str) -> Dict[str, Any]:
         if status.get("state") == State.RUNNING:
             status = {"state": State.INTERRUPTED, "error": str(e)[-500:]}
         return status
-
-
-# ------------------------------------------------------------------------------------ history
-def read_history(run_dir: str) -> List[Dict[str, Any]]:
-    """The events of ``runs.jsonl`` (a line cut by a kill is skipped)."""
-    path = os.path.join(run_dir, HISTORY_FILE)
-    if not os.path.isfile(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
-
-
-def invocations(run_dir: str) -> List[Dict[str, Any]]:
-    """One entry per runner start: when, the command as typed, how many cells, how it ended (an
-    interrupted runner — killed, crashed — left a start without an end; ``running`` tells it
-    from the runner at work now)."""
-    history = read_history(run_dir)
-    lock = FileLock(os.path.join(run_dir, RUNNER_LOCK))
-    holder = lock.holder() if lock.is_held() else None
-    live = (holder.get("host"), holder.get("pid")) if holder else None
-    last = max((i for i, h in enumerate(history) if h.get("event") == "start"), default=-1)
-    out = []
-    for i, h in enumerate(history):
-        if h.get("event") != "start":
-            continue
-        who = (h.get("host"), h.get("pid"))
-        nxt = history[i + 1] if i + 1 < len(history) else {}
-        end = nxt if nxt.get("event") == "end" and (nxt.get("host"), nxt.get("pid")) == who else None
-        argv = h.get("argv")
-        options = h.get("options") or {}
-        out.append({"started": h.get("time"), "host": h.get("host"), "pid": h.get("pid"),
-                    "launcher": f"{options.get('launcher')} (workers {options.get('workers')})",
-                    "to_run": h.get("to_run"), "cells": h.get("cells"),
-                    "ended": end.get("time") if end else None, "states": end.get("states") if end else None,
-                    "running": not end and i == last and live == who,
-                    "command": ("(v2 runner) " if options.get("migrated_from") else "") + shlex.join(argv)
-                    if argv else "(Python API) " + json.dumps(options, default=str)})
-    return out

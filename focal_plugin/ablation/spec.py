@@ -40,12 +40,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from focal_plugin.ablation.verdict import METRICS, parse_claim
 from focal_plugin.configs import CONFIG_ROOT, resolve_config_file
 
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ms")
-METRIC_LABELS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "APs": "APS", "APm": "APM", "APl": "APL",
-                 "ms": "ms/img"}
-LOWER_IS_BETTER = frozenset({"ms"})
 SCALES = ("paper", "mini")
 ABLATIONS_DIR = os.path.join(CONFIG_ROOT, "ablations")
 #: keys the runner sets per cell: never from a spec or the command line
@@ -283,8 +280,6 @@ def _parse(path: str, raw: Any) -> Spec:
     parsed: List[Row] = []
     for i, row in enumerate(rows):
         parsed.append(_parse_row(row, i, columns, metrics, {r.id for r in parsed}, fail))
-    from focal_plugin.ablation.verdict import parse_claim
-
     ids = {r.id for r in parsed}
     claims = [parse_claim(c, i, ids, metrics, fail) for i, c in enumerate(raw.get("claims") or [])]
     name = str(raw.get("name") or os.path.splitext(os.path.basename(path))[0])

@@ -24,8 +24,10 @@ import math
 import statistics
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from focal_plugin.ablation.spec import LOWER_IS_BETTER, METRIC_LABELS
-
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ms")
+METRIC_LABELS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "APs": "APS", "APm": "APM", "APl": "APL",
+                 "ms": "ms/img"}
+LOWER_IS_BETTER = frozenset({"ms"})  # the metrics where lower values win
 NOISE_K = 2.0
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NO_DATA = "reproduced", "not reproduced", "inconclusive", "no data"
 _ROW_FIELDS = ("row", "than", "to")

@@ -8,7 +8,7 @@ import json
 import os
 
 import pytest
-from conftest import ROOT
+from fakes import ROOT
 
 from focal_plugin.ablation import Runner, RunOptions, build_report, load_spec
 

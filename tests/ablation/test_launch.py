@@ -12,12 +12,13 @@ import sys
 import time
 
 import pytest
-from conftest import ABLATE, calls_of, cell_dir, make_runner, status_of
+from fakes import ABLATE, calls_of, cell_dir, make_runner, status_of
 
 from focal_plugin.ablation.campaign import Step, load_campaign, run_campaign
-from focal_plugin.ablation.files import FileLock
+from focal_plugin.ablation.files import RUNNER_LOCK, FileLock
 from focal_plugin.ablation.launch import cpu_shares
-from focal_plugin.ablation.runner import RUNNER_LOCK, RunOptions, invocations
+from focal_plugin.ablation.report import invocations
+from focal_plugin.ablation.runner import RunOptions
 
 
 def _ablate(fake_env, *args):

@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import calls_of, cell_dir, fake_train, make_runner, md_rows, status_of
+from fakes import calls_of, cell_dir, fake_train, make_runner, md_rows, status_of
 
 from focal_plugin.ablation import LockHeld, PlanMismatch, Runner, RunOptions, SpecError, State, load_spec
 from focal_plugin.ablation.cell import LOCK_FILE, divergence_iteration, prune_checkpoints

@@ -7,7 +7,7 @@ import math
 import os
 
 import pytest
-from conftest import TEST_SPEC
+from fakes import TEST_SPEC
 
 from focal_plugin.ablation import Runner, RunOptions, SpecError, list_specs, load_spec
 from focal_plugin.anchors import anchor_sizes
