@@ -4,9 +4,53 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
+import subprocess
 import sys
+from typing import Any, Dict, Optional
 
 from tabulate import tabulate
+
+CODE_PATHS = ("focal_plugin", "tools", "train_net.py", "setup.py")
+
+
+def git_commit(repo: Optional[str] = None) -> str:
+    """This checkout's commit, "+dirty" with uncommitted changes to :data:`CODE_PATHS` (not to
+    the results/ and docs that runs themselves update)."""
+    repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no", "--",
+                                *CODE_PATHS], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) if head else "unknown (not a git checkout)"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_device(num_gpus: int = 1) -> Dict[str, Any]:
+    """The device a run is on (host, CPU model and the CPUs this process may use, torch threads,
+    GPUs): what an ablation cell records in its ``status.json``."""
+    import torch
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    info: Dict[str, Any] = {"host": socket.gethostname(), "cpu": cpu_name(), "cpus": cpus,
+                            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpus"] = min(max(num_gpus, 1), torch.cuda.device_count())
+    return info
 
 
 def collect_env_info() -> list[tuple[str, str]]:
@@ -22,7 +66,7 @@ def collect_env_info() -> list[tuple[str, str]]:
         ("sys.platform", sys.platform),
         ("Python", sys.version.replace("\n", " ")),
         ("platform", platform.platform()),
-        ("CPU cores", str(os.cpu_count())),
+        ("CPU", f"{cpu_name()} ({os.cpu_count()} cores)"),
         ("numpy", np.__version__),
         ("torch", f"{torch.__version__} @ {os.path.dirname(torch.__file__)}"),
         ("torchvision", f"{torchvision.__version__} @ {os.path.dirname(torchvision.__file__)}"),
@@ -55,6 +99,7 @@ def collect_env_info() -> list[tuple[str, str]]:
         b for b, ok in (("gloo", torch.distributed.is_gloo_available()),
                         ("nccl", torch.distributed.is_nccl_available())) if ok)))
     rows.append(("DETECTRON2_DATASETS", os.environ.get("DETECTRON2_DATASETS", "(unset: ./datasets)")))
+    rows.append(("focal_plugin commit", git_commit()))
     rows.append(("focal_plugin", f"{focal_plugin.__version__} @ {os.path.dirname(focal_plugin.__file__)}"))
     return rows
 

@@ -24,18 +24,17 @@ import dataclasses
 import enum
 import json
 import os
-import platform
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from focal_plugin.ablation.files import FileLock, LockHeld, now_iso
+from focal_plugin.collect_env import describe_device, git_commit
 from focal_plugin.io import read_json, write_json_atomic
+from focal_plugin.locks import FileLock, LockHeld, now_iso
 
 CELL_FILE, STATUS_FILE, TIMING_FILE, LOCK_FILE = "cell.json", "status.json", "timing.json", ".cell.lock"
 FINAL_CHECKPOINT = "model_final.pth"
@@ -124,48 +123,6 @@ def train_cell(config_file: str, opts: Sequence[str], resume: bool, num_gpus: in
     return result
 
 
-# ------------------------------------------------------------------------------ environment
-CODE_PATHS = ("focal_plugin", "tools", "train_net.py", "setup.py")
-
-
-def _git_commit(repo: Optional[str] = None) -> str:
-    """This checkout's commit, "+dirty" with uncommitted changes to :data:`CODE_PATHS` (not to
-    the results/ and docs that runs themselves update)."""
-    repo = repo or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no", "--",
-                                *CODE_PATHS], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head + ("+dirty" if dirty else "")) if head else "unknown (not a git checkout)"
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def describe_device(num_gpus: int = 1) -> Dict[str, Any]:
-    """The device a cell ran on, for the report's environment section."""
-    import torch
-
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    info: Dict[str, Any] = {"host": socket.gethostname(), "cpu": _cpu_name(), "cpus": cpus,
-                            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpus"] = min(max(num_gpus, 1), torch.cuda.device_count())
-    return info
-
-
 # ------------------------------------------------------------------------------------ a cell
 def read_status(cell_dir: str) -> Dict[str, Any]:
     return read_json(os.path.join(cell_dir, STATUS_FILE)) or {}
@@ -248,7 +205,7 @@ def _train(job: CellJob, cell: Dict[str, Any], previous: Dict[str, Any]) -> Dict
         "host": socket.gethostname(), "started": now_iso(),
         "first_started": previous.get("first_started") or now_iso(),
         "attempts": int(previous.get("attempts", 0)) + 1, "resumed": resume,
-        "commit": _git_commit(), "device": describe_device(job.num_gpus), "python": sys.version.split()[0]}
+        "commit": git_commit(), "device": describe_device(job.num_gpus), "python": sys.version.split()[0]}
     write_json_atomic(path, status)
     train_fn = job.train_fn if callable(job.train_fn) else \
         import_train_fn(job.train_fn) if job.train_fn else train_cell
@@ -287,7 +244,7 @@ def time_cell(cell_dir: str, cell: Dict[str, Any], timing: Dict[str, int]) -> Di
         out = {**timing, "ms": None, "error": f"{weights} is missing: the cell trained elsewhere "
                "(checkpoints are not kept in git); train it here to time it"}
     else:
-        from focal_plugin.ablation.timing import measure_ms_per_image
+        from focal_plugin.analysis.inference_timing import measure_ms_per_image
         from focal_plugin.configs import resolve_config_file
         from focal_plugin.engine import setup_cfg
 

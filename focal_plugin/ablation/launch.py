@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation.cell import EXIT_BUSY, LOCK_FILE, CellJob, State, read_status
-from focal_plugin.ablation.files import FileLock, now_iso
+from focal_plugin.locks import FileLock, now_iso
 
 #: the folder holding the focal_plugin package: put on the child's PYTHONPATH
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -10,12 +10,8 @@ from typing import Any, Dict, List, Optional
 from tabulate import tabulate
 
 from focal_plugin.ablation.verdict import METRIC_LABELS
+from focal_plugin.analysis.imbalance_table import FIGURES
 
-_IMBALANCE_ROWS = (("anchors / image", "anchors_per_image", "{:,.0f}"),
-                   ("classes K", "num_classes", "{:d}"),
-                   ("positive anchors / image", "positive_anchors_per_image", "{:,.1f}"),
-                   ("anchors x classes per positive anchor", "anchor_classes_per_positive", "{:,.0f}"),
-                   ("binary negatives per positive", "negatives_per_positive", "{:,.0f}"))
 VERDICT_RULE = ("Verdict: *reproduced* / *not reproduced* when the gap exceeds the seed noise "
                 "(2·sqrt(s²/n + s²/n)); *inconclusive* when it does not, or with one seed; *no data* while a "
                 "row the claim names has not run (a claim over several rows waits for all of them, unless "
@@ -112,15 +108,15 @@ def _imbalance(report: Dict[str, Any]) -> List[str]:
     if not imb.get("available"):
         return lines + [f"n/a: {imb.get('reason', 'not computed')}"]
     o, c = imb["ours"], imb["coco"]
-    lines += _md([[label, _fmt(o.get(k), f), _fmt(c.get(k), f)] for label, k, f in _IMBALANCE_ROWS],
+    lines += _md([[label, _fmt(o.get(k), f), _fmt(c.get(k), f)] for label, k, f in FIGURES],
                  ["", f"{o['dataset']} ({o['images']} images)", str(c["dataset"])])
     by_row = imb.get("by_row") or {}
     if by_row:
-        rows = [[row, f"n/a: {r['error']}"] + [""] * len(_IMBALANCE_ROWS) if "error" in r else
-                [row, r["dataset"], *[_fmt(r.get(k), f) for _, k, f in _IMBALANCE_ROWS]]
+        rows = [[row, f"n/a: {r['error']}"] + [""] * len(FIGURES) if "error" in r else
+                [row, r["dataset"], *[_fmt(r.get(k), f) for _, k, f in FIGURES]]
                 for row, r in by_row.items()]
         lines += ["", "The rows train on different data, anchors, sizes or matching; per row:", ""]
-        lines += _md(rows, ["row", "dataset", *[label for label, _, _ in _IMBALANCE_ROWS]])
+        lines += _md(rows, ["row", "dataset", *[label for label, _, _ in FIGURES]])
     return lines
 
 

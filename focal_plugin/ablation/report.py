@@ -19,13 +19,13 @@ import shlex
 from typing import Any, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation.cell import CELL_FILE, TIMING_FILE, cell_state, read_status
-from focal_plugin.ablation.files import HISTORY_FILE, RUNNER_LOCK, FileLock
 from focal_plugin.ablation.render import to_csv, to_markdown
 from focal_plugin.ablation.verdict import LOWER_IS_BETTER, RowStats, fmt_stat, judge
 from focal_plugin.io import read_json, write_json_atomic, write_text_atomic
+from focal_plugin.locks import FileLock
 
-# images per data setting for the imbalance figures (as configs/mini/README.md quotes them)
-IMBALANCE_IMAGES = 500
+#: a spec's run folder: the runner's lock, the run record (one start and one end line per runner)
+RUNNER_LOCK, HISTORY_FILE = ".runner.lock", "runs.jsonl"
 
 
 def _cell_metrics(c, metrics: Sequence[str]) -> Dict[str, Optional[float]]:
@@ -145,82 +145,16 @@ def _device_text(status: Dict[str, Any]) -> str:
     return text + ")"
 
 
-# --------------------------------------------------------------------------------- imbalance
-def _dataset_identity(name: str) -> Dict[str, Any]:
-    """What a registered dataset's content depends on, as far as its metadata says: the generator
-    fingerprint (synthetic data), else the annotation file and its mtime; the classes; a merged
-    view's source."""
-    from detectron2.data import MetadataCatalog
-
-    meta = MetadataCatalog.get(name)
-    out: Dict[str, Any] = {"classes": list(meta.get("thing_classes") or []),
-                           "fingerprint": meta.get("fingerprint")}
-    if not out["fingerprint"] and meta.get("json_file") and os.path.isfile(meta.json_file):
-        out.update(json_file=meta.json_file, json_mtime=os.path.getmtime(meta.json_file))
-    if meta.get("merged_from"):
-        out["from"] = _dataset_identity(meta.merged_from)
-    return out
-
-
-def _data_key(cfg) -> str:
-    """What the imbalance depends on: training data, anchors, test-time size and matching."""
-    r, a = cfg.MODEL.RETINANET, cfg.MODEL.ANCHOR_GENERATOR
-    return json.dumps({"dataset": cfg.DATASETS.TRAIN[0], "data": _dataset_identity(cfg.DATASETS.TRAIN[0]),
-                       "backbone": cfg.MODEL.BACKBONE.NAME, "features": list(r.IN_FEATURES), "sizes": a.SIZES,
-                       "ratios": a.ASPECT_RATIOS, "offset": a.OFFSET,
-                       "input": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST],
-                       "match": [r.IOU_THRESHOLDS, r.IOU_LABELS, cfg.MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES]},
-                      sort_keys=True, default=list)
-
-
 def imbalance(runner) -> Dict[str, Any]:
-    """The data's class imbalance under the table's base config, cached in the spec's folder
-    (``imbalance.json``, committed with the report). When rows train on different data, anchors,
-    test size or matching (the imbalance scan, Table 1c), also each row's (``by_row``); when the
-    data is missing, ``{"available": False, "reason"}``."""
-    from focal_plugin.analysis.imbalance import coco_reference, imbalance_stats
-    from focal_plugin.engine import setup_cfg
+    """The class imbalance of the table's base config and of each row's
+    (:func:`~focal_plugin.analysis.imbalance_table.table_imbalance`), cached in the spec's folder
+    (``imbalance.json``, committed with the report)."""
+    from focal_plugin.analysis.imbalance_table import table_imbalance
 
     o = runner.options
-    config_file, opts = runner.spec.table_config(o.scale, o.base_config, o.opts)
-    cache = os.path.join(runner.run_dir, "imbalance.json")
-    try:
-        cached = read_json(cache) or {}
-    except ValueError:  # a damaged cache is recomputed
-        cached = {}
-    computed = dict(cached.get("computed") or {}) if cached.get("images") == IMBALANCE_IMAGES else {}
-
-    def stats_of(cfg) -> Dict[str, Any]:
-        k = _data_key(cfg)
-        if k not in computed:  # a setting is measured once
-            computed[k] = _imbalance_row(imbalance_stats(cfg, cfg.DATASETS.TRAIN[0],
-                                                         max_images=IMBALANCE_IMAGES, with_coco=False))
-        return computed[k]
-
-    try:
-        ours, coco = stats_of(setup_cfg(config_file, opts)), _imbalance_row(coco_reference())
-    except Exception as e:  # missing dataset (COCO at paper scale), etc.
-        return {"available": False, "reason": f"{type(e).__name__}: {e}"[:500]}
-    by_row: Dict[str, Any] = {}
-    for row in runner.all_rows:  # a row whose data cannot be measured does not hide the others'
-        try:
-            by_row[row.id] = stats_of(setup_cfg(row.base, row.opts))
-        except Exception as e:
-            by_row[row.id] = {"error": f"{type(e).__name__}: {e}"[:500]}
-    write_json_atomic(cache, {"images": IMBALANCE_IMAGES, "computed": computed})
-    out = {"available": True, "ours": ours, "coco": coco}
-    if len({json.dumps(v, sort_keys=True) for v in by_row.values()}) > 1:
-        out["by_row"] = by_row
-    return out
-
-
-def _imbalance_row(s: Dict[str, Any]) -> Dict[str, Any]:
-    pos = s.get("positive_anchors_per_image") or 0.0
-    anchors, k = s.get("anchors_per_image"), s.get("num_classes")
-    return {"dataset": s.get("dataset"), "anchors_per_image": anchors, "num_classes": k,
-            "positive_anchors_per_image": pos,
-            "anchor_classes_per_positive": anchors * k / pos if pos and anchors and k else None,
-            "negatives_per_positive": s.get("negatives_per_positive"), "images": s.get("num_images_used")}
+    rows = {row.id: (row.base, row.opts) for row in runner.all_rows}
+    return table_imbalance(runner.spec.table_config(o.scale, o.base_config, o.opts), rows,
+                           os.path.join(runner.run_dir, "imbalance.json"))
 
 
 def write_reports(runner, with_imbalance: Optional[bool] = None) -> Dict[str, str]:

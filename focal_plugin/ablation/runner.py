@@ -36,14 +36,14 @@ from focal_plugin.ablation.cell import (
     read_status,
     run_cell,
 )
-from focal_plugin.ablation.files import HISTORY_FILE, RUNNER_LOCK, FileLock, now_iso
 from focal_plugin.ablation.identity import cell_key, resolved_identity
 from focal_plugin.ablation.launch import run_pool, visible_gpus
-from focal_plugin.ablation.report import read_history, write_reports
+from focal_plugin.ablation.report import HISTORY_FILE, RUNNER_LOCK, read_history, write_reports
 from focal_plugin.ablation.spec import RowPlan, Spec
 from focal_plugin.ablation.verdict import METRIC_LABELS
 from focal_plugin.configs import CONFIG_ROOT
 from focal_plugin.io import read_json, write_json_atomic
+from focal_plugin.locks import FileLock, now_iso
 
 CELLS_DIR = "cells"
 
@@ -235,7 +235,7 @@ class Runner:
     def run(self) -> Dict[str, Any]:
         """Run every unfinished cell (and missing timings), then write the report.
 
-        Raises :class:`~focal_plugin.ablation.files.LockHeld` (naming the other runner's pid and
+        Raises :class:`~focal_plugin.locks.LockHeld` (naming the other runner's pid and
         host) when another runner uses this spec's folder, :class:`PlanMismatch` when a cell
         folder holds another definition.
         """

@@ -15,10 +15,10 @@ import pytest
 from fakes import ABLATE, calls_of, cell_dir, make_runner, status_of
 
 from focal_plugin.ablation.campaign import Step, load_campaign, run_campaign
-from focal_plugin.ablation.files import RUNNER_LOCK, FileLock
 from focal_plugin.ablation.launch import cpu_shares
-from focal_plugin.ablation.report import invocations
+from focal_plugin.ablation.report import RUNNER_LOCK, invocations
 from focal_plugin.ablation.runner import RunOptions
+from focal_plugin.locks import FileLock
 
 
 def _ablate(fake_env, *args):

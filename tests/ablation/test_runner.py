@@ -11,7 +11,7 @@ from fakes import calls_of, cell_dir, fake_train, make_runner, md_rows, status_o
 
 from focal_plugin.ablation import LockHeld, PlanMismatch, Runner, RunOptions, SpecError, State, load_spec
 from focal_plugin.ablation.cell import LOCK_FILE, divergence_iteration, prune_checkpoints
-from focal_plugin.ablation.files import FileLock
+from focal_plugin.locks import FileLock
 
 
 def test_run_report_divergence_and_no_rerun(fake_env):
@@ -188,7 +188,7 @@ def test_settings_the_runner_sets_are_refused_not_replaced(fake_env):
 
 
 def test_a_timed_table_times_each_cell_once_on_its_final_weights(fake_env, tmp_path, monkeypatch):
-    import focal_plugin.ablation.timing as timing
+    import focal_plugin.analysis.inference_timing as timing
 
     timed = []
 
@@ -313,7 +313,7 @@ def test_metrics_are_the_first_test_datasets_by_name_whatever_the_order():
 
 
 def test_commit_is_dirty_only_with_uncommitted_code(tmp_path):
-    from focal_plugin.ablation.cell import _git_commit
+    from focal_plugin.collect_env import git_commit as _git_commit
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)

@@ -1,4 +1,4 @@
-"""Locks of the runner (focal_plugin.ablation.files): named holders, probes that never refuse."""
+"""Locks of the runner (focal_plugin.locks): named holders, probes that never refuse."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from focal_plugin.ablation.files import FileLock, LockHeld
+from focal_plugin.locks import FileLock, LockHeld
 
 
 def test_lock_names_the_holder(tmp_path):
@@ -53,7 +53,7 @@ def test_lock_probes_never_refuse_a_real_acquire_and_never_crash(tmp_path, monke
     finally:
         held.release()
     assert not FileLock(str(tmp_path / "gone.lock")).is_held()
-    import focal_plugin.ablation.files as files_mod
+    import focal_plugin.locks as files_mod
 
     real_open = os.open
 

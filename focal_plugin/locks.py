@@ -1,9 +1,8 @@
-"""Exclusive locks of the ablation runner (a run folder's, a cell's) and timestamps.
+"""Exclusive locks on files that name their holder (the ablation runner's run folder and cells).
 
-Files are written atomically by :mod:`focal_plugin.io`. Locks are ``fcntl.flock`` locks on a
-file that also names its holder (pid, host, start time, command): the kernel drops them when
-the holder dies, even by SIGKILL, so a stale lock never blocks a resumed run,
-and a live one is refused with a message naming who holds it.
+Locks are ``fcntl.flock`` locks on a file that also names its holder (pid, host, start time,
+command): the kernel drops them when the holder dies, even by SIGKILL, so a stale lock never
+blocks a resumed run, and a live one is refused with a message naming who holds it.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 
-#: a spec's run folder: the runner's lock, the run record (one start and one end line per runner)
-RUNNER_LOCK, HISTORY_FILE = ".runner.lock", "runs.jsonl"
 #: ``FileLock.acquire`` retries this often, this far apart, before refusing: another process's
 #: ``is_held`` probe holds the lock for microseconds (more on a network file system)
 ACQUIRE_TRIES, ACQUIRE_RETRY_S = 10, 0.02
