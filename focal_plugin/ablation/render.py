@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional
 
 from tabulate import tabulate
 
-from focal_plugin.ablation.verdict import METRIC_LABELS
 from focal_plugin.analysis.imbalance_table import FIGURES
+from focal_plugin.analysis.seed_stats import METRIC_LABELS
 
 VERDICT_RULE = ("Verdict: *reproduced* / *not reproduced* when the gap exceeds the seed noise "
                 "(2·sqrt(s²/n + s²/n)); *inconclusive* when it does not, or with one seed; *no data* while a "

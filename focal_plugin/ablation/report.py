@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation.cell import CELL_FILE, TIMING_FILE, cell_state, read_status
 from focal_plugin.ablation.render import to_csv, to_markdown
-from focal_plugin.ablation.verdict import LOWER_IS_BETTER, RowStats, fmt_stat, judge
+from focal_plugin.ablation.verdict import judge
+from focal_plugin.analysis.seed_stats import LOWER_IS_BETTER, RowStats, fmt_stat
 from focal_plugin.io import read_json, write_json_atomic, write_text_atomic
 from focal_plugin.locks import FileLock
 

@@ -40,7 +40,7 @@ from focal_plugin.ablation.identity import cell_key, resolved_identity
 from focal_plugin.ablation.launch import run_pool, visible_gpus
 from focal_plugin.ablation.report import HISTORY_FILE, RUNNER_LOCK, read_history, write_reports
 from focal_plugin.ablation.spec import RowPlan, Spec
-from focal_plugin.ablation.verdict import METRIC_LABELS
+from focal_plugin.analysis.seed_stats import METRIC_LABELS
 from focal_plugin.configs import CONFIG_ROOT
 from focal_plugin.io import read_json, write_json_atomic
 from focal_plugin.locks import FileLock, now_iso

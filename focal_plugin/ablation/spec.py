@@ -40,7 +40,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from focal_plugin.ablation.verdict import METRICS, parse_claim
+from focal_plugin.ablation.verdict import parse_claim
+from focal_plugin.analysis.seed_stats import METRICS
 from focal_plugin.configs import CONFIG_ROOT, resolve_config_file
 
 SCALES = ("paper", "mini")

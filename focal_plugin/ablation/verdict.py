@@ -1,11 +1,8 @@
-"""Per-row statistics over seeds and the verdict on each of the paper's claims.
+"""The verdict on each of the paper's claims about a table, from its rows' seeds.
 
-A gap between two rows counts only when it is larger than the seed noise: with ``n_a``, ``n_b``
-finished seeds and sample standard deviations ``s_a``, ``s_b``, the noise is
-``K * sqrt(s_a^2 / n_a + s_b^2 / n_b)`` (K = 2, about a 95 % two-sample interval). With a single
-seed of either row the noise is unknown, so every comparison is **inconclusive**. A row whose
-seeds all diverged ranks below any row that trained. Verdicts: ``reproduced``, ``not reproduced``,
-``inconclusive`` (within noise, or one seed), ``no data`` (cells not finished).
+Verdicts: ``reproduced`` / ``not reproduced`` when the gap exceeds the seed noise
+(:mod:`focal_plugin.analysis.seed_stats`), ``inconclusive`` (within noise, or one seed),
+``no data`` (cells not finished).
 
 A claim over several rows ("α = .75 is the best α") is judged once every row it names has a
 finished seed — a rival that has not run could still beat the claimed row — unless the finished
@@ -20,95 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
-import statistics
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ms")
-METRIC_LABELS = {"AP": "AP", "AP50": "AP50", "AP75": "AP75", "APs": "APS", "APm": "APM", "APl": "APL",
-                 "ms": "ms/img"}
-LOWER_IS_BETTER = frozenset({"ms"})  # the metrics where lower values win
-NOISE_K = 2.0
+from focal_plugin.analysis.seed_stats import (
+    LOWER_IS_BETTER,
+    METRIC_LABELS,
+    Comparison,
+    RowStats,
+    compare,
+    fmt_stat,
+    gap_text,
+)
+
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NO_DATA = "reproduced", "not reproduced", "inconclusive", "no data"
 _ROW_FIELDS = ("row", "than", "to")
-
-
-@dataclasses.dataclass
-class RowStats:
-    """One row's finished seeds: metric values of the seeds that trained, divergences."""
-
-    row: str
-    values: Dict[str, List[float]] = dataclasses.field(default_factory=dict)
-    seeds: int = 0  # finished seeds (trained or diverged)
-    diverged_at: List[int] = dataclasses.field(default_factory=list)
-    planned: int = 0
-
-    def n(self, metric: str) -> int:
-        return len(self.values.get(metric, []))
-
-    def mean(self, metric: str) -> Optional[float]:
-        v = self.values.get(metric, [])
-        return statistics.fmean(v) if v else None
-
-    def std(self, metric: str) -> Optional[float]:
-        v = self.values.get(metric, [])
-        return statistics.stdev(v) if len(v) >= 2 else None
-
-    @property
-    def all_diverged(self) -> bool:
-        return self.seeds > 0 and len(self.diverged_at) == self.seeds
-
-    def as_dict(self, metrics: Sequence[str]) -> Dict[str, Any]:
-        return {"seeds_finished": self.seeds, "seeds_planned": self.planned, "diverged_at": self.diverged_at,
-                **{m: {"mean": self.mean(m), "std": self.std(m), "n": self.n(m),
-                       "values": self.values.get(m, [])} for m in metrics}}
-
-
-@dataclasses.dataclass
-class Comparison:
-    relation: str  # "better" | "worse" | "within" | "one seed" | "no data"
-    diff: Optional[float] = None  # a - b (raw metric units)
-    noise: Optional[float] = None
-
-
-def compare(a: RowStats, b: RowStats, metric: str, sign: int = 1) -> Comparison:
-    """Is ``a`` better than ``b`` on ``metric`` beyond seed noise? ``sign`` +1: higher values win,
-    -1: lower values win. A row whose seeds all diverged has the worst value of the metric (the
-    lowest AP, the highest ms), so it loses — unless the claim looks for the worst row (``sign``
-    against the metric's direction), where it wins."""
-    if a.seeds == 0 or b.seeds == 0:
-        return Comparison("no data")
-    if a.all_diverged or b.all_diverged:
-        if a.all_diverged and b.all_diverged:
-            return Comparison("within")
-        worst_wins = sign != (-1 if metric in LOWER_IS_BETTER else 1)
-        return Comparison("better" if a.all_diverged == worst_wins else "worse")
-    if not a.n(metric) or not b.n(metric):
-        return Comparison("no data")
-    diff = a.mean(metric) - b.mean(metric)
-    if a.n(metric) < 2 or b.n(metric) < 2:
-        return Comparison("one seed", diff)
-    noise = NOISE_K * math.sqrt(a.std(metric) ** 2 / a.n(metric) + b.std(metric) ** 2 / b.n(metric))
-    relation = "better" if sign * diff > noise else "worse" if sign * diff < -noise else "within"
-    return Comparison(relation, diff, noise)
-
-
-def fmt_stat(s: RowStats, metric: str) -> str:
-    if s.seeds == 0:
-        return "pending"
-    if s.all_diverged:
-        return "diverged"
-    m, sd = s.mean(metric), s.std(metric)
-    if m is None:
-        return "n/a"
-    return f"{m:.1f}" + (f" ± {sd:.1f}" if sd is not None else "")
-
-
-def _gap(c: Comparison) -> str:
-    if c.diff is None:
-        return ""
-    noise = f", noise ±{c.noise:.2f}" if c.noise is not None else ", one seed: noise unknown"
-    return f" (Δ {c.diff:+.2f}{noise})"
 
 
 # ------------------------------------------------------------------------------------ claims
@@ -239,7 +161,7 @@ def _better(ctx: Context, *, row: str, than: str, metric: str = "AP") -> Dict[st
     paper = (f"{pa:.1f} vs {pb:.1f} (Δ {pa - pb:+.1f})" if pa is not None and pb is not None
              else ctx.paper_text([row, than], metric))
     label = METRIC_LABELS.get(metric, metric)
-    ours = f"{label} {fmt_stat(ctx.stats[row], metric)} vs {fmt_stat(ctx.stats[than], metric)}{_gap(c)}"
+    ours = f"{label} {fmt_stat(ctx.stats[row], metric)} vs {fmt_stat(ctx.stats[than], metric)}{gap_text(c)}"
     return {"verdict": verdict, "paper": paper, "ours": ours}
 
 
@@ -268,7 +190,7 @@ def _best(ctx: Context, *, row: str, metric: str = "AP", rows: Sequence[str] = (
 def _best_text(ctx: Context, row: str, metric: str, comps: Dict[str, Comparison], pending, of: int) -> str:
     ours = f"{row} {METRIC_LABELS.get(metric, metric)} {fmt_stat(ctx.stats[row], metric)}"
     beaten_by = [r for r, c in comps.items() if c.relation == "worse"]
-    close = [f"{r}{_gap(c)}" for r, c in comps.items() if c.relation in ("within", "one seed")]
+    close = [f"{r}{gap_text(c)}" for r, c in comps.items() if c.relation in ("within", "one seed")]
     if beaten_by:
         ours += f"; beaten beyond noise by {', '.join(beaten_by)}"
     if close:
@@ -317,10 +239,10 @@ def _similar(a: RowStats, b: RowStats, metric: str, tol: float) -> tuple:
     if c.diff is None:  # both diverged
         return REPRODUCED, " (both diverged)"
     if c.noise is None:
-        return INCONCLUSIVE, _gap(c)
+        return INCONCLUSIVE, gap_text(c)
     if abs(c.diff) + c.noise <= tol:
-        return REPRODUCED, _gap(c)
-    return (NOT_REPRODUCED if abs(c.diff) - c.noise > tol else INCONCLUSIVE), _gap(c)
+        return REPRODUCED, gap_text(c)
+    return (NOT_REPRODUCED if abs(c.diff) - c.noise > tol else INCONCLUSIVE), gap_text(c)
 
 
 def _similar_rows(ctx: Context, rows: Sequence[str], to: str, tol: float, metric: str,

@@ -11,9 +11,9 @@ from focal_plugin.ablation.verdict import (
     NOT_REPRODUCED,
     REPRODUCED,
     Claim,
-    RowStats,
     judge,
 )
+from focal_plugin.analysis.seed_stats import RowStats
 
 
 def make_claim(text, type, **args):
