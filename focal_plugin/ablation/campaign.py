@@ -1,14 +1,8 @@
-"""A campaign: what ``make reproduce-mini`` runs, and in what order, as data.
+"""A campaign: what ``make reproduce-mini`` runs, and in what order, as data
+(``configs/ablations/campaigns/*.yaml``; the format: ``configs/ablations/README.md``).
 
-A campaign file (``configs/ablations/campaigns/*.yaml``) lists steps, run in order::
-
-    scale: mini                 # the scale of every step (a step may not change it)
-    steps:
-      - {spec: table1b, only: [gamma_0, gamma_2.0]}   # a spec (its seeds), optionally some rows
-      - {tool: [tools/imbalance_scan.py, --report, results/mini/imbalance_scan]}  # a repo tool
-
-Every step is checked before the first one runs (spec files, row ids, tool files). A campaign is
-resumable like a spec: finished cells are kept, so running it again continues where it stopped.
+Every step is checked before the first one runs (spec files, row ids, tool files); finished cells
+are kept, so running a campaign again continues where it stopped.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ import os
 import re
 import socket
 import sys
-import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -35,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from focal_plugin.collect_env import describe_device, git_commit
 from focal_plugin.io import read_json, write_json_atomic
 from focal_plugin.locks import FileLock, LockHeld, now_iso
+from focal_plugin.processes import die_with_parent, pin_to
 
 CELL_FILE, STATUS_FILE, TIMING_FILE, LOCK_FILE = "cell.json", "status.json", "timing.json", ".cell.lock"
 FINAL_CHECKPOINT = "model_final.pth"
@@ -281,26 +281,6 @@ def pick_metrics(result: Dict[str, Any], dataset: Optional[str] = None) -> Dict[
 
 
 # ------------------------------------------------------------------------ process entry point
-def _die_with_parent(parent_pid: int, period_s: float = 1.0) -> None:
-    """End this process when the runner that spawned it dies (even by SIGKILL): an interrupted
-    runner leaves no orphan training to race the next run for the cell."""
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(period_s)
-        os._exit(75)
-
-    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-
-
-def pin_to(cpus: Sequence[int], threads: int) -> None:
-    """Pin this process to ``cpus`` and fix torch's intra-op threads (results depend on them)."""
-    import torch
-
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, set(cpus))
-    torch.set_num_threads(threads)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Run one ablation cell (used by tools/ablate.py).")
     parser.add_argument("--job", required=True, help="CellJob as JSON")
@@ -309,7 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=0, help="die with this process")
     args = parser.parse_args(argv)
     if args.parent_pid:
-        _die_with_parent(args.parent_pid)
+        die_with_parent(args.parent_pid)
     if args.cpus:
         pin_to([int(c) for c in args.cpus.split(",")], args.threads or len(args.cpus.split(",")))
     job = CellJob(**json.loads(args.job))

@@ -1,9 +1,6 @@
-"""Where the runner's local cells run: a fixed CPU (and GPU) share per worker, a child process
-per cell, and the pool that runs cells in parallel.
-
-Every cell runs with the same thread count (``threads``) on CPUs of its own, whatever the number
-of workers, so a cell's result is bitwise the same at ``--workers 1`` and ``--workers 2``: torch's
-summation order depends on its thread count. Nothing is re-pinned while a cell runs.
+"""Where the runner's local cells run: a child process per cell, each on a fixed CPU (and GPU)
+share with a fixed thread count (:mod:`focal_plugin.processes`: bitwise the same result whatever
+``--workers`` is), and the pool that runs cells in parallel.
 """
 
 from __future__ import annotations
@@ -15,46 +12,14 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 from focal_plugin.ablation.cell import EXIT_BUSY, LOCK_FILE, CellJob, State, read_status
 from focal_plugin.locks import FileLock, now_iso
+from focal_plugin.processes import cpu_shares, gpu_shares, visible_gpus
 
 #: the folder holding the focal_plugin package: put on the child's PYTHONPATH
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def available_cpus() -> List[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
-def cpu_shares(workers: int, threads: int, cpus: Optional[Sequence[int]] = None) -> List[List[int]]:
-    """``workers`` disjoint shares of ``threads`` CPUs each; with too few CPUs, shares wrap
-    around and overlap (workers then compete for CPUs, but each keeps its thread count)."""
-    cpus = sorted(cpus) if cpus is not None else available_cpus()
-    return [[cpus[(i * threads + j) % len(cpus)] for j in range(threads)] for i in range(workers)]
-
-
-def visible_gpus() -> List[str]:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g for g in env.split(",") if g.strip()]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # pragma: no cover
-        return []
-
-
-def gpu_shares(workers: int, gpus: Sequence[str]) -> List[List[str]]:
-    if not gpus:
-        return [[] for _ in range(workers)]
-    if len(gpus) < workers:
-        return [[gpus[i % len(gpus)]] for i in range(workers)]
-    return [list(gpus[i * len(gpus) // workers:(i + 1) * len(gpus) // workers]) for i in range(workers)]
 
 
 def spawn_cell(job: CellJob, cpus: Sequence[int], threads: int, gpus: Sequence[str]) -> Dict[str, Any]:

@@ -37,13 +37,14 @@ from focal_plugin.ablation.cell import (
     run_cell,
 )
 from focal_plugin.ablation.identity import cell_key, resolved_identity
-from focal_plugin.ablation.launch import run_pool, visible_gpus
+from focal_plugin.ablation.launch import run_pool
 from focal_plugin.ablation.report import HISTORY_FILE, RUNNER_LOCK, read_history, write_reports
 from focal_plugin.ablation.spec import RowPlan, Spec
 from focal_plugin.analysis.seed_stats import METRIC_LABELS
 from focal_plugin.configs import CONFIG_ROOT
 from focal_plugin.io import read_json, write_json_atomic
 from focal_plugin.locks import FileLock, now_iso
+from focal_plugin.processes import visible_gpus
 
 CELLS_DIR = "cells"
 
@@ -344,7 +345,7 @@ class Runner:
 
     def _run_local(self, todo: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
         o = self.options
-        from focal_plugin.ablation.launch import available_cpus
+        from focal_plugin.processes import available_cpus
 
         if o.workers * o.threads > len(available_cpus()):
             self.log(f"[ablate] warning: {o.workers} worker(s) x {o.threads} thread(s) on "

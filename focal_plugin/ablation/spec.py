@@ -1,34 +1,10 @@
-"""Ablation specs: one YAML file per paper table (``configs/ablations/*.yaml``).
+"""Ablation specs: one YAML file per paper table (``configs/ablations/*.yaml``; the format:
+``configs/ablations/README.md``).
 
 A spec holds a base config per scale, the table's rows as config overrides, the seeds each row
-runs with and the paper's numbers per row. The same spec runs at ``paper`` scale
-(``configs/paper``: COCO, 90k iterations) or ``mini`` scale (``configs/mini``: synthetic data)::
-
-    title: "Table 1a: alpha-balanced CE (gamma = 0), varying alpha"
-    source: "R50-FPN, 600 px, COCO minival"   # where the paper's numbers come from
-    note: "..."                                # optional, shown under the table
-    columns: [alpha]                           # the settings shown per row, in order
-    metrics: [AP, AP50, AP75]                  # of AP AP50 AP75 APs APm APl ms (ms/image, timed)
-    timing: {images: 100, warmup: 10}          # with "ms": timed on each cell's final weights
-    seeds: 1                                   # N (seeds 0..N-1) or a list [0, 3]; default 1
-    overrides: {MODEL.FOCAL.LOSS: sigmoid_ce}  # every row, every scale
-    scales:                                    # per scale: base config (+ overrides, seeds)
-      paper: {base: paper/retinanet_R_50_FPN_600_90k.yaml}
-      mini: {base: mini/protocol/Base-Protocol.yaml, seeds: 3}
-    rows:
-      - id: alpha_.75                          # [A-Za-z0-9_.=+-]
-        settings: {alpha: ".75"}
-        overrides: {MODEL.FOCAL.ALPHA: 0.75}
-        seeds: 3                               # this row's seeds (all scales)
-        anchors: {scales_per_octave: 2, aspects: 3}   # Table 1c density (from the base's sizes)
-        paper: {AP: 30.2, AP50: 46.7, AP75: 32.8}     # null = not reported
-        paper_note: "diverges"                 # optional text in the paper columns
-        scales: {mini: {settings: {...}, overrides: {...}, base: ..., anchors: ..., seeds: ...}}
-    claims:                                    # judged by focal_plugin.ablation.verdict
-      - {text: "the best alpha for CE is .75", type: best, row: alpha_.75, metric: AP}
-
-Each level (spec, scale, row, row at a scale) is a :class:`Layer`; later levels win. Every error
-names the spec file and, where there is one, the row or claim.
+runs with, the paper's numbers and claims. Each level (spec, scale, row, row at a scale) is a
+:class:`Layer`; later levels win. Every error names the spec file and, where there is one, the row
+or claim.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import pytest
 from fakes import ABLATE, calls_of, cell_dir, make_runner, status_of
 
 from focal_plugin.ablation.campaign import Step, load_campaign, run_campaign
-from focal_plugin.ablation.launch import cpu_shares
 from focal_plugin.ablation.report import RUNNER_LOCK, invocations
 from focal_plugin.ablation.runner import RunOptions
 from focal_plugin.locks import FileLock
@@ -48,13 +47,6 @@ def _alive(pid):
             return f.read().split(")")[-1].split()[0] != "Z"
     except (ProcessLookupError, FileNotFoundError):
         return False
-
-
-def test_cpu_shares_are_fixed_whatever_the_number_of_workers():
-    assert cpu_shares(2, 1, [0, 1]) == [[0], [1]]
-    assert cpu_shares(1, 1, [0, 1]) == [[0]]  # one worker does not take more threads
-    assert cpu_shares(3, 2, [4, 5, 6, 7, 8, 9]) == [[4, 5], [6, 7], [8, 9]]
-    assert cpu_shares(3, 1, [0, 1]) == [[0], [1], [0]]  # too few CPUs: shared, thread count kept
 
 
 def test_two_workers_run_cells_in_pinned_processes_with_one_thread_each(fake_env):
