@@ -240,40 +240,38 @@ def _parse(path: str, raw: Any) -> Spec:
 
     if not isinstance(raw, Mapping):
         raise fail("expected a mapping at the top level")
-    _unknown(raw, _SPEC_KEYS, fail, "spec")
+    top = _layer(raw, _SPEC_KEYS, fail, None, "spec")
     missing = [k for k in ("title", "columns", "metrics", "scales", "rows") if k not in raw]
     if missing:
         raise fail(f"missing required key {missing[0]!r}")
-    metrics = _parse_metrics(raw["metrics"], fail)
-    timing = _parse_timing(raw.get("timing"), metrics, fail)
-    scales = raw["scales"]
-    if not isinstance(scales, Mapping) or not scales:
+    metrics = list(raw["metrics"] or [])
+    if not metrics or any(m not in METRICS for m in metrics):
+        raise fail(f"metrics {[m for m in metrics if m not in METRICS] or metrics} invalid: expected a "
+                   f"non-empty subset of {list(METRICS)}")
+    if not isinstance(raw["scales"], Mapping) or not raw["scales"]:
         raise fail("'scales' must map a scale (paper, mini) to {base: config}")
-    layers = {s: _parse_scale(s, sc, fail) for s, sc in scales.items()}
-    columns = list(raw["columns"])
-    rows = raw["rows"]
-    if not isinstance(rows, list) or not rows:
+    if not isinstance(raw["rows"], list) or not raw["rows"]:
         raise fail("'rows' must be a non-empty list")
-    parsed: List[Row] = []
-    for i, row in enumerate(rows):
-        parsed.append(_parse_row(row, i, columns, metrics, {r.id for r in parsed}, fail))
-    ids = {r.id for r in parsed}
+    scales = {s: _scale_layer(s, sc, _SCALE_KEYS, fail, None) for s, sc in raw["scales"].items()}
+    if any(sc.base is None for sc in scales.values()):
+        raise fail(f"scales.{next(s for s, sc in scales.items() if sc.base is None)} must be a mapping "
+                   "with a 'base' config")
+    columns, rows = list(raw["columns"]), []
+    for i, row in enumerate(raw["rows"]):
+        rows.append(_parse_row(row, i, columns, metrics, {r.id for r in rows}, fail))
+    ids = {r.id for r in rows}
     claims = [parse_claim(c, i, ids, metrics, fail) for i, c in enumerate(raw.get("claims") or [])]
-    name = str(raw.get("name") or os.path.splitext(os.path.basename(path))[0])
-    if not _ID.fullmatch(name):
-        raise fail(f"name {name!r} is invalid: expected letters, digits and _.=+-")
-    top = _layer(raw, fail, None, "spec", ("overrides", "seeds"))
+    name = _check_id(str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]), "name", fail)
     return Spec(path=path, name=name, title=str(raw["title"]), source=str(raw.get("source", "")),
-                note=str(raw.get("note", "")), columns=columns, metrics=metrics, timing=timing,
-                layer=top, scales=layers, rows=parsed, claims=claims)
+                note=str(raw.get("note", "")), columns=columns, metrics=metrics,
+                timing=_parse_timing(raw.get("timing"), metrics, fail), layer=top, scales=scales, rows=rows,
+                claims=claims)
 
 
-def _parse_metrics(raw: Any, fail) -> List[str]:
-    metrics = list(raw or [])
-    bad = [m for m in metrics if m not in METRICS]
-    if bad or not metrics:
-        raise fail(f"metrics {bad or metrics} invalid: expected a non-empty subset of {list(METRICS)}")
-    return metrics
+def _check_id(value: str, what: str, fail, row: Optional[str] = None) -> str:
+    if not _ID.fullmatch(value):
+        raise fail(f"{what} {value!r} is invalid: expected letters, digits and _.=+-", row)
+    return value
 
 
 def _parse_timing(timing: Any, metrics: List[str], fail) -> Optional[Dict[str, int]]:
@@ -281,54 +279,38 @@ def _parse_timing(timing: Any, metrics: List[str], fail) -> Optional[Dict[str, i
         raise fail("metric 'ms' needs a 'timing: {images: N, warmup: W}' section")
     if timing is None:
         return None
-    if not isinstance(timing, Mapping):
+    if not isinstance(timing, Mapping) or set(timing) - {"images", "warmup"}:
         raise fail("'timing' must be a mapping {images, warmup}")
-    _unknown(timing, {"images", "warmup"}, fail, "timing")
     for k, low in (("images", 1), ("warmup", 0)):
         if isinstance(timing.get(k), bool) or not isinstance(timing.get(k), int) or timing[k] < low:
             raise fail(f"timing.{k} = {timing.get(k)!r} is invalid: expected an integer >= {low}")
     return dict(timing)
 
 
-def _parse_scale(scale: str, sc: Any, fail) -> Layer:
-    if scale not in SCALES:
-        raise fail(f"unknown scale {scale!r}: expected one of {list(SCALES)}")
-    if not isinstance(sc, Mapping) or "base" not in sc:
-        raise fail(f"scales.{scale} must be a mapping with a 'base' config")
-    _unknown(sc, _SCALE_KEYS, fail, f"scales.{scale}")
-    return _layer(sc, fail, None, f"scales.{scale}", ("base", "overrides", "seeds"))
+def _scale_layer(scale: str, raw: Any, allowed: set, fail, row: Optional[str]) -> Layer:
+    if scale not in SCALES or not isinstance(raw, Mapping):
+        raise fail(f"scales.{scale} must be a mapping under one of {list(SCALES)}", row)
+    return _layer(raw, allowed, fail, row, f"scales.{scale}")
 
 
 def _parse_row(row: Any, i: int, columns: List[str], metrics: List[str], seen: set, fail) -> Row:
     if not isinstance(row, Mapping) or "id" not in row:
         raise fail(f"row #{i + 1} must be a mapping with an 'id'")
-    rid = str(row["id"])
-    if not _ID.fullmatch(rid):
-        raise fail(f"row id {rid!r} is invalid: expected letters, digits and _.=+-")
+    rid = _check_id(str(row["id"]), "row id", fail)
     if rid in seen:
         raise fail("duplicate row id", rid)
-    _unknown(row, _ROW_KEYS, fail, "row", rid)
-    layer = _layer(row, fail, rid, "row", ("overrides", "anchors", "settings", "seeds"))
+    layer = _layer(row, _ROW_KEYS, fail, rid, "row")
     if set(layer.settings) != set(columns):
         raise fail(f"settings {sorted(layer.settings)} must name exactly the columns {columns}", rid)
-    per_scale = row.get("scales") or {}
-    if not isinstance(per_scale, Mapping):
+    if not isinstance(row.get("scales") or {}, Mapping):
         raise fail("'scales' must map a scale to {settings, overrides, base, anchors, seeds}", rid)
-    scales: Dict[str, Layer] = {}
-    for scale, rs in per_scale.items():
-        if scale not in SCALES or not isinstance(rs, Mapping):
-            raise fail(f"scales.{scale} must be a mapping under one of {list(SCALES)}", rid)
-        _unknown(rs, _ROW_SCALE_KEYS, fail, f"scales.{scale}", rid)
-        scales[scale] = _layer(rs, fail, rid, f"scales.{scale}", tuple(_ROW_SCALE_KEYS))
-        extra = set(scales[scale].settings) - set(columns)
-        if extra:
-            raise fail(f"scales.{scale}.settings {sorted(extra)} are not columns {columns}", rid)
-    return Row(id=rid, layer=layer, scales=scales, paper=_parse_paper(row.get("paper"), metrics, fail, rid),
-               paper_note=str(row.get("paper_note", "")))
-
-
-def _parse_paper(paper: Any, metrics: List[str], fail, rid: str) -> Dict[str, Optional[float]]:
-    paper = paper or {}
+    scales = {s: _scale_layer(s, rs, _ROW_SCALE_KEYS, fail, rid)
+              for s, rs in (row.get("scales") or {}).items()}
+    for scale, sc in scales.items():
+        if set(sc.settings) - set(columns):
+            raise fail(f"scales.{scale}.settings {sorted(set(sc.settings) - set(columns))} are not columns "
+                       f"{columns}", rid)
+    paper = row.get("paper") or {}
     if not isinstance(paper, Mapping):
         raise fail("'paper' must map metrics to numbers", rid)
     for m, v in paper.items():
@@ -336,29 +318,33 @@ def _parse_paper(paper: Any, metrics: List[str], fail, rid: str) -> Dict[str, Op
             raise fail(f"paper number for {m!r}, which is not one of the spec's metrics {metrics}", rid)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise fail(f"paper.{m} = {v!r} is not a number (use null for 'not reported')", rid)
-    return dict(paper)
+    return Row(id=rid, layer=layer, scales=scales, paper=dict(paper),
+               paper_note=str(row.get("paper_note", "")))
 
 
-def _layer(raw: Mapping, fail, row: Optional[str], what: str, keys: Sequence[str]) -> Layer:
-    """The :class:`Layer` fields ``keys`` of ``raw``, each checked."""
-    if "base" in keys and "base" in raw:
+def _layer(raw: Mapping, allowed: set, fail, row: Optional[str], what: str) -> Layer:
+    """The :class:`Layer` fields of ``raw`` (a spec, scale, row or row-scale mapping whose keys
+    must be in ``allowed``), each checked."""
+    extra = sorted(set(raw) - allowed)
+    if extra:
+        raise fail(f"unknown key(s) {extra} in {what}; allowed: {sorted(allowed)}", row)
+    if raw.get("base") is not None:
         try:
             resolve_config_file(str(raw["base"]))
         except FileNotFoundError as e:
             raise fail(f"base config {raw['base']!r} not found: {e}", row) from None
-    if "overrides" in keys:
-        _check_overrides(raw.get("overrides") or {}, fail, row, f"{what}.overrides")
-    anchors = raw.get("anchors") if "anchors" in keys else None
+    _check_overrides(raw.get("overrides") or {}, fail, row, f"{what}.overrides")
+    anchors = raw.get("anchors")
     if anchors is not None and (not isinstance(anchors, Mapping)
                                 or set(anchors) != {"scales_per_octave", "aspects"}):
         raise fail(f"anchors {anchors!r} must be {{scales_per_octave: n, aspects: 1 or 3}}", row)
-    settings = raw.get("settings") or {} if "settings" in keys else {}
+    settings = raw.get("settings") or {}
     if not isinstance(settings, Mapping):
         raise fail(f"{what}.settings must map columns to values", row)
-    seeds = _parse_seeds(raw["seeds"], fail, row, what) if "seeds" in keys and "seeds" in raw else None
-    return Layer(base=str(raw["base"]) if "base" in keys and "base" in raw else None,
-                 overrides=dict(raw.get("overrides") or {}) if "overrides" in keys else {},
-                 anchors=dict(anchors) if anchors else None, settings=dict(settings), seeds=seeds)
+    seeds = _parse_seeds(raw["seeds"], fail, row, what) if "seeds" in raw else None
+    return Layer(base=str(raw["base"]) if raw.get("base") is not None else None,
+                 overrides=dict(raw.get("overrides") or {}), anchors=dict(anchors) if anchors else None,
+                 settings=dict(settings), seeds=seeds)
 
 
 def _parse_seeds(raw: Any, fail, row: Optional[str], what: str) -> Tuple[int, ...]:
@@ -372,12 +358,6 @@ def _parse_seeds(raw: Any, fail, row: Optional[str], what: str) -> Tuple[int, ..
         return tuple(raw)
     raise fail(f"{what}.seeds = {raw!r} is invalid: expected a count >= 1 or a list of distinct "
                "seeds >= 0", row)
-
-
-def _unknown(mapping: Mapping, allowed: set, fail, what: str, row: Optional[str] = None) -> None:
-    extra = sorted(set(mapping) - allowed)
-    if extra:
-        raise fail(f"unknown key(s) {extra} in {what}; allowed: {sorted(allowed)}", row)
 
 
 def _check_overrides(overrides: Any, fail, row: Optional[str], what: str) -> None:
