@@ -154,27 +154,28 @@ def to_markdown(report: Dict[str, Any]) -> str:
 
 
 def to_csv(report: Dict[str, Any]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    metrics = report["metrics"]
-    by_row = report["imbalance"].get("by_row") or {}
-    header = ["row", *report["columns"], *(["negatives_per_positive"] if by_row else [])]
-    for m in metrics:
-        header += [f"{m}_ours", f"{m}_std", f"{m}_n", f"{m}_paper", f"{m}_delta"]
-    w.writerow(header + ["seeds_finished", "seeds_planned", "diverged_at", "best_ours", "best_paper",
-                         "paper_note"])
+    """One line per row: settings, then per metric ours / std / n / paper / delta, then seeds."""
+    metrics, by_row = report["metrics"], report["imbalance"].get("by_row") or {}
+    lines = []
     for e in report["table"]:
-        line = [e["row"], *[e["settings"].get(c, "") for c in report["columns"]]]
+        line = {"row": e["row"], **{c: e["settings"].get(c, "") for c in report["columns"]}}
         if by_row:
-            line.append(_csv_num((by_row.get(e["row"]) or {}).get("negatives_per_positive")))
+            neg = (by_row.get(e["row"]) or {}).get("negatives_per_positive")
+            line["negatives_per_positive"] = _csv_num(neg)
         for m in metrics:
             x = e["metrics"][m]
-            line += [_csv_num(x["ours"]), _csv_num(x["std"]), x["n"], _csv_num(x["paper"]),
-                     _csv_num(x["delta"])]
-        line += [e["seeds_finished"], e["seeds_planned"], ";".join(map(str, e["diverged_at"])),
-                 ";".join(m for m in metrics if e["metrics"][m]["best_ours"]),
-                 ";".join(m for m in metrics if e["metrics"][m]["best_paper"]), e["paper_note"]]
-        w.writerow(line)
+            line.update({f"{m}_ours": _csv_num(x["ours"]), f"{m}_std": _csv_num(x["std"]), f"{m}_n": x["n"],
+                         f"{m}_paper": _csv_num(x["paper"]), f"{m}_delta": _csv_num(x["delta"])})
+        line.update(seeds_finished=e["seeds_finished"], seeds_planned=e["seeds_planned"],
+                    diverged_at=";".join(map(str, e["diverged_at"])),
+                    best_ours=";".join(m for m in metrics if e["metrics"][m]["best_ours"]),
+                    best_paper=";".join(m for m in metrics if e["metrics"][m]["best_paper"]),
+                    paper_note=e["paper_note"])
+        lines.append(line)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(lines[0]) if lines else ["row"])
+    w.writeheader()
+    w.writerows(lines)
     return buf.getvalue()
 
 
