@@ -38,6 +38,8 @@ from bench_train_iter import SETTINGS, make_batches, make_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from focal_plugin.modeling import fast_ops  # noqa: E402
+
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")
 
 
@@ -58,7 +60,8 @@ def instrument(model) -> list:
     model.classification_loss.forward = _labelled("focal:cls_loss", model.classification_loss.forward)
     model._loss_normalizer = _labelled("focal:normalizer", model._loss_normalizer)
     model._log_and_check = _labelled("focal:stats_read", model._log_and_check)
-    model._box_loss = _labelled("focal:box_loss", model._box_loss)
+    # the box loss is a function, labelled in the module the model looks it up in (this process only)
+    fast_ops.box_regression_loss = _labelled("focal:box_loss", fast_ops.box_regression_loss)
     model._cls_loss_per_anchor = _labelled("focal:cls_path", model._cls_loss_per_anchor)
     return ["focal:anchors", "focal:label_anchors", "focal:sampler", "focal:cls_path", "focal:cls_loss",
             "focal:box_loss", "focal:normalizer", "focal:stats_read"]

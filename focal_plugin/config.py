@@ -1,7 +1,8 @@
 """``add_focal_config``: the ``MODEL.FOCAL`` keys and their defaults (the paper's, §3–4).
 
-Only defaults live here. Each value is checked by the code that uses it, once, when the model is
-built (before training starts); ``FocalRetinaNet.from_config`` names the config key in the error.
+Only defaults live here. The values are checked in one place,
+``focal_plugin.modeling.validate.check_focal_config`` (run by ``engine.setup_cfg`` and when the
+model is built), with errors naming the config key.
 Anchors and matching stay in detectron2's own keys (``MODEL.ANCHOR_GENERATOR``,
 ``MODEL.RETINANET.IOU_*``); ``focal_plugin.anchors`` writes Table 1c's densities into them.
 """

@@ -31,6 +31,7 @@ from focal_plugin.checkpoint import SafeCheckpointer
 from focal_plugin.config import add_focal_config
 from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
 from focal_plugin.modeling.config_keys import cfg_value
+from focal_plugin.modeling.validate import check_focal_config
 
 logger = logging.getLogger("focal_plugin")
 
@@ -46,8 +47,8 @@ def get_focal_cfg() -> CfgNode:
 def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:
     """Load a YAML config and ``KEY VALUE`` overrides onto the focal defaults.
 
-    Errors name the offending file or key. The ``MODEL.FOCAL`` values are checked once, when the
-    model is built (``FocalRetinaNet.from_config``), before any training step.
+    Errors name the offending file or key; ``check_config`` refuses what cannot take effect,
+    ``MODEL.FOCAL`` values included (``modeling.validate.check_focal_config``).
     """
     cfg = get_focal_cfg()
     if config_file:
@@ -108,7 +109,9 @@ _SUPERSEDED = {
 
 def check_config(cfg: CfgNode) -> None:
     """Settings that cannot take effect are refused (``ValueError`` naming the key), once, when the
-    config is set up: keys superseded under FocalRetinaNet, evaluation settings we cannot honour."""
+    config is set up: ``MODEL.FOCAL`` values the model cannot use, keys superseded under
+    FocalRetinaNet, evaluation settings we cannot honour."""
+    check_focal_config(cfg)
     defaults = get_cfg()
     if cfg.MODEL.META_ARCHITECTURE == "FocalRetinaNet":
         for key, instead in _SUPERSEDED.items():

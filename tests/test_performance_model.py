@@ -1,7 +1,8 @@
-"""Issue 14's speed work on FocalRetinaNet leaves its results unchanged: cached anchors equal
-fresh ones, batched anchor labelling and the box loss equal detectron2's, the sync-free
+"""The speed work on FocalRetinaNet leaves its results unchanged: the sync-free
 classification path and OHEM scoring give the same terms and gradients, the EMA normalizer the
-same values; and the training step reads nothing back from the device but its statistics."""
+same values, batched inference the same detections; and the training step reads nothing back from
+the device but its statistics. The faster equivalents of detectron2's functions (anchors,
+labelling, IoU, box loss) are tested against detectron2 in tests/modeling/test_fast_ops.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import collections
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -44,57 +44,6 @@ def _gt(n_images, counts, size=96, seed=0, num_classes=3):
     return out
 
 
-# ----------------------------------------------------------------------------- anchors
-def test_cached_anchors_equal_fresh_ones_and_are_generated_once_per_geometry(monkeypatch):
-    model = build_model(tiny_cfg())
-    calls = []
-    real = type(model.anchor_generator).forward
-    monkeypatch.setattr(type(model.anchor_generator), "forward",
-                        lambda self, f: calls.append(1) or real(self, f))
-    for size in (64, 96, 64, 96, 128):
-        feats = _features(model, size)
-        cached = model._anchors(feats)
-        fresh = real(model.anchor_generator, feats)
-        assert len(cached) == len(fresh)
-        for a, b in zip(cached, fresh):
-            assert torch.equal(a.tensor, b.tensor)
-    assert len(calls) == 3  # 64, 96, 128: one generation each
-
-
-def test_anchor_cache_misses_when_the_generator_changes_and_is_bounded():
-    from focal_plugin.modeling import focal_retinanet as fr
-
-    model = build_model(tiny_cfg())
-    feats = _features(model, 64)
-    first = model._anchors(feats)[0].tensor.clone()
-    with torch.no_grad():  # an edited cell anchor must not be served from the cache
-        next(iter(model.anchor_generator.cell_anchors)).mul_(2)
-    assert torch.equal(model._anchors(feats)[0].tensor, model.anchor_generator(feats)[0].tensor)
-    assert not torch.equal(model._anchors(feats)[0].tensor, first)
-    for size in range(32, 32 + 8 * (fr._ANCHOR_CACHE_SIZE + 3), 8):
-        model._anchors([torch.zeros(1, 1, size // s, size // s) for s in model.anchor_generator.strides])
-    assert len(model._anchor_cache) == fr._ANCHOR_CACHE_SIZE
-
-
-# ------------------------------------------------------------------------- labelling
-@pytest.mark.parametrize("counts", [(3, 5), (0, 4), (0, 0), (1, 0, 7)])
-@pytest.mark.parametrize("low_quality", [True, False])
-def test_batched_label_anchors_equal_detectron2s(counts, low_quality):
-    cfg = tiny_cfg(ALLOW_LOW_QUALITY_MATCHES=low_quality)
-    model = build_model(cfg)
-    anchors = model._anchors(_features(model, 96))
-    gt = _gt(len(counts), counts, seed=sum(counts))
-    if counts[0] > 1:  # a box overlapping no anchor at all and a duplicated box (ties)
-        gt[0].gt_boxes.tensor[0] = torch.tensor([500.0, 500.0, 501.0, 501.0])
-        gt[0].gt_boxes.tensor[1] = gt[0].gt_boxes.tensor[-1]
-    ours_labels, ours_boxes = model.label_anchors(anchors, gt)
-    ref_labels, ref_boxes = RetinaNet.label_anchors(model, anchors, gt)
-    for a, b in zip(ours_labels, ref_labels):
-        assert a.dtype == b.dtype and torch.equal(a, b)
-    for a, b in zip(ours_boxes, ref_boxes):
-        assert torch.equal(a, b)
-
-
 # ---------------------------------------------------------------------------- losses
 def _inputs(model, counts=(3, 0), seed=0):
     torch.manual_seed(seed)
@@ -103,23 +52,6 @@ def _inputs(model, counts=(3, 0), seed=0):
     n = len(counts)
     deltas = [torch.randn(n, len(a), 4, requires_grad=True) for a in anchors]
     return anchors, gt_labels, gt_boxes, deltas
-
-
-@pytest.mark.parametrize("beta", [0.0, 0.1])
-def test_box_loss_equals_detectron2s_with_the_same_gradients(beta):
-    model = build_model(tiny_cfg())
-    model.smooth_l1_beta = beta
-    anchors, gt_labels, gt_boxes, deltas = _inputs(model)
-    labels = torch.stack(gt_labels)
-    pos = (labels >= 0) & (labels != model.num_classes)
-    ours = model._box_loss(anchors, deltas, gt_boxes, pos)
-    g_ours = torch.autograd.grad(ours, deltas)
-    ref = _dense_box_regression_loss(anchors, model.box2box_transform, deltas, gt_boxes, pos,
-                                     box_reg_loss_type="smooth_l1", smooth_l1_beta=beta)
-    g_ref = torch.autograd.grad(ref, deltas)
-    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)  # only the summation order differs
-    for a, b in zip(g_ours, g_ref):
-        assert torch.equal(a, b)
 
 
 class _SparseAll(AllAnchorsSampler):

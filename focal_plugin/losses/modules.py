@@ -151,16 +151,22 @@ def _accepted(cls: type) -> Tuple[str, ...]:
     return tuple(cls.hyperparameters) + ("fused",)
 
 
+def loss_class(name: Any) -> type:
+    """The ``ClassificationLoss`` subclass registered as ``name``; ``ValueError`` listing the
+    registered names for any other value (also a non-string)."""
+    if not isinstance(name, str) or name not in LOSS_REGISTRY:
+        raise ValueError(f"unknown classification loss {name!r}: registered losses are "
+                         f"{sorted(k for k, _ in LOSS_REGISTRY)}")
+    return LOSS_REGISTRY.get(name)
+
+
 def build_classification_loss(name: str, **params: Any) -> ClassificationLoss:
     """Build the registered loss ``name`` with its hyperparameters ``params`` (all required: the
     config, ``MODEL.FOCAL``, is the one place that holds the paper's defaults) and optionally
     ``fused``. Unknown names, unknown or missing parameters and values out of range raise
     ``ValueError`` saying what is accepted.
     """
-    if not isinstance(name, str) or name not in LOSS_REGISTRY:
-        raise ValueError(f"unknown classification loss {name!r}: registered losses are "
-                         f"{sorted(k for k, _ in LOSS_REGISTRY)}")
-    cls = LOSS_REGISTRY.get(name)
+    cls = loss_class(name)
     accepted = tuple(cls.hyperparameters) + ("fused",)
     unknown = sorted(set(params) - set(accepted))
     if unknown:

@@ -1,7 +1,8 @@
 """From config keys to constructor arguments, and back in errors.
 
 The rules live in the constructors (losses, initializers, OHEM sampler, FocalRetinaNet); these
-helpers only name the ``cfg`` keys an argument came from when a constructor refuses it.
+helpers only name the ``cfg`` keys an argument came from when a constructor refuses it
+(``modeling.validate.check_focal_config`` applies them to a whole config).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from focal_plugin.losses import LOSS_REGISTRY, ClassificationLoss, build_classification_loss
+from focal_plugin.losses import ClassificationLoss, build_classification_loss
+from focal_plugin.losses.modules import loss_class
 
 
 def cfg_value(cfg, key: str):
@@ -39,10 +41,7 @@ def build_loss_from_cfg(cfg) -> ClassificationLoss:
     ``cfg.MODEL.FOCAL``; a bad value raises ``ValueError`` naming its key."""
     focal = cfg.MODEL.FOCAL
     with config_keys(cfg, "MODEL.FOCAL.LOSS"):
-        if not isinstance(focal.LOSS, str) or focal.LOSS not in LOSS_REGISTRY:
-            raise ValueError(f"unknown classification loss: registered losses are "
-                             f"{sorted(k for k, _ in LOSS_REGISTRY)}")
-    names = LOSS_REGISTRY.get(focal.LOSS).hyperparameters
+        names = loss_class(focal.LOSS).hyperparameters
     with config_keys(cfg, *(f"MODEL.FOCAL.{p.upper()}" for p in names), "MODEL.FOCAL.FUSED_LOSS"):
         return build_classification_loss(
             focal.LOSS, fused=focal.FUSED_LOSS, **{p: focal[p.upper()] for p in names}

@@ -2,50 +2,45 @@
 sampling chosen in ``cfg.MODEL.FOCAL``.
 
 Only what must change is overridden: construction (``from_config``), the classification loss
-(``losses``), and score computation at inference (sigmoid or softmax). For speed, with results
-identical to detectron2's (``tests/test_performance_model.py``): anchors are generated once per
-feature-map geometry (``_anchors``), anchors are labelled for the whole batch at once
-(``label_anchors``), and the training step reads nothing back from the device but the one stacked
-statistics read (``_log_and_check``); see ``benchmarks/profile_train_step.py``.
+(``losses``), and score computation at inference (sigmoid or softmax). Four steps call faster
+equivalents of detectron2's functions, with the same results (``modeling/fast_ops.py``, tested in
+``tests/modeling/test_fast_ops.py``): anchor generation, anchor labelling, IoU and the box loss;
+the training step reads nothing back from the device but the one stacked statistics read
+(``_log_and_check``); see ``benchmarks/profile_train_step.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
 from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from detectron2.config import configurable
 from detectron2.layers import cat
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
+from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.backbone import build_backbone
-from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
+from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
-from fvcore.nn import smooth_l1_loss
 
 from focal_plugin.losses import ClassificationLoss, build_classification_loss
-from focal_plugin.modeling.config_keys import build_loss_from_cfg, config_keys
+from focal_plugin.modeling import fast_ops
+from focal_plugin.modeling.config_keys import build_loss_from_cfg
 from focal_plugin.modeling.head import FocalRetinaNetHead
-from focal_plugin.modeling.ohem import check_ohem_args
 from focal_plugin.modeling.sampler import AllAnchorsSampler, OhemSampler
+from focal_plugin.modeling.validate import check_focal_config, check_normalizer
 from focal_plugin.registry import register
 
 logger = logging.getLogger(__name__)
 
 # initial value and momentum of detectron2's EMA loss normalizer
 _EMA_START, _EMA_MOMENTUM = 100, 0.9
-#: loss normalizers (cfg.MODEL.FOCAL.NORMALIZER): the paper's batch count, detectron2's EMA
-NORMALIZERS = ("num_pos", "ema")
-#: feature-map geometries whose anchors are kept (multi-scale training cycles through a few)
-_ANCHOR_CACHE_SIZE = 16
 
 
 def _storage():
@@ -80,16 +75,14 @@ class FocalRetinaNet(RetinaNet):
                 anchors entering the classification loss; default: all non-ignored anchors.
             kwargs: everything detectron2's ``RetinaNet`` takes.
         """
-        if normalizer not in NORMALIZERS:
-            raise ValueError(f"normalizer = {normalizer!r} (cfg.MODEL.FOCAL.NORMALIZER) is invalid: "
-                             f"expected one of {list(NORMALIZERS)}")
+        check_normalizer(normalizer)
         super().__init__(**kwargs)
         self.classification_loss = classification_loss
         self.normalizer = normalizer
         self.anchor_sampler = anchor_sampler or AllAnchorsSampler()
         self.num_logits = classification_loss.num_logits(self.num_classes)
         self._check_head_matches_loss()
-        self._anchor_cache: OrderedDict = OrderedDict()  # see _anchors
+        self._anchor_cache = fast_ops.AnchorCache()  # see _anchors
 
     def _check_head_matches_loss(self) -> None:
         # Coupled fields (LazyConfig users set them separately): the head's logits per anchor
@@ -108,67 +101,15 @@ class FocalRetinaNet(RetinaNet):
 
     @classmethod
     def from_config(cls, cfg):
+        check_focal_config(cfg)  # every MODEL.FOCAL value, naming its key
         focal, retina = cfg.MODEL.FOCAL, cfg.MODEL.RETINANET
-        with config_keys(cfg, "MODEL.RETINANET.NUM_CLASSES"):
-            if isinstance(retina.NUM_CLASSES, bool) or not isinstance(retina.NUM_CLASSES, int) \
-                    or retina.NUM_CLASSES <= 0:
-                raise ValueError("expected an integer > 0")
-        with config_keys(cfg, "MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES"):
-            if not isinstance(focal.ALLOW_LOW_QUALITY_MATCHES, bool):
-                raise ValueError("expected True or False")
-        with config_keys(cfg, "MODEL.FOCAL.NORMALIZER"):
-            if focal.NORMALIZER not in NORMALIZERS:
-                raise ValueError(f"expected one of {list(NORMALIZERS)}")
         classification_loss = build_loss_from_cfg(cfg)
         box2box_transform = Box2BoxTransform(weights=retina.BBOX_REG_WEIGHTS)
-        sampler = None
-        with config_keys(cfg, "MODEL.FOCAL.OHEM.ENABLED"):
-            if not isinstance(focal.OHEM.ENABLED, bool):
-                raise ValueError("expected True or False")
-        ohem = focal.OHEM
-        with config_keys(cfg, *(f"MODEL.FOCAL.OHEM.{k}" for k in
-                                ("BATCH_SIZE_PER_IMAGE", "NMS_THRESH", "POSITIVE_FRACTION", "PRE_NMS_TOPK"))):
-            if not ohem.ENABLED:  # not used, but a config must not carry invalid values
-                check_ohem_args(retina.NUM_CLASSES, ohem.BATCH_SIZE_PER_IMAGE, ohem.NMS_THRESH,
-                                ohem.POSITIVE_FRACTION, ohem.PRE_NMS_TOPK or None)
-            else:
-                # OHEM ranks anchors by plain CE (the paper's OHEM baseline), whatever LOSS trains.
-                scorer = (
-                    build_classification_loss("softmax_focal", gamma=0.0, alpha=-1.0, fused=focal.FUSED_LOSS)
-                    if classification_loss.is_softmax
-                    else build_classification_loss("sigmoid_ce", alpha=-1.0, fused=focal.FUSED_LOSS)
-                )
-                sampler = OhemSampler(
-                    scorer=scorer,
-                    box2box_transform=box2box_transform,
-                    num_classes=retina.NUM_CLASSES,
-                    batch_size_per_image=ohem.BATCH_SIZE_PER_IMAGE,
-                    nms_thresh=ohem.NMS_THRESH,
-                    positive_fraction=ohem.POSITIVE_FRACTION,
-                    pre_nms_topk=ohem.PRE_NMS_TOPK or None,
-                )
         backbone = build_backbone(cfg)
-        backbone_shape = backbone.output_shape()
-        missing = [f for f in retina.IN_FEATURES if f not in backbone_shape]
-        if missing:
-            raise ValueError(
-                f"cfg.MODEL.RETINANET.IN_FEATURES names {missing}, which the backbone does not "
-                f"produce (it has {sorted(backbone_shape)})"
-            )
-        feature_shapes = [backbone_shape[f] for f in retina.IN_FEATURES]
-        channels = {f: backbone_shape[f].channels for f in retina.IN_FEATURES}
-        if len(set(channels.values())) != 1:  # the head's convs are shared across levels
-            raise ValueError(
-                f"cfg.MODEL.BACKBONE.NAME = {cfg.MODEL.BACKBONE.NAME!r} gives the levels of "
-                f"cfg.MODEL.RETINANET.IN_FEATURES different channel counts {channels}; the RetinaNet "
-                "head is shared across levels and needs one channel count (e.g. an FPN's OUT_CHANNELS)"
-            )
-        head_keys = ("MODEL.FOCAL.BIAS_INIT", "MODEL.FOCAL.PRIOR_PROB", "MODEL.RETINANET.NUM_CLASSES")
-        with config_keys(cfg, *head_keys):
-            head = FocalRetinaNetHead(cfg, feature_shapes)
+        feature_shapes = _head_input_shapes(cfg, backbone)
         return {
             "backbone": backbone,
-            "head": head,
+            "head": FocalRetinaNetHead(cfg, feature_shapes),
             "anchor_generator": build_anchor_generator(cfg, feature_shapes),
             "box2box_transform": box2box_transform,
             "anchor_matcher": Matcher(
@@ -190,7 +131,8 @@ class FocalRetinaNet(RetinaNet):
             "input_format": cfg.INPUT.FORMAT,
             "classification_loss": classification_loss,
             "normalizer": focal.NORMALIZER,
-            "anchor_sampler": sampler,
+            "anchor_sampler": _ohem_sampler(cfg, classification_loss, box2box_transform)
+            if focal.OHEM.ENABLED else None,
         }
 
     # ----------------------------------------------------------------------------- training
@@ -203,83 +145,14 @@ class FocalRetinaNet(RetinaNet):
         return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
 
     def _anchors(self, features: List[torch.Tensor]) -> List[Boxes]:
-        """``self.anchor_generator(features)``, generated once per geometry: the anchors depend only
-        on the feature maps' sizes (and the generator's strides, device and dtype), so they are
-        kept, keyed by these, for the last ``_ANCHOR_CACHE_SIZE`` geometries. The tensors are
-        shared between calls: read-only (detectron2 never writes into anchors). Only detectron2's
-        ``DefaultAnchorGenerator`` is cached (another generator may depend on more than shapes),
-        and nothing is cached while tracing, scripting or compiling."""
-        gen = self.anchor_generator
-        if type(gen) is not DefaultAnchorGenerator or torch.jit.is_scripting() or torch.jit.is_tracing() \
-                or getattr(torch.compiler, "is_compiling", lambda: False)():
-            return gen(features)
-        cells = list(gen.cell_anchors)  # (storage, version): a replaced or edited cell anchor misses
-        key = (tuple(tuple(f.shape[-2:]) for f in features), tuple(gen.strides), float(gen.offset),
-               features[0].device, cells[0].device, cells[0].dtype,
-               tuple((c.data_ptr(), c._version) for c in cells))
-        cached = self._anchor_cache.get(key)
-        if cached is None:
-            cached = [b.tensor for b in gen(features)]
-            self._anchor_cache[key] = cached
-            while len(self._anchor_cache) > _ANCHOR_CACHE_SIZE:
-                self._anchor_cache.popitem(last=False)
-        else:
-            self._anchor_cache.move_to_end(key)
-        return [Boxes(t) for t in cached]
+        """``self.anchor_generator(features)``, generated once per feature-map geometry
+        (``fast_ops.AnchorCache``)."""
+        return self._anchor_cache(self.anchor_generator, features)
 
     def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
-        """``RetinaNet.label_anchors`` (same inputs, same outputs, bit for bit) for all images at
-        once and without reading values back to the host: the ground truth is padded to the
-        largest count in the batch (padding IoU -1 never matches), and ``self.anchor_matcher``'s
-        thresholds, labels and low-quality rule are applied with masked fills instead of its
-        per-image boolean indexing, ``nonzero`` and ``assert torch.all(iou >= 0)``."""
-        anchors_t = Boxes.cat(anchors).tensor  # (R, 4)
-        n, r, k = len(gt_instances), anchors_t.shape[0], self.num_classes
-        g = max((len(x) for x in gt_instances), default=0)
-        labels = anchors_t.new_full((n, r), k, dtype=torch.int64)
-        if g == 0:  # no ground truth in the batch: all background
-            return list(labels.unbind(0)), list(anchors_t.new_zeros((n, r, 4)).unbind(0))
-        boxes = anchors_t.new_zeros((n, g, 4))
-        classes = labels.new_full((n, g), -1)  # -1 marks padding
-        for i, inst in enumerate(gt_instances):
-            boxes[i, : len(inst)] = inst.gt_boxes.tensor
-            classes[i, : len(inst)] = inst.gt_classes
-        real = classes >= 0
-        iou = _batched_pairwise_iou(boxes, anchors_t).masked_fill_(~real[:, :, None], -1.0)  # (N, G, R)
-        matcher = self.anchor_matcher
-        matched_vals, matches = iou.max(dim=1)  # (N, R)
-        match_labels = torch.ones_like(matches, dtype=torch.int8)
-        for label, low, high in zip(matcher.labels, matcher.thresholds[:-1], matcher.thresholds[1:]):
-            match_labels.masked_fill_((matched_vals >= low) & (matched_vals < high), label)
-        if matcher.allow_low_quality_matches:  # each gt's best anchors (all ties) are foreground
-            best = (iou == iou.max(dim=2, keepdim=True).values) & real[:, :, None]
-            match_labels.masked_fill_(best.any(dim=1), 1)
-        labels = classes.gather(1, matches)
-        labels.masked_fill_(match_labels == 0, k)
-        labels.masked_fill_(match_labels == -1, -1)
-        labels.masked_fill_(~real.any(dim=1, keepdim=True), k)  # an image without ground truth
-        matched_boxes = boxes.gather(1, matches[:, :, None].expand(n, r, 4))  # zeros for such images
-        return list(labels.unbind(0)), list(matched_boxes.unbind(0))
-
-    def _box_loss(self, anchors: List[Boxes], pred_anchor_deltas, gt_boxes, pos_mask: torch.Tensor):
-        """Summed box regression loss over the foreground anchors, as detectron2's
-        ``_dense_box_regression_loss``. For its smooth-L1 / L1 type it is computed here for the
-        whole batch at once without boolean indexing (masked sum; non-foreground anchors regress
-        onto themselves so every term stays finite): the same terms and gradients, only the
-        order of the final summation differs. Other loss types use detectron2's function."""
-        if self.box_reg_loss_type != "smooth_l1":
-            return _dense_box_regression_loss(
-                anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
-                box_reg_loss_type=self.box_reg_loss_type, smooth_l1_beta=self.smooth_l1_beta,
-            )
-        anchors_t = Boxes.cat(anchors).tensor  # (R, 4)
-        n, r = pos_mask.shape
-        src = anchors_t.expand(n, r, 4)
-        target = torch.where(pos_mask[:, :, None], torch.stack(gt_boxes), src)
-        target_deltas = self.box2box_transform.get_deltas(src.reshape(-1, 4), target.reshape(-1, 4))
-        per_coord = smooth_l1_loss(cat(pred_anchor_deltas, dim=1), target_deltas.view(n, r, 4),
-                                   beta=self.smooth_l1_beta, reduction="none")
-        return torch.where(pos_mask[:, :, None], per_coord, per_coord.new_zeros(())).sum()
+        """``RetinaNet.label_anchors`` (same inputs, same outputs), for the whole batch at once
+        (``fast_ops.label_anchors``)."""
+        return fast_ops.label_anchors(anchors, gt_instances, self.anchor_matcher, self.num_classes)
 
     def _loss_normalizer(self, num_pos: torch.Tensor):
         if self.normalizer == "ema":
@@ -318,7 +191,10 @@ class FocalRetinaNet(RetinaNet):
         )
         per_anchor, kept = self._cls_loss_per_anchor(logits, gt_labels, mask)
         cls_sum = per_anchor.sum()
-        box_sum = self._box_loss(anchors, pred_anchor_deltas, gt_boxes, pos_mask)
+        box_sum = fast_ops.box_regression_loss(  # detectron2's _dense_box_regression_loss
+            anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
+            box_reg_loss_type=self.box_reg_loss_type, smooth_l1_beta=self.smooth_l1_beta,
+        )
         losses = {"loss_cls": cls_sum / normalizer, "loss_box_reg": box_sum / normalizer}
         pos_kept = pos_mask.flatten()[kept]
         self._log_and_check(losses, num_images, num_pos, normalizer, per_anchor, pos_kept, mask)
@@ -384,15 +260,44 @@ class FocalRetinaNet(RetinaNet):
         return results
 
 
-def _batched_pairwise_iou(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """(N, G, 4) boxes, (R, 4) anchors -> (N, G, R) IoU: detectron2's ``pairwise_iou`` with a
-    batch dimension, the same operations in the same order (so the same float values)."""
-    area1 = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    area2 = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
-    width_height = torch.min(boxes[:, :, None, 2:], anchors[:, 2:]) - torch.max(
-        boxes[:, :, None, :2], anchors[:, :2]
+
+def _head_input_shapes(cfg, backbone) -> list:
+    """The backbone's ``ShapeSpec`` of each level in ``cfg.MODEL.RETINANET.IN_FEATURES``;
+    ``ValueError`` naming the keys if a level is missing or the levels' channel counts differ
+    (the head's convs are shared across levels)."""
+    backbone_shape = backbone.output_shape()
+    features = cfg.MODEL.RETINANET.IN_FEATURES
+    missing = [f for f in features if f not in backbone_shape]
+    if missing:
+        raise ValueError(
+            f"cfg.MODEL.RETINANET.IN_FEATURES names {missing}, which the backbone does not "
+            f"produce (it has {sorted(backbone_shape)})"
+        )
+    channels = {f: backbone_shape[f].channels for f in features}
+    if len(set(channels.values())) != 1:
+        raise ValueError(
+            f"cfg.MODEL.BACKBONE.NAME = {cfg.MODEL.BACKBONE.NAME!r} gives the levels of "
+            f"cfg.MODEL.RETINANET.IN_FEATURES different channel counts {channels}; the RetinaNet "
+            "head is shared across levels and needs one channel count (e.g. an FPN's OUT_CHANNELS)"
+        )
+    return [backbone_shape[f] for f in features]
+
+
+def _ohem_sampler(cfg, classification_loss: ClassificationLoss, box2box_transform) -> OhemSampler:
+    """The OHEM baseline of Table 1d from ``cfg.MODEL.FOCAL.OHEM``: anchors ranked by plain CE (the
+    paper's OHEM scores by CE whatever loss trains), sigmoid or softmax like the training loss."""
+    focal, ohem = cfg.MODEL.FOCAL, cfg.MODEL.FOCAL.OHEM
+    scorer = (
+        build_classification_loss("softmax_focal", gamma=0.0, alpha=-1.0, fused=focal.FUSED_LOSS)
+        if classification_loss.is_softmax
+        else build_classification_loss("sigmoid_ce", alpha=-1.0, fused=focal.FUSED_LOSS)
     )
-    width_height.clamp_(min=0)
-    inter = width_height.prod(dim=3)
-    return torch.where(inter > 0, inter / (area1[:, :, None] + area2 - inter),
-                       torch.zeros(1, dtype=inter.dtype, device=inter.device))
+    return OhemSampler(
+        scorer=scorer,
+        box2box_transform=box2box_transform,
+        num_classes=cfg.MODEL.RETINANET.NUM_CLASSES,
+        batch_size_per_image=ohem.BATCH_SIZE_PER_IMAGE,
+        nms_thresh=ohem.NMS_THRESH,
+        positive_fraction=ohem.POSITIVE_FRACTION,
+        pre_nms_topk=ohem.PRE_NMS_TOPK or None,
+    )

@@ -1,0 +1,57 @@
+"""``check_focal_config``: the one place a config's ``MODEL.FOCAL`` values meet their rules.
+
+``engine.setup_cfg`` runs it on every config it sets up (``train_net.py``, the ablation runner,
+the analysis tools), so a bad value is refused before any dataset is loaded or any cell starts;
+``FocalRetinaNet.from_config`` runs it for configs assembled in Python. Each rule is written once:
+a loss's hyperparameters in the loss (``focal_plugin.losses``), the bias init in the initializer
+(``focal_plugin.init``), the OHEM hyperparameters in ``modeling.ohem.check_ohem_args``, the loss
+normalizer here (``check_normalizer``, which ``FocalRetinaNet`` also applies to its argument).
+Every error names the config key and its value: "cfg.MODEL.FOCAL.GAMMA = -1.0: ...".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from focal_plugin.init import build_initializer
+from focal_plugin.modeling.config_keys import build_loss_from_cfg, cfg_value, config_keys
+from focal_plugin.modeling.ohem import check_ohem_args
+
+#: loss normalizers (cfg.MODEL.FOCAL.NORMALIZER): the paper's batch count, detectron2's EMA
+NORMALIZERS = ("num_pos", "ema")
+_OHEM_KEYS = tuple(f"MODEL.FOCAL.OHEM.{k}" for k in
+                   ("BATCH_SIZE_PER_IMAGE", "NMS_THRESH", "POSITIVE_FRACTION", "PRE_NMS_TOPK"))
+_SWITCHES = ("MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES", "MODEL.FOCAL.OHEM.ENABLED")  # FUSED_LOSS: the loss's
+
+
+def check_normalizer(normalizer: Any) -> None:
+    """``ValueError`` unless ``normalizer`` is one of ``NORMALIZERS``: "num_pos" (the paper, §4.1:
+    the number of positive anchors) or "ema" (detectron2's moving average of it)."""
+    if not isinstance(normalizer, str) or normalizer not in NORMALIZERS:
+        raise ValueError(f"normalizer = {normalizer!r} is invalid: expected one of {list(NORMALIZERS)}")
+
+
+def check_focal_config(cfg) -> None:
+    """Refuse (``ValueError`` naming the key and value) any value under ``cfg.MODEL.FOCAL`` that the
+    model could not use, and ``MODEL.RETINANET.NUM_CLASSES`` unless a positive integer: the loss
+    name, its hyperparameters and ``FUSED_LOSS``, the bias init with its prior, the normalizer, the
+    switches (True or False) and the OHEM hyperparameters (also while OHEM is off: a config must
+    not carry invalid values). Nothing is built but the loss module and the initializer (cheap)."""
+    focal, retina = cfg.MODEL.FOCAL, cfg.MODEL.RETINANET
+    for key in _SWITCHES:
+        with config_keys(cfg, key):
+            if not isinstance(cfg_value(cfg, key), bool):
+                raise ValueError("expected True or False")
+    with config_keys(cfg, "MODEL.FOCAL.NORMALIZER"):
+        check_normalizer(focal.NORMALIZER)
+    loss = build_loss_from_cfg(cfg)  # MODEL.FOCAL.LOSS and the hyperparameters that loss reads
+    with config_keys(cfg, "MODEL.RETINANET.NUM_CLASSES"):
+        loss.num_logits(retina.NUM_CLASSES)  # a positive integer
+    with config_keys(cfg, "MODEL.FOCAL.BIAS_INIT", "MODEL.FOCAL.PRIOR_PROB", "MODEL.RETINANET.NUM_CLASSES",
+                     "MODEL.FOCAL.LOSS"):
+        build_initializer(focal.BIAS_INIT, prior_prob=focal.PRIOR_PROB, num_classes=retina.NUM_CLASSES,
+                          softmax=loss.is_softmax)
+    ohem = focal.OHEM
+    with config_keys(cfg, *_OHEM_KEYS):
+        check_ohem_args(retina.NUM_CLASSES, ohem.BATCH_SIZE_PER_IMAGE, ohem.NMS_THRESH,
+                        ohem.POSITIVE_FRACTION, ohem.PRE_NMS_TOPK or None)
