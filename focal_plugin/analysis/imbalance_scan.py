@@ -120,12 +120,6 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
                   reference: Optional[Dict[str, Any]] = None) -> List[str]:
     """``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png``; returns the paths.
     ``reference``: ``{"x", "label"}`` drawn as a vertical line (COCO's imbalance, from the report)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
-
     paths = [f"{stem}.{ext}" for ext in ("md", "csv", "json", "png")]
     with open(paths[0], "w") as f:
         f.write(to_markdown(points, title, x_label))
@@ -135,9 +129,40 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
         w.writerows({**p, "pending": ";".join(p.get("pending") or [])} for p in points)
     with open(paths[2], "w") as f:
         json.dump(list(points), f, indent=1)
+    _plot(points, paths[3], title, x_label, reference)
+    return paths
+
+
+def _plot(points: Sequence[Dict[str, Any]], path: str, title: str, x_label: str,
+          reference: Optional[Dict[str, Any]]) -> None:
+    """The gap curve as a PNG: gap (claimed row minus strongest rival) against the level's x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     done = [p for p in points if p["gap"] is not None and p["x"]]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.axhline(0.0, color="gray", lw=0.8)
+    _draw_gaps(ax, points, done)
+    if reference:
+        ax.axvline(reference["x"], color="C3", ls="--", lw=0.8, label=reference["label"])
+    _x_axis(ax, points, reference)
+    ax.margins(y=0.15)
+    ax.set_xlabel(x_label)
+    metric = done[0]["metric"] if done else "AP"
+    ax.set_ylabel(f"{metric}: claimed row − strongest rival")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    _legend(ax, points, done)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _draw_gaps(ax, points: Sequence[Dict[str, Any]], done: List[Dict[str, Any]]) -> None:
+    """One point per level with a gap (bar: seed noise; hollow grey: rivals pending), joined by a
+    line; a side that diverged at the plot's edge."""
     for p in done:
         final = not p.get("pending")  # else: against the finished rivals only, a pending one may be stronger
         color = ("C0" if p["noise"] is not None else "C1") if final else "C7"
@@ -156,11 +181,14 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
                     transform=ax.get_xaxis_transform(), clip_on=False)
             ax.annotate(p["row"], (p["x"], 0.95 if up else 0.05), xycoords=ax.get_xaxis_transform(),
                         fontsize=7, textcoords="offset points", xytext=(4, -3))
-    if reference:
-        ax.axvline(reference["x"], color="C3", ls="--", lw=0.8, label=reference["label"])
+
+
+def _x_axis(ax, points: Sequence[Dict[str, Any]], reference: Optional[Dict[str, Any]]) -> None:
+    """Log x with ticks at the measured levels (every level, run or not), in plain numbers: the log
+    axis's own minor labels (3×10³ 4×10³ ...) collide."""
+    from matplotlib.ticker import NullFormatter
+
     ax.set_xscale("log")
-    # ticks at the measured levels (every level, run or not), in plain numbers: the log axis's
-    # own minor labels (3×10³ 4×10³ ...) collide
     levels = sorted({p["x"] for p in points if p["x"]})
     ax.xaxis.set_minor_formatter(NullFormatter())
     if levels:
@@ -168,12 +196,10 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
         ax.set_xticks(levels, labels, fontsize=7, rotation=30)
         ends = levels + ([reference["x"]] if reference else [])
         ax.set_xlim(min(ends) / 1.25, max(ends) * 1.25)  # every level, run or not, and the reference
-    ax.margins(y=0.15)
-    ax.set_xlabel(x_label)
-    metric = done[0]["metric"] if done else "AP"
-    ax.set_ylabel(f"{metric}: claimed row − strongest rival")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
+
+
+def _legend(ax, points: Sequence[Dict[str, Any]], done: List[Dict[str, Any]]) -> None:
+    """The colour key (entries for the kinds of point present only)."""
     ax.plot([], [], "o", color="C0", label="≥ 2 seeds each (bar: seed noise)")
     ax.plot([], [], "o", color="C1", label="one seed (noise unknown)")
     if any(p.get("pending") for p in done):
@@ -183,10 +209,6 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
     if any(p["diverged"] == "row" for p in points):
         ax.plot([], [], "v", color="C3", label="the row diverged")
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(paths[3], dpi=110)
-    plt.close(fig)
-    return paths
 
 
 def coco_reference_line(report: Dict[str, Any]) -> Optional[Dict[str, Any]]:

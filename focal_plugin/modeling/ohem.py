@@ -184,17 +184,10 @@ def _select_on_prefix(
     return pos_chosen | neg_chosen, pos_exact & neg_exact
 
 
-def ohem_select(
-    anchor_losses: torch.Tensor,
-    pred_boxes: torch.Tensor,
-    gt_labels: torch.Tensor,
-    num_classes: int,
-    batch_size_per_image: int,
-    nms_thresh: float,
-    positive_fraction: float = -1.0,
-    *,
-    pre_nms_topk: Optional[int] = DEFAULT_PRE_NMS_TOPK,
-) -> torch.Tensor:
+def ohem_select(anchor_losses: torch.Tensor, pred_boxes: torch.Tensor, gt_labels: torch.Tensor,
+                num_classes: int, batch_size_per_image: int, nms_thresh: float,
+                positive_fraction: float = -1.0, *,
+                pre_nms_topk: Optional[int] = DEFAULT_PRE_NMS_TOPK) -> torch.Tensor:
     """Pick, per image, the anchors whose classification loss enters the OHEM minibatch.
 
     Args:

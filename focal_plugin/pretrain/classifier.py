@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -127,6 +127,25 @@ def _train_classifier(recipe: PretrainRecipe, log_period: int) -> Tuple[Dict[str
     order = np.random.default_rng(recipe.seed + 1).permutation(n)
     n_val = int(round(recipe.val_fraction * n))
     val_idx, train_idx = order[:n_val], order[n_val:]
+    batch = _batcher(recipe, crops, labels)
+    model = build_classifier(recipe, num_classes + 1)
+    history = _fit(recipe, model, batch, train_idx, log_period, start)
+    state = {KEY_PREFIX + k: v.detach().clone() for k, v in model.resnet.state_dict().items()}
+    report = {
+        "recipe": dataclasses.asdict(recipe), "fingerprint": recipe.fingerprint(),
+        "num_crops": int(n), "num_train_crops": int(len(train_idx)), "num_val_crops": int(n_val),
+        "num_labels": num_classes + 1, "val_accuracy": _correct(model, batch, val_idx) / max(n_val, 1),
+        "history": history, "wall_time_s": time.perf_counter() - start,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
+    return state, report
+
+
+def _batcher(recipe: PretrainRecipe, crops: np.ndarray, labels: np.ndarray) -> Callable:
+    """``batch(idx, flips=None)`` -> (normalized float (B, 3, S, S) images, int64 (B,) labels) of the
+    crops ``idx``, those with ``flips`` True mirrored horizontally."""
+    import torch
+
     mean = torch.tensor(recipe.pixel_mean).view(1, 3, 1, 1)
     std = torch.tensor(recipe.pixel_std).view(1, 3, 1, 1)
 
@@ -137,13 +156,29 @@ def _train_classifier(recipe: PretrainRecipe, log_period: int) -> Tuple[Dict[str
         x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
         return (x - mean) / std, torch.from_numpy(labels[idx])
 
-    model = build_classifier(recipe, num_classes + 1)
+    return batch
+
+
+def _optimizer(recipe: PretrainRecipe, model):
+    """SGD with momentum; weight decay on the weights, none on biases and BN parameters (1-D)."""
+    import torch
+
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim == 1 else decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=recipe.base_lr, momentum=recipe.momentum)
+    return torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=recipe.base_lr, momentum=recipe.momentum)
+
+
+def _fit(recipe: PretrainRecipe, model, batch: Callable, train_idx: np.ndarray, log_period: int,
+         start: float) -> List[Dict[str, float]]:
+    """``recipe.iterations`` SGD steps of softmax CE on reshuffled epochs of ``train_idx`` with random
+    flips (seed ``recipe.seed + 2``); returns the logged history. ``FloatingPointError`` on a
+    non-finite loss."""
+    import torch
+
+    opt = _optimizer(recipe, model)
     rng = np.random.default_rng(recipe.seed + 2)
     perm, pos = rng.permutation(train_idx), 0
     history = []
@@ -166,21 +201,20 @@ def _train_classifier(recipe: PretrainRecipe, log_period: int) -> Tuple[Dict[str
             history.append({"iter": it, "loss": loss.item(), "lr": _lr(recipe, it)})
             logger.info("pretrain %s: iter %d/%d loss %.4f lr %.4f (%.0f s)", recipe.name, it,
                         recipe.iterations, loss.item(), _lr(recipe, it), time.perf_counter() - start)
+    return history
+
+
+def _correct(model, batch: Callable, val_idx: np.ndarray) -> int:
+    """How many of the crops ``val_idx`` the model classifies correctly (eval mode, batches of 256)."""
+    import torch
+
     model.eval()
     correct = 0
     with torch.no_grad():
-        for i in range(0, n_val, 256):
+        for i in range(0, len(val_idx), 256):
             x, y = batch(val_idx[i:i + 256])
             correct += int((model(x).argmax(1) == y).sum())
-    state = {KEY_PREFIX + k: v.detach().clone() for k, v in model.resnet.state_dict().items()}
-    report = {
-        "recipe": dataclasses.asdict(recipe), "fingerprint": recipe.fingerprint(),
-        "num_crops": int(n), "num_train_crops": int(len(train_idx)), "num_val_crops": int(n_val),
-        "num_labels": num_classes + 1, "val_accuracy": correct / max(n_val, 1),
-        "history": history, "wall_time_s": time.perf_counter() - start,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-    }
-    return state, report
+    return correct
 
 
 __all__ = ["build_classifier", "build_crops", "train_classifier"]
