@@ -22,6 +22,8 @@ from typing import Any, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from focal_plugin.io import atomic_write, write_text_atomic
+
 
 def first_non_finite(module: torch.nn.Module) -> Optional[str]:
     """Name of the first parameter or buffer of ``module`` holding a NaN/Inf, else None.
@@ -35,16 +37,6 @@ def first_non_finite(module: torch.nn.Module) -> Optional[str]:
     if bool(flags.all()):
         return None
     return tensors[int((~flags).nonzero()[0])][0]
-
-
-def _atomic_write(path: str, write: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class UntrustedCheckpointError(ValueError):
@@ -90,12 +82,8 @@ class SafeCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)
-        _atomic_write(path, lambda tmp: torch.save(data, tmp))
+        atomic_write(path, lambda f: torch.save(data, f), binary=True)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        def write(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                f.write(last_filename_basename)
-
-        _atomic_write(os.path.join(self.save_dir, "last_checkpoint"), write)
+        write_text_atomic(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ from focal_plugin import compat
 from focal_plugin.checkpoint import SafeCheckpointer
 from focal_plugin.config import add_focal_config
 from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
+from focal_plugin.io import write_json_atomic
 from focal_plugin.modeling.config_keys import cfg_value
 from focal_plugin.modeling.validate import check_focal_config
 
@@ -340,12 +340,7 @@ def _flatten_results(results: Dict[str, Any]) -> Dict[str, Any]:
 def _write_results(cfg: CfgNode, payload: Dict[str, Any]) -> None:
     if not comm.is_main_process():
         return
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    path = os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)  # never leave a half-written results file
+    write_json_atomic(os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE), payload)  # never half-written
 
 
 def train(cfg: CfgNode, resume: bool = False, hooks: Sequence[Any] = ()) -> Dict[str, Any]:

@@ -1,24 +1,29 @@
-"""Files written atomically, and JSON read back with errors that name the file.
+"""Files and folders written atomically, and JSON read back with errors that name the file.
 
 Every file the plugin leaves for a later reader (results, checkpoints, reports, caches) is written
 to a temporary file in the same folder and renamed into place (``os.replace``), so a reader — a
-resumed run, a report, another process — never sees half a file, even after SIGKILL.
+resumed run, a report, another process — never sees half a file, even after SIGKILL. A folder
+whose files belong together (a generated dataset, a pre-trained backbone) is filled the same way:
+in a temporary folder beside it, renamed into place when complete (:func:`atomic_dir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import IO, Any, Callable, Dict, Optional
+import shutil
+from pathlib import Path
+from typing import IO, Any, Callable, Dict, Iterator, Optional, Union
 
 
-def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -> None:
+def atomic_write(path: Union[str, Path], write: Callable[[IO], None], binary: bool = False) -> None:
     """Create or replace ``path`` atomically: ``write(f)`` fills a temporary file in the same
     folder (the folder is created), which is then renamed onto ``path``; on an error the
     temporary file is removed and ``path`` keeps its old content."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
             write(f)
@@ -30,14 +35,52 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = False) -
             os.remove(tmp)
 
 
-def write_text_atomic(path: str, text: str) -> None:
+def write_text_atomic(path: Union[str, Path], text: str) -> None:
     """Write ``text`` to ``path`` atomically (:func:`atomic_write`)."""
     atomic_write(path, lambda f: f.write(text))
 
 
-def write_json_atomic(path: str, payload: Any, indent: Optional[int] = 2) -> None:
+def write_json_atomic(path: Union[str, Path], payload: Any, indent: Optional[int] = 2) -> None:
     """Write ``payload`` as JSON (sorted keys; non-JSON values as ``str``) atomically."""
     atomic_write(path, lambda f: json.dump(payload, f, indent=indent, sort_keys=True, default=str))
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Union[str, Path]) -> Iterator[Path]:
+    """Create or replace the folder ``final`` atomically: yields a new empty folder beside it
+    (``.tmp-<name>-<pid>``) for the block to fill; when the block ends without an exception it is
+    renamed onto ``final`` (an existing ``final`` is first renamed to ``.trash-<name>-<pid>`` and
+    then deleted: never half-deleted in place; between the two renames ``final`` is absent for an
+    instant). On an exception (``KeyboardInterrupt`` included) the temporary folder is removed and
+    ``final`` keeps its old content.
+
+    Temporary and trash folders of ``final`` left by killed processes are removed on entry, so
+    two processes must not fill the same ``final`` at once: hold a lock around the block (both
+    callers do, iopath's ``file_lock``). The parent folder is created.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for prefix in (".tmp", ".trash"):
+        for stale in final.parent.glob(f"{prefix}-{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            trash = final.with_name(f".trash-{final.name}-{os.getpid()}")
+            os.replace(final, trash)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(trash, final)
+                raise
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class CorruptJSON(ValueError):
@@ -61,4 +104,4 @@ def read_json(path: str) -> Optional[Dict[str, Any]]:
     return value
 
 
-__all__ = ["CorruptJSON", "atomic_write", "read_json", "write_json_atomic", "write_text_atomic"]
+__all__ = ["CorruptJSON", "atomic_dir", "atomic_write", "read_json", "write_json_atomic", "write_text_atomic"]

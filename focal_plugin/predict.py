@@ -24,6 +24,7 @@ from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 
 from focal_plugin.checkpoint import SafeCheckpointer
+from focal_plugin.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +107,6 @@ def draw(rgb: np.ndarray, instances: Instances, metadata, score_thresh: float,
     return vis.draw_instance_predictions(instances[instances.scores >= score_thresh]).get_image()
 
 
-def _write_json(path: str, payload: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)
-
-
 def predict(
     cfg: CfgNode,
     inputs: Sequence[str],
@@ -153,7 +147,7 @@ def predict(
                 cv2.imwrite(out_path, draw(rgb, instances, metadata, score_thresh)[:, :, ::-1])
                 pictures.append(out_path)
     finally:
-        _write_json(json_path, records)  # never lose what was computed
+        atomic_write(json_path, lambda f: json.dump(records, f))  # never lose what was computed
     for s in skipped:
         logger.warning("skipped unreadable input %s (%s)", s["file"], s["reason"])
     return {

@@ -167,6 +167,7 @@ def fetch_sdist(cache_dir: str) -> bytes:
             f"[install_detectron2] sha256 mismatch for {SDIST_NAME}: got {digest}, "
             f"expected {SDIST_SHA256}. Refusing to install."
         )
+    # its own atomic writer, not focal_plugin.io's: this runs before focal_plugin is importable
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + ".part"
     with open(tmp, "wb") as f:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from detectron2.layers import cat
 
+from focal_plugin.io import atomic_write
 from focal_plugin.losses import sigmoid_focal_loss, softmax_focal_loss
 
 Tensor = torch.Tensor
@@ -280,9 +281,7 @@ def load_weights(model, weights: str, config_file: str) -> None:
 # ---------------------------------------------------------------------------------- outputs
 def write_csv(acc: LossCDF, path: str, points: int = 1001) -> None:
     """Curves as rows ``kind, gamma, fraction_of_samples, cumulative_normalized_loss``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    def write(f) -> None:
         w = csv.writer(f)
         w.writerow(["kind", "gamma", "fraction_of_samples", "cumulative_normalized_loss"])
         for kind in KINDS:
@@ -291,7 +290,8 @@ def write_csv(acc: LossCDF, path: str, points: int = 1001) -> None:
             for i, g in enumerate(acc.gammas):
                 frac, cum = acc.curve(kind, i, points)
                 w.writerows((kind, f"{g:g}", f"{a:.4f}", f"{b:.6g}") for a, b in zip(frac, cum))
-    os.replace(tmp, path)
+
+    atomic_write(path, write)  # the folder is created
 
 
 def format_summary(summary: Dict[str, Any]) -> str:

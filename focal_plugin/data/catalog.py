@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +36,7 @@ from focal_plugin.data.synthetic import (
     coco_dict,
     get_config,
 )
+from focal_plugin.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def verify_dataset(directory: PathLike, config: Optional[SyntheticConfig] = None
 
 def write_dataset(config: SyntheticConfig, directory: PathLike, *, progress: bool = True,
                   workers: Optional[int] = None) -> Dict[str, Any]:
-    """Generate ``config``'s dataset into ``directory`` (must not exist), manifest last.
+    """Generate ``config``'s dataset into ``directory`` (created if missing, else empty), manifest last.
 
     Not atomic by itself: :func:`prepare_dataset` calls it on a temporary directory. Output is
     byte-identical whatever ``workers`` (threads, default min(4, CPUs); each image has its own
@@ -121,7 +121,7 @@ def write_dataset(config: SyntheticConfig, directory: PathLike, *, progress: boo
     from tqdm import tqdm
 
     d = Path(directory)
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     (d / "annotations").mkdir()
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     manifest: Dict[str, Any] = {
@@ -178,21 +178,10 @@ def prepare_dataset(config: ConfigLike = "demo", root: Optional[PathLike] = None
         ok, reason = verify_dataset(final, config)  # another process may have finished it
         if ok:
             return final
-        for prefix in (".tmp", ".trash"):  # left by killed runs
-            for stale in final.parent.glob(f"{prefix}-{final.name}-*"):
-                shutil.rmtree(stale, ignore_errors=True)
         if final.exists():
             logger.warning("Dataset %s is incomplete or corrupt (%s): regenerating it", final, reason)
-            trash = final.with_name(f".trash-{final.name}-{os.getpid()}")  # never half-deleted in place
-            os.replace(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-        try:
+        with atomic_dir(final) as tmp:  # also removes what killed runs left
             write_dataset(config, tmp, progress=progress, workers=workers)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         ok, reason = verify_dataset(final, config)
         if not ok:  # pragma: no cover - would be a generator bug
             raise RuntimeError(f"freshly generated dataset {final} failed verification: {reason}")

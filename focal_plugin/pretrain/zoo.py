@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, List
 
 from iopath.common.file_io import PathHandler, file_lock
 
+from focal_plugin.io import atomic_dir, atomic_write, write_json_atomic
 from focal_plugin.pretrain.classifier import train_classifier
 from focal_plugin.pretrain.recipe import PretrainRecipe, get_recipe
 from focal_plugin.pretrain.rescale import rescale_stages, stage_rms
@@ -78,9 +78,7 @@ def register_path_handler() -> None:
 def _save(obj: Any, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def build(recipe="proto-r18", force: bool = False) -> Path:
@@ -101,15 +99,9 @@ def build(recipe="proto-r18", force: bool = False) -> Path:
             return weights_path(recipe)
         if force or not raw_weights_path(recipe).is_file():
             state, report = train_classifier(recipe)
-            tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            torch.save({"model": state, "__author__": author}, tmp / raw_weights_path(recipe).name)
-            with open(tmp / "RECIPE.json", "w") as f:
-                json.dump(report, f, indent=1, sort_keys=True)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            with atomic_dir(final) as tmp:
+                torch.save({"model": state, "__author__": author}, tmp / raw_weights_path(recipe).name)
+                write_json_atomic(tmp / "RECIPE.json", report, indent=1)
         if recipe.feature_rms:
             raw = torch.load(raw_weights_path(recipe))["model"]
             rms = stage_rms(recipe, raw)
@@ -122,10 +114,7 @@ def build(recipe="proto-r18", force: bool = False) -> Path:
             report.setdefault("exports", {})[weights_path(recipe).name] = {
                 "feature_rms": recipe.feature_rms, "rms_images": recipe.rms_images,
                 "rms_raw": rms, "scales": scales, "rms_exported": after}
-            tmp = final / f".tmp-RECIPE-{os.getpid()}.json"
-            with open(tmp, "w") as f:
-                json.dump(report, f, indent=1, sort_keys=True)
-            os.replace(tmp, final / "RECIPE.json")
+            write_json_atomic(final / "RECIPE.json", report, indent=1)
     return weights_path(recipe)
 
 
