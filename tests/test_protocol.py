@@ -79,6 +79,28 @@ def test_recipe_fingerprint():
     assert r.fingerprint() in str(pretrain.weights_path(r))
 
 
+def test_the_resnet34_recipe_builds_table_1e_resnet34_backbone():
+    """proto-r34 is proto-r18 at depth 34 (its own cache folder), and builds detectron2's ResNet-34
+    (BasicBlocks 3-4-6-3) with the keys and shapes of Table 1e's ResNet-34 rows (not trained here)."""
+    from detectron2.modeling import build_backbone
+    from detectron2.modeling.backbone.resnet import BasicBlock
+
+    from focal_plugin.engine import setup_cfg
+    from focal_plugin.pretrain.recipe import build_resnet
+
+    r18, r34 = pretrain.RECIPES["proto-r18"], pretrain.get_recipe("proto-r34")
+    assert dataclasses.replace(r34, name=r18.name, depth=18) == r18
+    assert r34.fingerprint() != r18.fingerprint() and pretrain.weights_dir(r34) != pretrain.weights_dir(r18)
+    resnet = build_resnet(r34, "FrozenBN", ["res5"])
+    assert [len(stage) for stage in resnet.stages] == [3, 4, 6, 3]
+    assert all(isinstance(block, BasicBlock) for stage in resnet.stages for block in stage)
+    row = setup_cfg(str(CONFIG_DIR / "Base-Protocol.yaml"), ["MODEL.RESNETS.DEPTH", "34",
+                                                              "MODEL.WEIGHTS", ""])
+    detection = build_backbone(row).bottom_up  # what KEY_PREFIX ("backbone.bottom_up.") loads into
+    assert {k: v.shape for k, v in resnet.state_dict().items()} == {
+        k: v.shape for k, v in detection.state_dict().items()}
+
+
 def test_missing_weights_name_the_build_command(tiny_recipe):
     from detectron2.utils.file_io import PathManager
 

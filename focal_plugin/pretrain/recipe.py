@@ -63,9 +63,12 @@ def _protocol_source():
 #: Source datasets by name (lazy, so this module imports nothing heavy).
 SOURCES = {"proto-pretrain": _protocol_source}
 
-#: The recipes in use. ``proto-r18``: the mini protocol's backbone.
+#: The recipes in use. ``proto-r18``: the mini protocol's backbone; ``proto-r34``: the same recipe at
+#: depth 34, for Table 1e's ResNet-34 rows (configs/ablations/table1e.yaml; built with
+#: ``tools/pretrain_backbone.py --recipe proto-r34``).
 RECIPES: Dict[str, PretrainRecipe] = {
     "proto-r18": PretrainRecipe(name="proto-r18"),
+    "proto-r34": PretrainRecipe(name="proto-r34", depth=34),
 }
 
 
