@@ -15,7 +15,7 @@
 
 **Backend** (``backend``; ``cfg.TEST.COCO_EVAL_BACKEND``): ``"faster_coco_eval"`` runs the
 faster-coco-eval package's ``COCOeval_faster`` (C++ matching and accumulation, a dependency of
-the default install; same AP as pycocotools to 1e-4 in ``tests/test_performance_eval.py``, ~7x
+the default install; same AP as pycocotools to 1e-4 in ``tests/test_evaluation.py``, ~7x
 faster on 5k COCO-like images, ``benchmarks/bench_coco_eval.py``); ``"pycocotools"`` runs
 detectron2's own path (pycocotools' ``COCOeval``, or detectron2's ``COCOeval_opt`` where its
 compiled ops exist: ``use_fast_impl``); ``"auto"`` is the first when it is installed, else the

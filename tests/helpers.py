@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from typing import Iterator, List
+
 import torch
 from detectron2.structures import Boxes, Instances
 
@@ -52,3 +56,23 @@ def make_batch(num_images: int = 2, size: int = 64, num_classes: int = 3, boxes_
         inst.gt_classes = torch.randint(0, num_classes, (n,), generator=g)
         batch.append({"image": image, "instances": inst, "height": size, "width": size})
     return batch
+
+
+@contextlib.contextmanager
+def captured(logger_name: str) -> Iterator[List[str]]:
+    """Messages of ``logger_name`` (detectron2's setup_logger may stop propagation to the root)."""
+    records: List[str] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    log, handler = logging.getLogger(logger_name), Handler(logging.WARNING)
+    log.addHandler(handler)
+    old = log.level
+    log.setLevel(min(old or logging.WARNING, logging.WARNING))
+    try:
+        yield records
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)

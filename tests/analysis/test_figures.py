@@ -17,7 +17,7 @@ from focal_plugin.analysis import curves, loss_cdf, speed_accuracy
 from focal_plugin.losses import sigmoid_ce_loss, sigmoid_focal_loss, sigmoid_focal_loss_star
 from tests.helpers import make_batch, tiny_cfg
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tool(name: str):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ["bench_loss.py", "bench_train_iter.py", "bench_inference.py", "bench_coco_eval.py",
            "profile_train_step.py", "report.py"]
 

@@ -1,4 +1,4 @@
-"""The pinned sha256 of the detectron2 sdist is checked at install (issue 15): a download whose
+"""The pinned sha256 of the detectron2 sdist is checked at install: a download whose
 digest differs stops the install before anything is built or installed, and a cached file with
 another digest is discarded, never used. No network: the download is replaced."""
 
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _installer():

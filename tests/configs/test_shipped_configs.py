@@ -85,7 +85,7 @@ def test_wheel_ships_the_configs_and_an_installed_copy_finds_them(tmp_path):
     import sys
     import zipfile
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", root, "--no-deps", "--no-build-isolation",
                             "-q", "-w", str(tmp_path / "dist")], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Faults in a user's COCO dataset (issue 15), registered with ``focal_plugin.data.register_coco_json``:
+"""Faults in a user's COCO dataset, registered with ``focal_plugin.data.register_coco_json``:
 each is either an error naming the file and the image or annotation id, or a documented skip with
 a logged count, never a silent wrong result. CPU, small images; one short training run."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 from typing import Any, Callable, Dict, Iterator, List
@@ -18,8 +17,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from focal_plugin import engine
 from focal_plugin.data import register_coco_json
 from focal_plugin.data.catalog import load_coco_dicts
+from tests.helpers import captured
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(ROOT, "configs", "mini", "smoke_tiny.yaml")
 SIZE = 96
 
@@ -49,25 +49,6 @@ def write(root, coco: Dict[str, Any], name: str = "user.json"):
     path.write_text(json.dumps(coco))
     return path
 
-
-@contextlib.contextmanager
-def captured(logger_name: str) -> Iterator[List[str]]:
-    """Messages of ``logger_name`` (detectron2's setup_logger may stop propagation to the root)."""
-    records: List[str] = []
-
-    class Handler(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    log, handler = logging.getLogger(logger_name), Handler(logging.WARNING)
-    log.addHandler(handler)
-    old = log.level
-    log.setLevel(min(old or logging.WARNING, logging.WARNING))
-    try:
-        yield records
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(old)
 
 
 @contextlib.contextmanager

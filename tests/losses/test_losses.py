@@ -1,4 +1,4 @@
-"""The loss library against PAPER.md (issue 3): values, Appendix B gradients, gradcheck,
+"""The loss library against PAPER.md: values, Appendix B gradients, gradcheck,
 agreement with fvcore / torchvision / F.cross_entropy, numerics, module and registry contract.
 
 Tolerances: float64 checks of formulas are exact to 1e-12 relative; float32 results are compared

@@ -1,4 +1,4 @@
-"""Faults replayed from users' bug reports (issues 10 and 16): each example's right value, and
+"""Faults replayed from users' bug reports: each example's right value, and
 other members of its kind. Tiny synthetic set, CPU, seconds each."""
 
 import json
@@ -17,7 +17,7 @@ from focal_plugin.checkpoint import SafeCheckpointer, first_non_finite
 
 from helpers import tiny_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(ROOT, "configs", "mini", "smoke_tiny.yaml")
 
 

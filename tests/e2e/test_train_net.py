@@ -11,7 +11,7 @@ from detectron2.engine import HookBase, default_argument_parser
 
 from focal_plugin import engine
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(ROOT, "configs", "mini", "smoke_tiny.yaml")
 
 

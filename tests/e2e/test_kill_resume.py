@@ -1,4 +1,4 @@
-"""Killed jobs and failed workers (issue 15): a SIGKILL during training or during a save never
+"""Killed jobs and failed workers: a SIGKILL during training or during a save never
 leaves ``last_checkpoint`` naming a file that cannot be loaded, and ``--resume`` finishes with the
 weights and metrics of an uninterrupted run; a 2-process CPU job where one rank fails ends as a
 whole, with the error shown, no process left behind and every checkpoint loadable.
@@ -23,7 +23,7 @@ import torch
 
 from focal_plugin.checkpoint import SafeCheckpointer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "mini" / "smoke_tiny.yaml"
 BOUND_S = 600  # a job that has not ended by then is hung (the bound, not a measured time)
 
@@ -56,8 +56,12 @@ def test_a_save_that_dies_half_way_leaves_the_previous_checkpoint_named(tmp_path
 
     def dying_save(obj, f, *args, **kwargs):  # writes half the bytes, then the process "dies"
         real_save(obj, f, *args, **kwargs)
-        with open(f, "r+b") as fh:
-            fh.truncate(os.path.getsize(f) // 2)
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "r+b") as fh:
+                fh.truncate(os.path.getsize(f) // 2)
+        else:  # an open file (the atomic writer's temporary)
+            f.flush()
+            f.truncate(f.tell() // 2)
         raise crash("killed during the save")
 
     monkeypatch.setattr(torch, "save", dying_save)
@@ -76,9 +80,8 @@ def tiny_data(tmp_path_factory, monkeypatch):
 
 
 def test_checkpoints_hold_the_optimizer_and_older_ones_resume_at_the_scheduled_lr(tmp_path, tiny_data):
-    from test_reliability_data import captured
-
     from focal_plugin import engine
+    from tests.helpers import captured
 
     opts = ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "0",
             "DATASETS.TEST", "()"]

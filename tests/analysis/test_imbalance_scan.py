@@ -1,4 +1,4 @@
-"""Issue 12, point 3: the imbalance scan — merged-class and sparse datasets, per-row imbalance in
+"""The imbalance scan — merged-class and sparse datasets, per-row imbalance in
 ablation reports, the best claim's margin and the curve "FL minus the best α-CE" vs imbalance."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import focal_plugin  # noqa: F401
 from focal_plugin import protocol
 from focal_plugin.data import SyntheticConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mini" / "protocol"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "mini" / "protocol"
 
 SIXTEEN = SyntheticConfig(name="merge-test", seed=3, num_train=6, num_val=2, image_size=(96, 96),
                           num_classes=16, mean_objects=4.0, max_objects=6, scale_range=(0.15, 0.5))
@@ -258,7 +258,7 @@ def test_tool_errors_name_the_report_and_create_the_output_folder(tmp_path, caps
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("imbalance_scan_tool", os.path.join(
-        os.path.dirname(__file__), "..", "tools", "imbalance_scan.py"))
+        os.path.dirname(__file__), "..", "..", "tools", "imbalance_scan.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     bad = tmp_path / "report.json"

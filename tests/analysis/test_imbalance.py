@@ -16,7 +16,7 @@ from focal_plugin.analysis.imbalance import AnchorCounter, coco_reference, featu
 from focal_plugin.config import add_focal_config
 from focal_plugin.data import SyntheticConfig, register_dense_shapes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SQUARES = SyntheticConfig(name="squares96", num_train=8, num_val=4, image_size=(96, 96), num_classes=5,
                           mean_objects=6.0, max_objects=12, empty_fraction=0.2, scale_range=(0.12, 0.5))
 

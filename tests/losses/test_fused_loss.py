@@ -1,4 +1,4 @@
-"""The fused path (one-pass loss + gradient kernels) against the reference formulas (issue 3).
+"""The fused path (one-pass loss + gradient kernels) against the reference formulas.
 
 Stated tolerances (both paths compute in float32 for float32/float16/bfloat16 inputs, which are
 cast to float32 first, and in float64 for float64 inputs):

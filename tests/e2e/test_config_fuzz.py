@@ -1,4 +1,4 @@
-"""Config fuzzing over ``MODEL.FOCAL`` (issue 15): any values, any combination, from the command
+"""Config fuzzing over ``MODEL.FOCAL``: any values, any combination, from the command
 line (strings through ``setup_cfg``) or assigned in Python, either build a model that trains one
 step with a finite loss and finite weights, or raise ``ValueError`` naming a key that was
 changed. Never another exception type, never a NaN at step 1. Tiny models (``tiny_cfg``), CPU."""
@@ -153,7 +153,7 @@ def test_focal_values_from_the_command_line_train_or_name_the_key(tiny_yaml, cha
     _check_outcome(lambda: engine.setup_cfg(tiny_yaml, opts), changes)
 
 
-# Found by this fuzzing (issue 15) and fixed where the rules live (losses, init, modeling):
+# Found by this fuzzing and fixed where the rules live (losses, init, modeling):
 # unhashable names crashed a registry lookup; a subnormal prior gave a -inf bias; FL*'s gamma/beta
 # and FL's gamma beyond float32 gave an inf/NaN loss or NaN gradients at step 1.
 @pytest.mark.parametrize("changes", [

@@ -1,4 +1,4 @@
-"""OHEM sampler (paper Table 1d, issue 5): hand-built cases plus a brute-force reference."""
+"""OHEM sampler (paper Table 1d): hand-built cases plus a brute-force reference."""
 
 import pytest
 import torch

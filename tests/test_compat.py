@@ -1,4 +1,4 @@
-"""Issue 2: the environment works with a pure-Python detectron2 v0.6 (or an upstream build)."""
+"""The environment works with a pure-Python detectron2 v0.6 (or an upstream build)."""
 
 import importlib
 import os
@@ -12,7 +12,7 @@ from focal_plugin import compat
 
 from helpers import make_batch, tiny_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_detectron2_packages_import_after_plugin():

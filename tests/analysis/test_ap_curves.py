@@ -15,7 +15,7 @@ import pytest
 
 from focal_plugin.analysis.ap_curves import ap_curve, checkpoint_curve, write_curves
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = str(ROOT / "configs" / "mini" / "smoke_tiny.yaml")
 
 
