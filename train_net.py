@@ -9,23 +9,11 @@
 Without CUDA, ``--num-gpus N`` runs N CPU worker processes (gloo).
 """
 
-from detectron2.engine import default_argument_parser, default_setup
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+from detectron2.engine import default_argument_parser
 
 import focal_plugin  # noqa: F401  (registers FocalRetinaNet, losses, initializers, datasets)
 from focal_plugin.compat import launch
-from focal_plugin.engine import evaluate, setup_cfg, train
-
-
-def main(args):
-    cfg = setup_cfg(args.config_file, args.opts)
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
-    if args.eval_only:
-        return evaluate(cfg)
-    return train(cfg, resume=args.resume)
-
+from focal_plugin.engine import main
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()

@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
+import re
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -29,7 +31,7 @@ from focal_plugin import compat
 from focal_plugin.checkpoint import SafeCheckpointer
 from focal_plugin.config import add_focal_config
 from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
-from focal_plugin.io import write_json_atomic
+from focal_plugin.io import read_json, write_json_atomic
 from focal_plugin.modeling.config_keys import cfg_value
 from focal_plugin.modeling.validate import check_focal_config
 
@@ -410,3 +412,47 @@ def evaluate(cfg: CfgNode, weights: Optional[str] = None) -> Dict[str, Any]:
 
 
 __all__: List[str] = ["Trainer", "setup_cfg", "get_focal_cfg", "train", "evaluate"]
+
+
+def main(args: argparse.Namespace) -> Dict[str, Any]:
+    """``train_net.py``'s main (one process of a run): ``args`` as detectron2's
+    ``default_argument_parser`` gives them (``config_file``, ``opts``, ``resume``, ``eval_only``)."""
+    from detectron2.engine import default_setup
+    from detectron2.utils.logger import setup_logger
+
+    cfg = setup_cfg(args.config_file, args.opts)
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
+    if args.eval_only:
+        return evaluate(cfg)
+    return train(cfg, resume=args.resume)
+
+
+def train_from_files(config_file: str, opts: Sequence[str], resume: bool = False,
+                     num_gpus: int = 1) -> Dict[str, Any]:
+    """``python train_net.py --config-file config_file [--resume] --num-gpus N opts`` as a call:
+    :func:`train`'s result dict. One process directly; several through ``compat.launch``
+    (detectron2's on CUDA, gloo processes on CPU), the result then read back from ``results.json``
+    in ``OUTPUT_DIR`` (``RuntimeError`` when the workers wrote none)."""
+    args = argparse.Namespace(config_file=config_file, opts=list(opts), resume=resume, eval_only=False)
+    if num_gpus <= 1:
+        return main(args)
+    compat.launch(main, num_gpus, dist_url="auto", args=(args,))
+    out = setup_cfg(config_file, list(opts)).OUTPUT_DIR
+    result = read_json(os.path.join(out, RESULTS_FILE))
+    if result is None:
+        raise RuntimeError(f"training on {num_gpus} workers wrote no {RESULTS_FILE} in {out}")
+    return result
+
+
+def divergence_iteration(exc: BaseException) -> Optional[int]:
+    """The iteration of a non-finite-loss error (-1 if not stated), or None for other errors.
+
+    Recognises the model's ``FloatingPointError("... at iteration N ...")``, detectron2's
+    "Loss became infinite or NaN at iteration=N!", also when re-raised from a spawned worker.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, FloatingPointError) and "FloatingPointError" not in text:
+        return None
+    m = re.search(r"iteration\s*=?\s*(\d+)", text)
+    return int(m.group(1)) if m else -1

@@ -32,6 +32,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from focal_plugin.collect_env import describe_device, git_commit
+from focal_plugin.engine import divergence_iteration, train_from_files
 from focal_plugin.io import read_json, write_json_atomic
 from focal_plugin.locks import FileLock, LockHeld, now_iso
 from focal_plugin.processes import die_with_parent, pin_to
@@ -61,7 +62,7 @@ class State(str, enum.Enum):
 
 
 #: ``train_fn(config_file, opts, resume, num_gpus) -> engine.train's dict`` (default
-#: :func:`train_cell`); another one is named as "module:function" (e.g. a fake in tests).
+#: :func:`focal_plugin.engine.train_from_files`); another one is named "module:function" (a fake in tests).
 TrainFn = Callable[[str, Sequence[str], bool, int], Dict[str, Any]]
 
 
@@ -73,54 +74,6 @@ def import_train_fn(name: str) -> TrainFn:
     if not sep or not module or not attr:
         raise ValueError(f"train_fn {name!r} is invalid: expected 'package.module:function'")
     return getattr(importlib.import_module(module), attr)
-
-
-def divergence_iteration(exc: BaseException) -> Optional[int]:
-    """The iteration of a non-finite-loss error (-1 if not stated), or None for other errors.
-
-    Recognises the model's ``FloatingPointError("... at iteration N ...")``, detectron2's
-    "Loss became infinite or NaN at iteration=N!", also when re-raised from a spawned worker.
-    """
-    text = f"{type(exc).__name__}: {exc}"
-    if not isinstance(exc, FloatingPointError) and "FloatingPointError" not in text:
-        return None
-    m = re.search(r"iteration\s*=?\s*(\d+)", text)
-    return int(m.group(1)) if m else -1
-
-
-# ------------------------------------------------------------------------ training in a cell
-def _train_worker(config_file: str, opts: Sequence[str], resume: bool) -> Dict[str, Any]:
-    """One training process: what ``train_net.py``'s ``main`` does, for this cell's config."""
-    from detectron2.engine import default_setup
-    from detectron2.utils import comm
-    from detectron2.utils.logger import setup_logger
-
-    import focal_plugin  # noqa: F401  (registrations in spawned workers)
-    from focal_plugin.engine import setup_cfg, train
-
-    cfg = setup_cfg(config_file, list(opts))
-    default_setup(cfg, argparse.Namespace(config_file=config_file, opts=list(opts), resume=resume,
-                                          eval_only=False))
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
-    return train(cfg, resume=resume)
-
-
-def train_cell(config_file: str, opts: Sequence[str], resume: bool, num_gpus: int = 1) -> Dict[str, Any]:
-    """Train (and evaluate) one cell on ``num_gpus`` workers; the engine's result dict.
-
-    One process directly, several through the plugin's ``launch`` (detectron2's on CUDA, gloo
-    processes on CPU).
-    """
-    if num_gpus <= 1:
-        return _train_worker(config_file, opts, resume)
-    from focal_plugin.compat import launch
-
-    launch(_train_worker, num_gpus, dist_url="auto", args=(config_file, list(opts), resume))
-    out = opts[list(opts).index("OUTPUT_DIR") + 1]
-    result = read_json(os.path.join(out, "results.json"))
-    if result is None:
-        raise RuntimeError(f"training on {num_gpus} workers wrote no results.json in {out}")
-    return result
 
 
 # ------------------------------------------------------------------------------------ a cell
@@ -150,7 +103,7 @@ class CellJob:
     num_gpus: int = 1
     prune_checkpoints: bool = True
     timing: Optional[Dict[str, int]] = None  # {images, warmup}: time the final weights
-    train_fn: Any = None  # "module:function", a callable (in-process runs), or None: train_cell
+    train_fn: Any = None  # "module:function", a callable (in-process runs), or None: engine.train_from_files
 
     def __call__(self) -> Dict[str, Any]:
         status = run_cell(self)
@@ -208,7 +161,7 @@ def _train(job: CellJob, cell: Dict[str, Any], previous: Dict[str, Any]) -> Dict
         "commit": git_commit(), "device": describe_device(job.num_gpus), "python": sys.version.split()[0]}
     write_json_atomic(path, status)
     train_fn = job.train_fn if callable(job.train_fn) else \
-        import_train_fn(job.train_fn) if job.train_fn else train_cell
+        import_train_fn(job.train_fn) if job.train_fn else train_from_files
     opts = [*cell["opts"], "SEED", str(cell["seed"]), "OUTPUT_DIR", os.path.abspath(job.cell_dir)]
     start = time.perf_counter()
     try:

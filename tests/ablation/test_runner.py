@@ -10,7 +10,8 @@ import pytest
 from fakes import calls_of, cell_dir, fake_train, make_runner, md_rows, status_of
 
 from focal_plugin.ablation import LockHeld, PlanMismatch, Runner, RunOptions, SpecError, State, load_spec
-from focal_plugin.ablation.cell import LOCK_FILE, divergence_iteration, prune_checkpoints
+from focal_plugin.ablation.cell import LOCK_FILE, prune_checkpoints
+from focal_plugin.engine import divergence_iteration
 from focal_plugin.locks import FileLock
 
 
