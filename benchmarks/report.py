@@ -5,7 +5,8 @@
         --coco coco.json --out table.md [--note "measured under load (load avg 6.1)"]
 
 Rows: what was compared, the baseline measured in the same run, ours, the ratio and the goal
-of issue 14 where there is one (time ratios: ours / baseline, lower is better; speedups: x).
+of the project's speed targets where there is one (time ratios: ours / baseline, lower is
+better; speedups: x).
 """
 
 from __future__ import annotations

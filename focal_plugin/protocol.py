@@ -1,4 +1,4 @@
-"""The CPU mini protocol's datasets (issue 12): registered on import, generated on first use.
+"""The CPU mini protocol's datasets: registered on import, generated on first use.
 
 The protocol (``configs/mini/protocol/``, rationale and measurements in ``configs/mini/README.md``)
 trains on small synthetic images with COCO's 80 classes, so that one cell fits a 2-core CPU while
@@ -10,7 +10,7 @@ Registered names::
     dense_shapes_proto_train / dense_shapes_proto_val   the protocol's detection data (seed 0)
     dense_shapes_proto_pretrain                         same generator, seed 1000 (disjoint images):
                                                         the source of the backbone pre-training crops
-    dense_shapes_proto_c{8,16,40}_train / _val          the imbalance scan (issue 12, point 3): the
+    dense_shapes_proto_c{8,16,40}_train / _val          the imbalance scan: the
                                                         protocol's images, labels merged to 8/16/40
                                                         classes (fewer negatives per positive)
     dense_shapes_proto_sparse_train / _val              the imbalance scan: the protocol's generator

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""AP vs iteration of one or more runs, as a CSV and a PNG (issue 12's protocol curves).
+"""AP vs iteration of one or more runs, as a CSV and a PNG (the mini protocol's curves).
 
     # runs trained with TEST.EVAL_PERIOD (their metrics.json)
     python tools/ap_curve.py --run "FL=out/fl_curve" --run "α-CE .75=out/ace_curve" --out curves

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The imbalance scan's curve (issue 12, point 3): FL minus the best α-balanced CE against the
+"""The imbalance scan's curve: FL minus the best α-balanced CE against the
 binary negatives per positive anchor, from the scan's ablation report (or against a numeric
 settings column with --x-column: the schedule scan's iterations).
 

@@ -1,6 +1,6 @@
-"""AP vs iteration curves (issue 12: "commit the AP-vs-iteration curve" of the mini protocol's
-models): from a run trained with ``TEST.EVAL_PERIOD`` (its ``metrics.json``), or from the
-checkpoints a run saved (each evaluated), written as one CSV and one PNG.
+"""AP vs iteration curves of the mini protocol's models: from a run trained with
+``TEST.EVAL_PERIOD`` (its ``metrics.json``), or from the checkpoints a run saved (each evaluated),
+written as one CSV and one PNG.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The imbalance scan's curve: how far the claimed-best row leads its strongest rival, against the
-class imbalance of the data (issue 12, point 3; spec ``configs/ablations/imbalance_scan.yaml``).
+class imbalance of the data (spec ``configs/ablations/imbalance_scan.yaml``).
 
 Reads an ablation report (``report.json`` of :mod:`focal_plugin.ablation.report`): each ``best``
 claim contributes one point, x = binary negatives per positive anchor of the claimed row's data

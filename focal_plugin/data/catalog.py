@@ -310,8 +310,8 @@ def register_merged_classes(name: str, source: str, num_classes: int) -> None:
 
     Images, boxes, anchors and positive anchors stay those of ``source``; only the number of
     classes changes, so the binary negatives per positive anchor (anchors x classes - positives,
-    per positive) scale with ``num_classes`` — the class-count lever of the mini imbalance scan
-    (issue 12). With ``dense_shapes`` (class ``k`` has shape ``k mod 8``), a multiple of 8 keeps
+    per positive) scale with ``num_classes`` — the class-count lever of the mini imbalance scan.
+    With ``dense_shapes`` (class ``k`` has shape ``k mod 8``), a multiple of 8 keeps
     the shape and merges colour families. Class names join the merged classes' with ``"|"``.
 
     Raises ``KeyError`` if ``source`` is not registered, ``ValueError`` if ``num_classes`` is not in
