@@ -12,7 +12,7 @@ from focal_plugin import compat
 
 from helpers import make_batch, tiny_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_detectron2_packages_import_after_plugin():

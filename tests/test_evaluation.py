@@ -18,7 +18,7 @@ from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
 
 pytest.importorskip("faster_coco_eval")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
