@@ -107,7 +107,16 @@ def test_ap_curve_tool_names_the_run_it_cannot_read(tmp_path):
     (["--checkpoints", "a=b"], "--checkpoints needs --config-file"),
     ([], "give at least one --run or --checkpoints"),
 ])
-def test_ap_curve_tool_usage_errors(tmp_path, args, message):
-    cmd = [sys.executable, str(ROOT / "tools" / "ap_curve.py"), *args, "--out", str(tmp_path / "x")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode != 0 and message in proc.stderr + proc.stdout
+def test_ap_curve_tool_usage_errors(tmp_path, args, message, capsys, monkeypatch):
+    """In this interpreter (the command line itself: the test above): each usage error exits
+    non-zero with its message."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ap_curve_tool", ROOT / "tools" / "ap_curve.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.chdir(ROOT)  # "a=." and "a=tools" name existing folders
+    with pytest.raises(SystemExit) as info:
+        tool.main([*args, "--out", str(tmp_path / "x")])
+    out = capsys.readouterr()
+    assert info.value.code not in (0, None) and message in f"{info.value.code} {out.err} {out.out}"
