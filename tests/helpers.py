@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 from typing import Iterator, List
 
@@ -76,3 +77,11 @@ def captured(logger_name: str) -> Iterator[List[str]]:
     finally:
         log.removeHandler(handler)
         log.setLevel(old)
+
+
+def load_script(path, name: str):
+    """A repository script (tools/, benchmarks/) imported as module ``name`` from its file."""
+    spec = importlib.util.spec_from_file_location(name, str(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

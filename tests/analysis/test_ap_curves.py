@@ -110,11 +110,9 @@ def test_ap_curve_tool_names_the_run_it_cannot_read(tmp_path):
 def test_ap_curve_tool_usage_errors(tmp_path, args, message, capsys, monkeypatch):
     """In this interpreter (the command line itself: the test above): each usage error exits
     non-zero with its message."""
-    import importlib.util
+    from tests.helpers import load_script
 
-    spec = importlib.util.spec_from_file_location("ap_curve_tool", ROOT / "tools" / "ap_curve.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script(ROOT / "tools" / "ap_curve.py", "ap_curve_tool")
     monkeypatch.chdir(ROOT)  # "a=." and "a=tools" name existing folders
     with pytest.raises(SystemExit) as info:
         tool.main([*args, "--out", str(tmp_path / "x")])

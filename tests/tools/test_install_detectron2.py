@@ -2,21 +2,18 @@
 
 import base64
 import hashlib
-import importlib.util
 import io
 import os
 import tarfile
 import zipfile
 
+from tests.helpers import load_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _installer():
-    spec = importlib.util.spec_from_file_location("install_detectron2",
-                                                  os.path.join(ROOT, "tools", "install_detectron2.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(os.path.join(ROOT, "tools", "install_detectron2.py"), "install_detectron2")
 
 
 def _fake_sdist() -> bytes:

@@ -3,21 +3,18 @@ digest differs stops the install before anything is built or installed, and a ca
 another digest is discarded, never used. No network: the download is replaced."""
 
 import hashlib
-import importlib.util
 import io
 import os
 
 import pytest
 
+from tests.helpers import load_script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _installer():
-    spec = importlib.util.spec_from_file_location("install_detectron2",
-                                                  os.path.join(ROOT, "tools", "install_detectron2.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(os.path.join(ROOT, "tools", "install_detectron2.py"), "install_detectron2")
 
 
 @pytest.fixture
