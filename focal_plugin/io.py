@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, Optional, Union
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Union
 
 
 def atomic_write(path: Union[str, Path], write: Callable[[IO], None], binary: bool = False) -> None:
@@ -105,3 +105,19 @@ def read_json(path: str) -> Optional[Dict[str, Any]]:
 
 
 __all__ = ["CorruptJSON", "atomic_dir", "atomic_write", "read_json", "write_json_atomic", "write_text_atomic"]
+
+
+def read_jsonl(path: str) -> List[Dict[str, Any]]:
+    """The objects of a JSON Lines file (detectron2's ``metrics.json``, a run record), in order; a
+    line that does not parse — the last one, cut by a killed writer — is skipped. ``[]`` when the
+    file does not exist."""
+    if not os.path.isfile(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out

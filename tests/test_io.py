@@ -14,6 +14,7 @@ from focal_plugin.io import (
     atomic_dir,
     atomic_write,
     read_json,
+    read_jsonl,
     write_json_atomic,
     write_text_atomic,
 )
@@ -117,3 +118,10 @@ def test_a_failed_rename_restores_the_old_folder(tmp_path, monkeypatch):
         with atomic_dir(final) as tmp:
             (tmp / "new").write_text("x")
     assert _entries(final) == ["old"] and _entries(tmp_path) == ["data"]
+
+
+def test_json_lines_skip_a_line_cut_by_a_killed_writer(tmp_path):
+    path = tmp_path / "metrics.json"
+    assert read_jsonl(str(path)) == []
+    path.write_text('{"iteration": 0, "loss_cls": 1.5}\n{"iteration": 1, "loss_cls": 1.2}\n{"iterat')
+    assert read_jsonl(str(path)) == [{"iteration": 0, "loss_cls": 1.5}, {"iteration": 1, "loss_cls": 1.2}]

@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import yaml
 
-from focal_plugin.ablation.spec import ABLATIONS_DIR, SCALES, load_spec
+from focal_plugin.ablation.spec import ABLATIONS_DIR, SCALES, find_yaml, load_spec
 
 CAMPAIGNS_DIR = os.path.join(ABLATIONS_DIR, "campaigns")
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,18 +33,9 @@ class Step:
         return f"--spec {self.spec}" + (f" --only {' '.join(self.only)}" if self.only else "")
 
 
-def campaign_path(name_or_path: str) -> str:
-    if os.path.isfile(name_or_path):
-        return name_or_path
-    path = os.path.join(CAMPAIGNS_DIR, os.path.basename(name_or_path).removesuffix(".yaml") + ".yaml")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"campaign {name_or_path!r} not found (neither a file nor {path})")
-    return path
-
-
 def load_campaign(name_or_path: str) -> Tuple[str, List[Step]]:
     """``(scale, steps)`` of a campaign file; ``ValueError`` naming the file and step."""
-    path = campaign_path(name_or_path)
+    path = find_yaml(name_or_path, CAMPAIGNS_DIR, "campaign")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict) or set(raw) - {"scale", "steps"} or raw.get("scale") not in SCALES:

@@ -1,14 +1,8 @@
 """One ablation cell (a config at one seed): train, evaluate, time, record — resumably.
 
 A cell lives in ``OUTPUT/cells/<key>/`` (:mod:`focal_plugin.ablation.identity`), which is also
-its detectron2 ``OUTPUT_DIR``::
-
-    cell.json      what it trains (written by the runner): base config, overrides, seed, identity
-    status.json    what happened (written here, atomically): state, metrics, wall time, device
-    timing.json    inference timing on the final weights (timed tables), with its parameters
-    config.yaml, metrics.json, results.json     detectron2's resolved config and logs, our result
-    model_*.pth, last_checkpoint, log.txt, events.out.*, run.log    heavy or noisy: not in git
-
+its detectron2 ``OUTPUT_DIR``; its files (``cell.json`` what it trains, ``status.json`` what
+happened, ``timing.json``, detectron2's config and logs): ``configs/ablations/README.md``.
 A finished cell (done / diverged) is never trained again; an interrupted or failed one resumes
 from its last checkpoint (detectron2's ``last_checkpoint``). A lock in the folder
 (``.cell.lock``) keeps two processes from running the same cell.
@@ -24,6 +18,7 @@ import dataclasses
 import enum
 import json
 import os
+import pkgutil
 import re
 import socket
 import sys
@@ -68,17 +63,19 @@ TrainFn = Callable[[str, Sequence[str], bool, int], Dict[str, Any]]
 
 def import_train_fn(name: str) -> TrainFn:
     """The function named ``"package.module:function"``."""
-    import importlib
-
-    module, sep, attr = name.partition(":")
-    if not sep or not module or not attr:
+    if not re.fullmatch(r"[\w.]+:[\w.]+", name):
         raise ValueError(f"train_fn {name!r} is invalid: expected 'package.module:function'")
-    return getattr(importlib.import_module(module), attr)
+    return pkgutil.resolve_name(name)
 
 
 # ------------------------------------------------------------------------------------ a cell
 def read_status(cell_dir: str) -> Dict[str, Any]:
     return read_json(os.path.join(cell_dir, STATUS_FILE)) or {}
+
+
+def train_opts(cell: Dict[str, Any], cell_dir: str) -> List[str]:
+    """The ``KEY VALUE`` overrides a cell trains with: its ``opts``, its seed and its folder."""
+    return [*cell["opts"], "SEED", str(cell["seed"]), "OUTPUT_DIR", os.path.abspath(cell_dir)]
 
 
 def cell_state(cell_dir: str, status: Optional[Dict[str, Any]] = None) -> State:
@@ -117,9 +114,7 @@ class CellJob:
         return submitit.helpers.DelayedSubmission(dataclasses.replace(self))
 
     def to_json(self) -> str:
-        if callable(self.train_fn):
-            raise ValueError("a callable train_fn runs only in this process; name it 'module:function'")
-        return json.dumps(dataclasses.asdict(self))
+        return json.dumps(dataclasses.asdict(self))  # (a callable train_fn: refused by RunOptions)
 
 
 def run_cell(job: CellJob) -> Dict[str, Any]:
@@ -162,10 +157,10 @@ def _train(job: CellJob, cell: Dict[str, Any], previous: Dict[str, Any]) -> Dict
     write_json_atomic(path, status)
     train_fn = job.train_fn if callable(job.train_fn) else \
         import_train_fn(job.train_fn) if job.train_fn else train_from_files
-    opts = [*cell["opts"], "SEED", str(cell["seed"]), "OUTPUT_DIR", os.path.abspath(job.cell_dir)]
     start = time.perf_counter()
     try:
-        result = train_fn(resolve_config_file(cell["base"]), opts, resume, job.num_gpus)
+        config = resolve_config_file(cell["base"])
+        result = train_fn(config, train_opts(cell, job.cell_dir), resume, job.num_gpus)
         first_test = ((cell.get("identity") or {}).get("DATASETS.TEST") or [None])[0]
         status.update(state=State.DONE, metrics=pick_metrics(result, first_test),
                       iterations=result.get("iterations"),
@@ -189,24 +184,30 @@ def time_cell(cell_dir: str, cell: Dict[str, Any], timing: Dict[str, int]) -> Di
     timing with these parameters (``{images, warmup}``); returns it. Weights that are not here
     (git keeps no checkpoints) are recorded as an error naming the file."""
     path = os.path.join(cell_dir, TIMING_FILE)
-    old = read_json(path) or {}
-    if old.get("ms") is not None and all(old.get(k) == v for k, v in timing.items()):
-        return old
+    if timing_current(cell_dir, timing):
+        return read_json(path)
     weights = os.path.join(cell_dir, FINAL_CHECKPOINT)
     if not os.path.isfile(weights):
-        out = {**timing, "ms": None, "error": f"{weights} is missing: the cell trained elsewhere "
-               "(checkpoints are not kept in git); train it here to time it"}
+        out = {**timing, "ms": None, "error": f"{weights} is missing (git keeps no checkpoints): put the "
+               "weights there and delete this file to time them"}
     else:
         from focal_plugin.analysis.inference_timing import measure_ms_per_image
         from focal_plugin.configs import resolve_config_file
         from focal_plugin.engine import setup_cfg
 
-        opts = [*cell["opts"], "SEED", str(cell["seed"]), "OUTPUT_DIR", os.path.abspath(cell_dir)]
-        cfg = setup_cfg(resolve_config_file(cell["base"]), opts)
+        cfg = setup_cfg(resolve_config_file(cell["base"]), train_opts(cell, cell_dir))
         out = {**measure_ms_per_image(cfg, weights, **timing), "timed": now_iso(),
                "host": socket.gethostname()}
     write_json_atomic(path, out)
     return out
+
+
+def timing_current(cell_dir: str, timing: Dict[str, int]) -> bool:
+    """Whether ``timing.json`` holds a timing with these parameters (or the error of weights that
+    are not here: delete the file to time weights put there later)."""
+    old = read_json(os.path.join(cell_dir, TIMING_FILE)) or {}
+    same = all(old.get(k) == v for k, v in timing.items())
+    return same and (old.get("ms") is not None or bool(old.get("error")))
 
 
 def prune_checkpoints(cell_dir: str) -> List[str]:

@@ -1,6 +1,7 @@
-"""Where the runner's local cells run: a child process per cell, each on a fixed CPU (and GPU)
+"""Where the runner's cells run: locally, a child process per cell, each on a fixed CPU (and GPU)
 share with a fixed thread count (:mod:`focal_plugin.processes`: bitwise the same result whatever
-``--workers`` is), and the pool that runs cells in parallel.
+``--workers`` is); or one submitit job per cell. Every launcher calls ``on_finished(index, status)``
+as each cell ends.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from focal_plugin.ablation.cell import EXIT_BUSY, LOCK_FILE, CellJob, State, read_status
+from focal_plugin.io import write_json_atomic
 from focal_plugin.locks import FileLock, now_iso
 from focal_plugin.processes import cpu_shares, gpu_shares, visible_gpus
 
@@ -71,3 +73,38 @@ def run_pool(jobs: Sequence[CellJob], workers: int, threads: int,
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for f in [pool.submit(one, i) for i in range(len(jobs))]:
             f.result()
+
+
+def run_submitit(jobs: Sequence[CellJob], folder: str, cluster: Optional[str], gpus_per_cell: int,
+                 params: Dict[str, Any], on_finished: Callable[[int, Dict[str, Any]], None],
+                 log: Callable[[str], None]) -> None:
+    """Submit ``jobs`` in one batch (a job array on SLURM), one job per cell, and report each as
+    it completes (``submitit.helpers.as_completed``). ``params``: submitit's ``update_parameters``."""
+    try:
+        import submitit
+    except ImportError as e:  # pragma: no cover
+        raise RuntimeError("--launcher submitit needs submitit: pip install 'focal_plugin[slurm]'") from e
+    executor = submitit.AutoExecutor(folder=os.path.join(folder, "%j"), cluster=cluster)
+    gpus = gpus_per_cell if executor.cluster == "slurm" or visible_gpus() else 0
+    params = {"timeout_min": 60 * 24, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": gpus, **params}
+    executor.update_parameters(**({"timeout_min": params["timeout_min"]} if executor.cluster == "debug"
+                                  else params))
+    with executor.batch():
+        submitted = [executor.submit(job) for job in jobs]
+    for job, sub in zip(jobs, submitted):
+        write_json_atomic(os.path.join(job.cell_dir, "submitit.json"),
+                          {"job_id": sub.job_id, "cluster": executor.cluster, "submitted": now_iso()})
+    log(f"[ablate] submitted {len(jobs)} job(s) to {executor.cluster} (logs: {folder})")
+    index = {sub.job_id: i for i, sub in enumerate(submitted)}
+    for sub in submitit.helpers.as_completed(submitted, poll_frequency=5):
+        on_finished(index[sub.job_id], _job_status(sub, jobs[index[sub.job_id]].cell_dir))
+
+
+def _job_status(job, cell_dir: str) -> Dict[str, Any]:
+    try:
+        return job.result()
+    except Exception as e:  # a failed job: its status.json says why
+        status = read_status(cell_dir) or {"state": State.FAILED, "error": str(e)}
+        if status.get("state") == State.RUNNING:
+            status = {"state": State.INTERRUPTED, "error": str(e)[-500:]}
+        return status

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from typing import Any, Dict, List, Optional
 
 from tabulate import tabulate
 
 from focal_plugin.analysis.imbalance_table import FIGURES
 from focal_plugin.analysis.seed_stats import METRIC_LABELS
+from focal_plugin.configs import config_name
 
 VERDICT_RULE = ("Verdict: *reproduced* / *not reproduced* when the gap exceeds the seed noise "
                 "(2·sqrt(s²/n + s²/n)); *inconclusive* when it does not, or with one seed; *no data* while a "
@@ -35,10 +35,7 @@ def _fmt(v: Any, fmt: str) -> str:
 
 
 def _rel(path: str) -> str:
-    from focal_plugin.configs import CONFIG_ROOT
-
-    path = str(path)
-    return "configs/" + os.path.relpath(path, CONFIG_ROOT) if path.startswith(CONFIG_ROOT) else path
+    return "configs/" + config_name(path) if config_name(path) != path else path
 
 
 def _bold(text: str, on: bool) -> str:

@@ -5,7 +5,7 @@
 
 - the table: each row's settings, our metrics (mean ± std over the finished seeds; "diverged at
   iteration N" for a row whose seeds all diverged), the paper's, and Δ = ours − paper;
-- the paper's qualitative claims with our verdict (:mod:`focal_plugin.ablation.verdict`);
+- the paper's qualitative claims with our verdict (:mod:`focal_plugin.analysis.claims`);
 - the class imbalance of the data (:mod:`focal_plugin.analysis.imbalance`) next to COCO's;
 - the environment: scale, seeds, device(s), commit(s), the runner invocations, each cell.
 """
@@ -18,43 +18,37 @@ import os
 import shlex
 from typing import Any, Dict, List, Optional, Sequence
 
-from focal_plugin.ablation.cell import CELL_FILE, TIMING_FILE, cell_state, read_status
+from focal_plugin.ablation.cell import CELL_FILE, TIMING_FILE, State, cell_state, read_status
 from focal_plugin.ablation.render import to_csv, to_markdown
-from focal_plugin.ablation.verdict import judge
+from focal_plugin.analysis.claims import judge
 from focal_plugin.analysis.seed_stats import LOWER_IS_BETTER, RowStats, fmt_stat
-from focal_plugin.io import read_json, write_json_atomic, write_text_atomic
+from focal_plugin.io import read_json, read_jsonl, write_json_atomic, write_text_atomic
 from focal_plugin.locks import FileLock
 
 #: a spec's run folder: the runner's lock, the run record (one start and one end line per runner)
 RUNNER_LOCK, HISTORY_FILE = ".runner.lock", "runs.jsonl"
 
 
-def _cell_metrics(c, metrics: Sequence[str]) -> Dict[str, Optional[float]]:
-    status = read_status(c.dir)
-    values = dict(status.get("metrics") or {})
-    if "ms" in metrics:
-        values["ms"] = (read_json(os.path.join(c.dir, TIMING_FILE)) or {}).get("ms")
-    return values
-
-
-def collect(cells: Sequence[Any], metrics: Sequence[str]) -> Dict[str, RowStats]:
+def collect(rows: Sequence[Any], cells: Sequence[Any], metrics: Sequence[str]) -> Dict[str, RowStats]:
     """Per row id: the :class:`RowStats` of its cells' finished seeds (``planned``: the cells a
     runner has planned so far, i.e. with a ``cell.json``)."""
-    stats: Dict[str, RowStats] = {}
+    stats = {r.id: RowStats(r.id) for r in rows}
     for c in cells:
-        s = stats.setdefault(c.row.id, RowStats(c.row.id))
-        if not os.path.isfile(os.path.join(c.dir, CELL_FILE)):
-            continue
-        s.planned += 1
-        status = read_status(c.dir)
-        if status.get("state") == "done":
-            s.seeds += 1
-            for m, v in _cell_metrics(c, metrics).items():
-                if m in metrics and v is not None and math.isfinite(v):
-                    s.values.setdefault(m, []).append(float(v))
-        elif status.get("state") == "diverged":
-            s.seeds += 1
+        s = stats[c.row.id]
+        planned = os.path.isfile(os.path.join(c.dir, CELL_FILE))
+        status = read_status(c.dir) if planned else {}
+        state = State(status.get("state", State.PENDING))
+        s.planned, s.seeds = s.planned + planned, s.seeds + state.finished
+        if state is State.DIVERGED:
             s.diverged_at.append(int(status.get("diverged_at", -1)))
+        if state is not State.DONE:
+            continue
+        values = dict(status.get("metrics") or {})
+        if "ms" in metrics:
+            values["ms"] = (read_json(os.path.join(c.dir, TIMING_FILE)) or {}).get("ms")
+        for m in metrics:
+            if values.get(m) is not None and math.isfinite(values[m]):
+                s.values.setdefault(m, []).append(float(values[m]))
     return stats
 
 
@@ -104,9 +98,7 @@ def build_report(runner, with_imbalance: Optional[bool] = None) -> Dict[str, Any
     """The report of ``runner``'s spec (every row, not only ``--only``'s) as a plain dict."""
     spec, rows = runner.spec, runner.all_rows
     cells = runner.cells(rows)
-    stats = collect(cells, spec.metrics)
-    for r in rows:
-        stats.setdefault(r.id, RowStats(r.id))
+    stats = collect(rows, cells, spec.metrics)
     paper = {row.id: row.paper for row in rows}
     imbalance_on = runner.options.imbalance if with_imbalance is None else with_imbalance
     return {"spec": spec.name, "spec_file": spec.path, "title": spec.title, "source": spec.source,
@@ -171,17 +163,7 @@ def write_reports(runner, with_imbalance: Optional[bool] = None) -> Dict[str, st
 # ------------------------------------------------------------------------------------ history
 def read_history(run_dir: str) -> List[Dict[str, Any]]:
     """The events of ``runs.jsonl`` (a line cut by a kill is skipped)."""
-    path = os.path.join(run_dir, HISTORY_FILE)
-    if not os.path.isfile(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
+    return read_jsonl(os.path.join(run_dir, HISTORY_FILE))
 
 
 def invocations(run_dir: str) -> List[Dict[str, Any]]:
@@ -190,23 +172,22 @@ def invocations(run_dir: str) -> List[Dict[str, Any]]:
     from the runner at work now)."""
     history = read_history(run_dir)
     lock = FileLock(os.path.join(run_dir, RUNNER_LOCK))
-    holder = lock.holder() if lock.is_held() else None
-    live = (holder.get("host"), holder.get("pid")) if holder else None
-    last = max((i for i, h in enumerate(history) if h.get("event") == "start"), default=-1)
+    live = lock.holder() if lock.is_held() else {}
+    starts = [i for i, h in enumerate(history) if h.get("event") == "start"]
     out = []
-    for i, h in enumerate(history):
-        if h.get("event") != "start":
-            continue
-        who = (h.get("host"), h.get("pid"))
-        nxt = history[i + 1] if i + 1 < len(history) else {}
-        end = nxt if nxt.get("event") == "end" and (nxt.get("host"), nxt.get("pid")) == who else None
-        argv = h.get("argv")
+    for i in starts:
+        h, nxt = history[i], (history[i + 1:] or [{}])[0]
+        end = nxt if nxt.get("event") == "end" and _who(nxt) == _who(h) else {}
         options = h.get("options") or {}
+        command = (("(v2 runner) " if options.get("migrated_from") else "") + shlex.join(h["argv"])
+                   if h.get("argv") else "(Python API) " + json.dumps(options, default=str))
         out.append({"started": h.get("time"), "host": h.get("host"), "pid": h.get("pid"),
                     "launcher": f"{options.get('launcher')} (workers {options.get('workers')})",
-                    "to_run": h.get("to_run"), "cells": h.get("cells"),
-                    "ended": end.get("time") if end else None, "states": end.get("states") if end else None,
-                    "running": not end and i == last and live == who,
-                    "command": ("(v2 runner) " if options.get("migrated_from") else "") + shlex.join(argv)
-                    if argv else "(Python API) " + json.dumps(options, default=str)})
+                    "to_run": h.get("to_run"), "cells": h.get("cells"), "ended": end.get("time"),
+                    "states": end.get("states"), "command": command,
+                    "running": not end and i == starts[-1] and _who(live) == _who(h)})
     return out
+
+
+def _who(event: Dict[str, Any]):
+    return (event.get("host"), event.get("pid")) if event else None

@@ -1,23 +1,16 @@
 """Run a spec's cells (rows x seeds): locally in pinned workers, in this process, or as submitit jobs.
 
-Layout of an output folder (default ``results/<scale>``: the mini runs are written where they
-are committed; checkpoints, logs and event files are ignored by git)::
-
-    OUTPUT/cells/<key>/            one cell, shared by every spec that reaches its config
-                                   (focal_plugin.ablation.cell, .identity)
-    OUTPUT/<spec>/report.{md,csv,json}   the table against the paper (focal_plugin.ablation.report)
-    OUTPUT/<spec>/runs.jsonl       one start and one end line per runner invocation: the command
-                                   as typed and the options (:class:`RunOptions`)
-    OUTPUT/<spec>/.runner.lock     held by the runner for the whole run (names its pid and host)
-    OUTPUT/<spec>/submitit/        submitit's job files (submitit launcher)
-
-A finished cell (done or diverged) is never trained again; an interrupted or failed one resumes
-from its last checkpoint. A timed table (metric ``ms``) times each finished cell's final weights
-once (``timing.json`` beside its results).
+The output folder (default ``results/<scale>``: the mini runs are written where they are
+committed) holds ``cells/<key>/`` (:mod:`~focal_plugin.ablation.cell`, shared by every spec that
+reaches its config) and per spec ``<spec>/`` (reports, ``runs.jsonl``, the runner's lock); the
+layout: ``configs/ablations/README.md``. A finished cell (done or diverged) is never trained
+again; an interrupted or failed one resumes from its last checkpoint. A timed table (metric
+``ms``) times each finished cell's final weights once (``timing.json`` beside its results).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -29,22 +22,22 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from focal_plugin.ablation.cell import (
     CELL_FILE,
-    TIMING_FILE,
     CellJob,
     State,
     cell_state,
-    read_status,
     run_cell,
+    timing_current,
+    train_opts,
 )
 from focal_plugin.ablation.identity import cell_key, resolved_identity
-from focal_plugin.ablation.launch import run_pool
+from focal_plugin.ablation.launch import run_pool, run_submitit
 from focal_plugin.ablation.report import HISTORY_FILE, RUNNER_LOCK, read_history, write_reports
 from focal_plugin.ablation.spec import RowPlan, Spec
 from focal_plugin.analysis.seed_stats import METRIC_LABELS
-from focal_plugin.configs import CONFIG_ROOT
+from focal_plugin.configs import config_name
 from focal_plugin.io import read_json, write_json_atomic
 from focal_plugin.locks import FileLock, now_iso
-from focal_plugin.processes import visible_gpus
+from focal_plugin.processes import available_cpus
 
 CELLS_DIR = "cells"
 
@@ -152,14 +145,8 @@ class Cell:
 
     def command(self) -> str:
         """The equivalent ``train_net.py`` command line (copy-pasteable)."""
-        opts = [*self.row.opts, "SEED", str(self.seed), "OUTPUT_DIR", self.dir]
-        return "python train_net.py --config-file " + " ".join(shlex.quote(x) for x in [self.row.base, *opts])
-
-
-def _portable(path: str) -> str:
-    """A base config as cell.json stores it: configs-relative when shipped, else absolute."""
-    rel = os.path.relpath(path, CONFIG_ROOT)
-    return path if rel.startswith(os.pardir) else rel
+        return "python train_net.py --config-file " + shlex.join([self.row.base, *train_opts(self.definition,
+                                                                                              self.dir)])
 
 
 def _shown(path: str) -> str:
@@ -183,10 +170,6 @@ class Runner:
             raise ValueError(f"--only: unknown row(s) {unknown} of {spec.path}; rows: {spec.row_ids}")
         self.rows = [r for r in self.all_rows if not o.only or r.id in o.only]
 
-    @property
-    def timing(self) -> Optional[Dict[str, int]]:
-        return self.spec.timing if "ms" in self.spec.metrics else None
-
     # ------------------------------------------------------------------------------ planning
     def cells(self, rows: Optional[Sequence[RowPlan]] = None) -> List[Cell]:
         train_fn = self.options.record()["train_fn"]
@@ -195,7 +178,7 @@ class Runner:
             for seed in row.seeds:
                 identity = resolved_identity(row.base, row.opts, seed)
                 key = cell_key(identity, train_fn)
-                definition = {"key": key, "seed": seed, "base": _portable(row.base), "opts": list(row.opts),
+                definition = {"key": key, "seed": seed, "base": config_name(row.base), "opts": list(row.opts),
                               "identity": identity, "train_fn": train_fn,
                               "planned_by": f"{self.spec.name}/{row.id}"}
                 out.append(Cell(row, seed, key, os.path.join(self.output_dir, CELLS_DIR, key), definition))
@@ -261,17 +244,12 @@ class Runner:
                        "spec": self.spec.name, "cells": len(cells), "to_run": len(todo)})
         if len(cells) > len(todo):
             self.log(f"[ablate] {len(cells) - len(todo)} finished cell(s) kept, {len(todo)} to run")
-        run = {"submitit": self._run_submitit}.get(self.options.launcher,
-                                                   self._run_in_process if self.options.workers == 0
-                                                   else self._run_local)
-        results = run(todo)
+        results = self._launch(todo)
         states = {c.id: State(results.get(c.key, {}).get("state") or c.state()) for c in cells}
         summary = {"cells": len(cells), "skipped": len(cells) - len(todo), "ran": len(todo), "states": states,
                    "wall_time_s": time.time() - started, "run_dir": self.run_dir}
-        counts: Dict[str, int] = {}
-        for s in states.values():
-            counts[s.value] = counts.get(s.value, 0) + 1
-        self._history({"event": "end", "wall_time_s": summary["wall_time_s"], "states": counts})
+        counts = collections.Counter(s.value for s in states.values())
+        self._history({"event": "end", "wall_time_s": summary["wall_time_s"], "states": dict(counts)})
         summary["report"] = self.report()
         return summary
 
@@ -281,10 +259,7 @@ class Runner:
             return False
         if not state.finished:
             return True
-        timing = read_json(os.path.join(c.dir, TIMING_FILE)) or {}
-        return bool(self.timing) and state is State.DONE and (
-            timing.get("ms") is None and not timing.get("error")
-            or any(timing.get(k) != v for k, v in self.timing.items()))
+        return bool(self.spec.timing) and state is State.DONE and not timing_current(c.dir, self.spec.timing)
 
     def _check_scale(self) -> None:
         for event in read_history(self.run_dir):
@@ -296,7 +271,7 @@ class Runner:
     def job(self, c: Cell) -> CellJob:
         o = self.options
         return CellJob(c.dir, num_gpus=o.gpus_per_cell, prune_checkpoints=not o.keep_checkpoints,
-                       timing=self.timing, train_fn=o.train_fn)
+                       timing=self.spec.timing, train_fn=o.train_fn)
 
     def report(self) -> Dict[str, str]:
         """(Re)write ``report.{md,csv,json}`` from the finished cells; returns their paths."""
@@ -331,7 +306,7 @@ class Runner:
                   State.DIVERGED: f"at iteration {status.get('diverged_at')}",
                   State.FAILED: str(status.get("error", ""))[:200],
                   State.BUSY: str(status.get("message", ""))[:300]}.get(state, "")
-        if not self.timing:  # (timing cells measure speed: no extra load while they run)
+        if not self.spec.timing:  # (timing cells measure speed: no extra load while they run)
             self._report_quietly()
         wall = status.get("wall_time_s")
         msg = f"[{state.value}] {c.id} {detail}" + (f" ({wall:.0f} s)" if wall else "")
@@ -339,63 +314,23 @@ class Runner:
         bar.update(1)
         return {**status, "state": state}
 
-    def _run_in_process(self, todo: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
-        with self._bar(len(todo)) as bar:
-            return {c.key: self._finished(bar, c, run_cell(self.job(c))) for c in todo}
-
-    def _run_local(self, todo: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
-        o = self.options
-        from focal_plugin.processes import available_cpus
-
-        if o.workers * o.threads > len(available_cpus()):
+    def _launch(self, todo: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
+        """Run ``todo`` with the chosen launcher; each outcome is logged as it lands."""
+        o, jobs, out = self.options, [self.job(c) for c in todo], {}
+        if o.workers * o.threads > len(available_cpus()) and o.launcher == "local":
             self.log(f"[ablate] warning: {o.workers} worker(s) x {o.threads} thread(s) on "
                      f"{len(available_cpus())} CPU(s): workers share CPUs")
-        out: Dict[str, Dict[str, Any]] = {}
         with self._bar(len(todo)) as bar:
             def finished(i: int, status: Dict[str, Any]) -> None:
                 out[todo[i].key] = self._finished(bar, todo[i], status)
 
-            run_pool([self.job(c) for c in todo], o.workers, o.threads, finished)
+            if o.launcher == "submitit":
+                params = {"name": f"ablate-{self.spec.name}-{o.scale}", **o.submitit_params()}
+                run_submitit(jobs, os.path.join(self.run_dir, "submitit"), o.submitit_cluster,
+                             o.gpus_per_cell, params, finished, self.log)
+            elif o.workers == 0:  # in this process
+                for i, job in enumerate(jobs):
+                    finished(i, run_cell(job))
+            else:
+                run_pool(jobs, o.workers, o.threads, finished)
         return out
-
-    def _run_submitit(self, todo: Sequence[Cell]) -> Dict[str, Dict[str, Any]]:
-        try:
-            import submitit
-        except ImportError as e:  # pragma: no cover
-            raise RuntimeError("--launcher submitit needs submitit: pip install 'focal_plugin[slurm]'") from e
-        executor = self._executor(submitit)
-        with executor.batch():  # one submission (a job array on SLURM), one job per cell
-            jobs = [executor.submit(self.job(c)) for c in todo]
-        for c, job in zip(todo, jobs):
-            write_json_atomic(os.path.join(c.dir, "submitit.json"),
-                              {"job_id": job.job_id, "cluster": executor.cluster, "submitted": now_iso()})
-        self.log(f"[ablate] submitted {len(jobs)} job(s) to {executor.cluster} "
-                 f"(logs: {os.path.join(self.run_dir, 'submitit')})")
-        by_job = {job.job_id: c for c, job in zip(todo, jobs)}
-        out: Dict[str, Dict[str, Any]] = {}
-        with self._bar(len(jobs)) as bar:
-            for job in submitit.helpers.as_completed(jobs, poll_frequency=5):
-                c = by_job[job.job_id]
-                out[c.key] = self._finished(bar, c, _job_status(job, c.dir))
-        return out
-
-    def _executor(self, submitit):
-        executor = submitit.AutoExecutor(folder=os.path.join(self.run_dir, "submitit", "%j"),
-                                         cluster=self.options.submitit_cluster)
-        gpus = self.options.gpus_per_cell if executor.cluster == "slurm" or visible_gpus() else 0
-        params = {"timeout_min": 60 * 24, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": gpus,
-                  "name": f"ablate-{self.spec.name}-{self.options.scale}", **self.options.submitit_params()}
-        if executor.cluster == "debug":
-            params = {k: v for k, v in params.items() if k == "timeout_min"}
-        executor.update_parameters(**params)
-        return executor
-
-
-def _job_status(job, cell_dir: str) -> Dict[str, Any]:
-    try:
-        return job.result()
-    except Exception as e:  # a failed job: its status.json says why
-        status = read_status(cell_dir) or {"state": State.FAILED, "error": str(e)}
-        if status.get("state") == State.RUNNING:
-            status = {"state": State.INTERRUPTED, "error": str(e)[-500:]}
-        return status

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from focal_plugin.ablation.verdict import parse_claim
+from focal_plugin.analysis.claims import parse_claim
 from focal_plugin.analysis.seed_stats import METRICS
 from focal_plugin.configs import CONFIG_ROOT, resolve_config_file
 
@@ -65,7 +65,6 @@ class RowPlan:
     id: str
     settings: Dict[str, Any]
     base: str  # absolute path of the base config
-    base_name: str  # as written in the spec (configs-relative), for display and cell.json
     opts: Tuple[str, ...]  # KEY VALUE overrides, in order (spec, scale, row, anchors, command line)
     seeds: Tuple[int, ...]
     paper: Dict[str, Optional[float]]
@@ -87,14 +86,14 @@ class Spec:
     layer: Layer
     scales: Dict[str, Layer]
     rows: List[Row]
-    claims: List[Any]  # verdict.Claim
+    claims: List[Any]  # analysis.claims.Claim
 
     @property
     def row_ids(self) -> List[str]:
         return [r.id for r in self.rows]
 
     def fail(self, message: str, row: Optional[str] = None) -> SpecError:
-        return SpecError(_where(self.path, row) + message)
+        return _failure(self.path)(message, row)
 
     def resolve(self, scale: str, base_config: Optional[str] = None, extra_opts: Sequence[str] = (),
                 seeds: Optional[Sequence[int]] = None) -> List[RowPlan]:
@@ -115,9 +114,7 @@ class Spec:
         layers = [self.layer, self.scales[scale], row.layer, row.scales.get(scale, Layer())]
         base_name = _last([layers[1].base if base_config is None else base_config, layers[3].base])
         cfg = self._base_cfg(base_name, row.id, cache)
-        opts: List[str] = []
-        for key, value in _merged(layers, "overrides").items():
-            opts += [key, _opt_value(value)]
+        opts = _opts(layers)
         self._merge(cfg, opts, row.id, base_name)
         anchors = _last([layer.anchors for layer in layers])
         if anchors:
@@ -132,7 +129,7 @@ class Spec:
             opts += anchor_opts
         self._merge(cfg, extra, row.id, base_name, what="command-line override")
         return RowPlan(id=row.id, settings=_merged(layers, "settings"), base=resolve_config_file(base_name),
-                       base_name=base_name, opts=tuple(opts + extra),
+                       opts=tuple(opts + extra),
                        seeds=tuple(seeds) if seeds else _last([la.seeds for la in layers]) or (0,),
                        paper={m: row.paper.get(m) for m in self.metrics}, paper_note=row.paper_note)
 
@@ -161,14 +158,13 @@ class Spec:
     def table_config(self, scale: str, base_config: Optional[str] = None,
                      extra_opts: Sequence[str] = ()) -> Tuple[str, List[str]]:
         """The table's base config file at ``scale`` and the overrides all its rows share."""
-        opts: List[str] = []
-        for key, value in _merged([self.layer, self.scales[scale]], "overrides").items():
-            opts += [key, _opt_value(value)]
+        opts = _opts([self.layer, self.scales[scale]])
         return resolve_config_file(base_config or self.scales[scale].base), opts + list(extra_opts)
 
 
-def _where(path: str, row: Optional[str] = None) -> str:
-    return f"{path}: row {row!r}: " if row is not None else f"{path}: "
+def _failure(path: str) -> Callable[..., SpecError]:
+    """``fail(message, row=None)``: a :class:`SpecError` naming ``path`` (and the row)."""
+    return lambda msg, row=None: SpecError(f"{path}: " + (f"row {row!r}: " if row is not None else "") + msg)
 
 
 def _last(values):
@@ -183,13 +179,11 @@ def _merged(layers: Sequence[Layer], field: str) -> Dict[str, Any]:
     return out
 
 
-def _opt_value(value: Any) -> str:
-    """A YAML value as detectron2's ``KEY VALUE`` string (decoded back by ``literal_eval``)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    return repr(value)
+def _opts(layers: Sequence[Layer]) -> List[str]:
+    """The layers' merged overrides as detectron2's ``KEY VALUE`` strings (decoded back by
+    ``literal_eval``: a YAML value's ``repr``, a string as is)."""
+    pairs = _merged(layers, "overrides").items()
+    return [x for k, v in pairs for x in (k, v if isinstance(v, str) else repr(v))]
 
 
 def _check_opts(opts: List[str], fail) -> List[str]:
@@ -201,23 +195,24 @@ def _check_opts(opts: List[str], fail) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------ loading
-def spec_path(name_or_path: str) -> str:
-    """A spec file: a path, or a shipped spec's name (``table1a`` / ``table1a.yaml``)."""
+def find_yaml(name_or_path: str, folder: str, what: str) -> str:
+    """A file: a path, or the name of one of ``folder``'s YAML files (``table1a`` / ``table1a.yaml``)."""
     if os.path.isfile(name_or_path):
         return os.path.abspath(name_or_path)
-    name = os.path.basename(name_or_path)
-    path = os.path.join(ABLATIONS_DIR, name if name.endswith(".yaml") else name + ".yaml")
+    path = os.path.join(folder, os.path.basename(name_or_path).removesuffix(".yaml") + ".yaml")
     if os.path.isfile(path):
         return path
-    raise FileNotFoundError(
-        f"ablation spec {name_or_path!r} not found (neither a file nor one of {list_specs()})")
+    raise FileNotFoundError(f"{what} {name_or_path!r} not found (neither a file nor one of "
+                            f"{_yaml_names(folder)})")
+
+
+def _yaml_names(folder: str) -> List[str]:
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
 
 
 def list_specs() -> List[str]:
     """Names of the shipped specs (``configs/ablations/*.yaml``)."""
-    if not os.path.isdir(ABLATIONS_DIR):
-        return []
-    return sorted(f[:-5] for f in os.listdir(ABLATIONS_DIR) if f.endswith(".yaml"))
+    return _yaml_names(ABLATIONS_DIR)
 
 
 def load_spec(name_or_path: str) -> Spec:
@@ -225,7 +220,7 @@ def load_spec(name_or_path: str) -> Spec:
 
     Config keys are checked by :meth:`Spec.resolve` (it needs the base config of a scale).
     """
-    path = spec_path(name_or_path)
+    path = find_yaml(name_or_path, ABLATIONS_DIR, "ablation spec")
     try:
         with open(path) as f:
             raw = yaml.safe_load(f)
@@ -235,9 +230,7 @@ def load_spec(name_or_path: str) -> Spec:
 
 
 def _parse(path: str, raw: Any) -> Spec:
-    def fail(msg: str, row: Optional[str] = None) -> SpecError:
-        return SpecError(_where(path, row) + msg)
-
+    fail = _failure(path)
     if not isinstance(raw, Mapping):
         raise fail("expected a mapping at the top level")
     top = _layer(raw, _SPEC_KEYS, fail, None, "spec")
@@ -275,16 +268,15 @@ def _check_id(value: str, what: str, fail, row: Optional[str] = None) -> str:
 
 
 def _parse_timing(timing: Any, metrics: List[str], fail) -> Optional[Dict[str, int]]:
-    if "ms" in metrics and not timing:
-        raise fail("metric 'ms' needs a 'timing: {images: N, warmup: W}' section")
-    if timing is None:
-        return None
-    if not isinstance(timing, Mapping) or set(timing) - {"images", "warmup"}:
+    if ("ms" in metrics) != (timing is not None):
+        raise fail("metric 'ms' needs a 'timing: {images: N, warmup: W}' section" if "ms" in metrics else
+                   "'timing' without the metric 'ms' would time nothing: add 'ms' to metrics or remove it")
+    if timing is not None and (not isinstance(timing, Mapping) or set(timing) - {"images", "warmup"}):
         raise fail("'timing' must be a mapping {images, warmup}")
-    for k, low in (("images", 1), ("warmup", 0)):
-        if isinstance(timing.get(k), bool) or not isinstance(timing.get(k), int) or timing[k] < low:
+    for k, low in (("images", 1), ("warmup", 0)) if timing is not None else ():
+        if not _is_int(timing.get(k)) or timing[k] < low:
             raise fail(f"timing.{k} = {timing.get(k)!r} is invalid: expected an integer >= {low}")
-    return dict(timing)
+    return None if timing is None else dict(timing)
 
 
 def _scale_layer(scale: str, raw: Any, allowed: set, fail, row: Optional[str]) -> Layer:
@@ -349,15 +341,16 @@ def _layer(raw: Mapping, allowed: set, fail, row: Optional[str], what: str) -> L
 
 def _parse_seeds(raw: Any, fail, row: Optional[str], what: str) -> Tuple[int, ...]:
     """``N`` (seeds 0..N-1) or a list of distinct non-negative integers."""
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if is_int(raw) and raw >= 1:
+    if _is_int(raw) and raw >= 1:
         return tuple(range(raw))
-    if isinstance(raw, list) and raw and all(is_int(s) and s >= 0 for s in raw) and len(set(raw)) == len(raw):
+    if isinstance(raw, list) and raw and all(_is_int(s) and s >= 0 for s in raw) and len({*raw}) == len(raw):
         return tuple(raw)
     raise fail(f"{what}.seeds = {raw!r} is invalid: expected a count >= 1 or a list of distinct "
                "seeds >= 0", row)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_overrides(overrides: Any, fail, row: Optional[str], what: str) -> None:

@@ -10,6 +10,8 @@ import json
 import os
 import re
 
+from focal_plugin.io import read_jsonl
+
 #: next to each cached evaluation: what it evaluated (config and weights), so that a cache made with
 #: other test settings, another test set or retrained weights is evaluated again instead of reused
 CACHE_KEY_FILE = "curve_key.json"
@@ -17,14 +19,8 @@ CACHE_KEY_FILE = "curve_key.json"
 
 def _losses_by_iteration(metrics_json) -> list:
     """``[(iteration + 1, {"loss_cls", "total_loss"})]`` of detectron2's ``metrics.json``, in order."""
-    out = []
-    with open(metrics_json) as f:
-        for line in f:
-            m = json.loads(line)
-            if "loss_cls" in m:
-                out.append((m["iteration"] + 1,
-                            {"loss_cls": m["loss_cls"], "total_loss": m.get("total_loss")}))
-    return out
+    return [(m["iteration"] + 1, {"loss_cls": m["loss_cls"], "total_loss": m.get("total_loss")})
+            for m in read_jsonl(metrics_json) if "loss_cls" in m]
 
 
 def _loss_at(losses: list, it: int) -> dict:
@@ -51,14 +47,12 @@ def ap_curve(output_dir) -> list:
     losses, rows = _losses_by_iteration(metrics), []
     if max_iter is None and losses:  # no results.json: the last logged training iteration
         max_iter = losses[-1][0]
-    with open(metrics) as f:
-        for line in f:
-            m = json.loads(line)
-            if "bbox/AP" in m:
-                it = m["iteration"] + 1
-                it = min(it, max_iter) if max_iter else it
-                rows.append({"iter": it, "AP": m["bbox/AP"], "AP50": m["bbox/AP50"], "AP75": m["bbox/AP75"],
-                             **_loss_at(losses, m["iteration"] + 1)})
+    for m in read_jsonl(metrics):
+        if "bbox/AP" in m:
+            it = m["iteration"] + 1
+            it = min(it, max_iter) if max_iter else it
+            rows.append({"iter": it, "AP": m["bbox/AP"], "AP50": m["bbox/AP50"], "AP75": m["bbox/AP75"],
+                         **_loss_at(losses, m["iteration"] + 1)})
     if not rows:
         raise ValueError(f"{metrics}: no bbox/AP entry (the run evaluated neither during training, "
                          "TEST.EVAL_PERIOD 0, nor at its end): use --checkpoints on its saved checkpoints")

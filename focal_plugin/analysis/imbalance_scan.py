@@ -5,7 +5,7 @@ Reads an ablation report (``report.json`` of :mod:`focal_plugin.ablation.report`
 claim contributes one point, x = binary negatives per positive anchor of the claimed row's data
 (the report's per-row imbalance), y = the claimed row's metric minus its strongest rival's (the
 claim's ``margin``: for the scan, FL minus the best α-balanced CE, in AP points), with the seed
-noise of that gap (``2 * sqrt(s_a^2 / n_a + s_b^2 / n_b)``, :mod:`focal_plugin.ablation.verdict`)
+noise of that gap (``2 * sqrt(s_a^2 / n_a + s_b^2 / n_b)``, :mod:`focal_plugin.analysis.claims`)
 when both rows have two or more seeds.
 """
 

@@ -30,3 +30,9 @@ def get_config_file(config_path: str) -> str:
 def resolve_config_file(path: str) -> str:
     """``path`` if it names an existing file, else the shipped config of that name."""
     return path if os.path.isfile(path) else get_config_file(path)
+
+
+def config_name(path: str) -> str:
+    """A shipped config's name relative to the configs folder (``mini/x.yaml``), else ``path``."""
+    rel = os.path.relpath(os.path.abspath(path), CONFIG_ROOT)
+    return path if rel.startswith(os.pardir) else rel

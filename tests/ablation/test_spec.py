@@ -59,6 +59,10 @@ def _bad_spec(tmp_path, mutate):
     (lambda r: r["scales"]["mini"].update(base="mini/nope.yaml"), None,
      "base config 'mini/nope.yaml' not found"),
     (lambda r: r["rows"][0]["overrides"].update({"SEED": 3}), "a25", "set by the runner per cell"),
+    (lambda r: r.update(timing={"images": 5, "warmup": 1}), None, "'timing' without the metric 'ms'"),
+    (lambda r: r["metrics"].append("ms"), None, "metric 'ms' needs a 'timing"),
+    (lambda r: r.update(metrics=[*r["metrics"], "ms"], timing={"images": 0, "warmup": 1}), None,
+     "timing.images = 0 is invalid"),
 ])
 def test_spec_errors_name_the_file_and_row(tmp_path, mutate, row, words):
     path = _bad_spec(tmp_path, mutate)

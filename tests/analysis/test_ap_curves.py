@@ -57,12 +57,9 @@ def test_ap_curve_pairs_each_evaluation_with_the_losses_logged_before_it(tmp_pat
     assert (tmp_path / "c.png").stat().st_size > 0
 
 
-def test_checkpoint_curve_evaluates_each_saved_checkpoint(tmp_path, data_root):
+def test_checkpoint_curve_evaluates_each_saved_checkpoint(tmp_path, data_root, smoke_run):
     """A 4-iteration run with a checkpoint every 2: iterations 2 and 4 (model_final) evaluated once."""
-    run = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, str(ROOT / "train_net.py"), "--config-file", SMOKE,
-                    "OUTPUT_DIR", str(run)], check=True, env=env, capture_output=True, cwd=ROOT, timeout=600)
+    run = Path(smoke_run[0])
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
     for name in ("model_0000001.pth", "model_final.pth", "metrics.json"):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -36,9 +37,14 @@ def _ap(result):
     return result["metrics"]["dense_shapes_tiny_val"]["bbox"]
 
 
-def test_train_eval_only_and_resume(data_root, tmp_path):
+def test_train_net_main_is_the_engines():
+    assert train_net.main is engine.main  # so the shared smoke_run trains through train_net.py's main
+
+
+def test_train_eval_only_and_resume(data_root, tmp_path, smoke_run):
     out = str(tmp_path / "run")
-    result = run_main("OUTPUT_DIR", out)
+    shutil.copytree(smoke_run[0], out)
+    result = smoke_run[1]
     assert result["iterations"] == 4 and result["resumed_from_iter"] == 0
     assert set(_ap(result)) >= {"AP", "AP50", "AP75"}
     assert os.path.isfile(os.path.join(out, "model_final.pth"))

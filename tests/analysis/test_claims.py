@@ -1,11 +1,11 @@
-"""Verdicts on the paper's claims (focal_plugin.ablation.verdict): a claim over several rows is
+"""Verdicts on the paper's claims (focal_plugin.analysis.claims): a claim over several rows is
 judged only when every row it names has finished, unless the finished rows already refute it."""
 
 from __future__ import annotations
 
 import pytest
 
-from focal_plugin.ablation.verdict import (
+from focal_plugin.analysis.claims import (
     INCONCLUSIVE,
     NO_DATA,
     NOT_REPRODUCED,
