@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import os
 import statistics
@@ -41,6 +40,7 @@ import focal_plugin  # noqa: E402, F401
 from detectron2.data import MetadataCatalog  # noqa: E402
 
 from focal_plugin.evaluation import FocalCOCOEvaluator  # noqa: E402
+from focal_plugin.io import write_json_atomic  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -82,8 +82,7 @@ def coco_like(num_images: int, dets_per_image: int = 80, num_classes: int = 80,
 def register(gt: dict, directory: str, name: str) -> str:
     """Write ``gt`` to ``directory`` and give dataset ``name`` metadata pointing at it."""
     path = os.path.join(directory, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump(gt, f)
+    write_json_atomic(path, gt, indent=None)
     if name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
     MetadataCatalog.get(name).set(json_file=path, evaluator_type="coco",
@@ -142,8 +141,7 @@ def main(argv=None) -> None:
           f"{diff:.2e} (AP in percent)")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"images": images, "times_s": times, "metrics": metrics}, f, indent=1)
+        write_json_atomic(args.json, {"images": images, "times_s": times, "metrics": metrics}, indent=1)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ an empty decode. ``--score-thresh`` (default 0.0) makes every level hand its top
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -37,6 +36,7 @@ import focal_plugin  # noqa: E402, F401
 from detectron2.modeling import build_model  # noqa: E402
 
 from focal_plugin.engine import get_focal_cfg  # noqa: E402
+from focal_plugin.io import write_json_atomic  # noqa: E402
 
 ARCHS = {"d2": "RetinaNet", "focal": "FocalRetinaNet"}
 
@@ -138,8 +138,7 @@ def main(argv=None) -> None:
           f"(range {min(ratios):.3f}-{max(ratios):.3f}) over {len(ratios)} cells")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": args.device, "images": images, "results": results}, f, indent=1)
+        write_json_atomic(args.json, {"device": args.device, "images": images, "results": results}, indent=1)
 
 
 if __name__ == "__main__":

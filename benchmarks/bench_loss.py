@@ -29,7 +29,6 @@ speedup = fvcore time / method time; memory = method peak / fvcore peak.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -44,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fvcore.nn  # noqa: E402
 import torchvision.ops  # noqa: E402
 
+from focal_plugin.io import write_json_atomic  # noqa: E402
 from focal_plugin.losses import (  # noqa: E402
     build_classification_loss,
     sigmoid_ce_loss,
@@ -206,9 +206,8 @@ def main(argv=None):
     print(f"\nload average at end: {os.getloadavg()[0]:.2f} (other processes on this machine add noise; "
           "all ratios come from the same run)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"threads": torch.get_num_threads(), "device": args.device,
-                       "kernel_mode": kernel_mode(device), "results": out}, f, indent=1)
+        write_json_atomic(args.json, {"threads": torch.get_num_threads(), "device": args.device,
+                                      "kernel_mode": kernel_mode(device), "results": out}, indent=1)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ step (forward, backward, SGD step) above what the models hold, measured after th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -36,6 +35,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from focal_plugin.engine import get_focal_cfg
+from focal_plugin.io import write_json_atomic
 
 SETTINGS = {
     "small": dict(depth=18, size=(128, 128), batch=4, classes=5, fpn=64, convs=2, norm="BN"),
@@ -191,8 +191,7 @@ def main(argv=None) -> None:
         results[name] = run(name, SETTINGS[name], warmup=args.warmup, iters=args.iters or default_iters,
                             keys=keys)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json_atomic(args.json, results, indent=1)
 
 
 if __name__ == "__main__":

@@ -109,8 +109,9 @@ def main(argv=None) -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        from focal_plugin.io import write_text_atomic  # (installed by make setup)
+
+        write_text_atomic(args.out, text)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ Results are on SYNTHETIC data (focal_plugin.data), not COCO.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Any, Dict
 
 import cv2
 import numpy as np
+
+from focal_plugin.io import write_json_atomic
 
 DEFAULT_CONFIG = "mini/demo_focal_R18_dense_shapes.yaml"  # shipped in focal_plugin/configs
 
@@ -88,8 +89,7 @@ def main(argv=None) -> Dict[str, Any]:
     picture = save_prediction_picture(trained, os.path.join(cfg.OUTPUT_DIR, "predictions_vs_gt.png"))
     total_s = time.perf_counter() - start
     result.update({"data_time_s": data_s, "total_time_s": total_s, "picture": picture})
-    with open(os.path.join(cfg.OUTPUT_DIR, "demo_summary.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_json_atomic(os.path.join(cfg.OUTPUT_DIR, "demo_summary.json"), result)
     print()
     print(format_table(result))
     print(f"\nSynthetic-data results. {result['iterations']} iterations; data {data_s:.0f} s, "

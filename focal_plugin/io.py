@@ -45,6 +45,12 @@ def write_json_atomic(path: Union[str, Path], payload: Any, indent: Optional[int
     atomic_write(path, lambda f: json.dump(payload, f, indent=indent, sort_keys=True, default=str))
 
 
+def write_figure_atomic(fig, path: Union[str, Path], **savefig: Any) -> None:
+    """Save a matplotlib figure to ``path`` atomically, in the format its suffix names."""
+    fmt = os.path.splitext(str(path))[1].lstrip(".")
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, **savefig), binary=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Union[str, Path]) -> Iterator[Path]:
     """Create or replace the folder ``final`` atomically: yields a new empty folder beside it

@@ -15,6 +15,7 @@ from focal_plugin.io import (
     atomic_write,
     read_json,
     read_jsonl,
+    write_figure_atomic,
     write_json_atomic,
     write_text_atomic,
 )
@@ -125,3 +126,19 @@ def test_json_lines_skip_a_line_cut_by_a_killed_writer(tmp_path):
     assert read_jsonl(str(path)) == []
     path.write_text('{"iteration": 0, "loss_cls": 1.5}\n{"iteration": 1, "loss_cls": 1.2}\n{"iterat')
     assert read_jsonl(str(path)) == [{"iteration": 0, "loss_cls": 1.5}, {"iteration": 1, "loss_cls": 1.2}]
+
+
+def test_a_figure_is_saved_in_the_format_of_its_suffix_leaving_no_temporary(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    write_figure_atomic(fig, tmp_path / "curve.svg")
+    write_figure_atomic(fig, tmp_path / "curve.png", dpi=50)
+    plt.close(fig)
+    assert "<svg" in (tmp_path / "curve.svg").read_text()
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _entries(tmp_path) == ["curve.png", "curve.svg"]

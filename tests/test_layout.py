@@ -82,3 +82,37 @@ def test_the_graph_and_the_cycle_finder_work():
     assert "focal_plugin.compat" in graph["focal_plugin.engine"]  # lazy and top-level edges found
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# Writers that are not focal_plugin.io's, each with why: the writer itself; inside a folder that
+# io.atomic_dir swaps in whole (the dataset cache); detectron2's own file API for the evaluator's
+# predictions; the installer, which runs before focal_plugin is importable; a /proc control file.
+OWN_WRITERS = {"focal_plugin/io.py", "focal_plugin/data/catalog.py", "focal_plugin/evaluation.py",
+               "tools/install_detectron2.py", "benchmarks/_peak_memory.py"}
+
+
+def _writes(path):
+    """Lines of ``path`` that write a file directly: open(..., "w"/"wb"/"x"), .write_text(),
+    .write_bytes(), .savefig()."""
+    out = []
+    for node in ast.walk(ast.parse(open(path).read())):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+        modes = [*node.args[1:2], *(k.value for k in node.keywords if k.arg == "mode")]
+        mode = modes[0] if modes else None
+        if name == "open" and isinstance(mode, ast.Constant) and set(str(mode.value)) & {"w", "x"}:
+            out.append(node.lineno)
+        elif name in ("write_text", "write_bytes", "savefig"):
+            out.append(node.lineno)
+    return out
+
+
+def test_results_are_written_through_the_one_atomic_writer():
+    scripts = [os.path.join(ROOT, d, f) for d in ("tools", "benchmarks")
+               for f in os.listdir(os.path.join(ROOT, d)) if f.endswith(".py")]
+    found = {os.path.relpath(p, ROOT): _writes(p) for p in [*_modules().values(), *scripts]}
+    bad = {p: lines for p, lines in found.items() if lines and p not in OWN_WRITERS}
+    assert not bad, f"write through focal_plugin.io (atomic) instead: {bad}"
+    assert _writes(os.path.join(PKG, "io.py")), "the checker finds the writer's own open()"

@@ -17,13 +17,13 @@ does not fit the config is refused naming both. See focal_plugin/analysis/loss_c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
 
 import focal_plugin  # noqa: F401  (registers the model and the dense_shapes datasets)
 from focal_plugin.analysis import loss_cdf
+from focal_plugin.io import write_json_atomic
 
 
 def parse_gammas(text: str) -> list[float]:
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = os.path.join(args.out_dir, "fig4_loss_cdf")
     paths = loss_cdf.plot_cdf(acc, stem, [f.strip() for f in args.formats.split(",") if f.strip()], title)
     loss_cdf.write_csv(acc, stem + ".csv", args.csv_points)
-    with open(os.path.join(args.out_dir, "fig4_summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json_atomic(os.path.join(args.out_dir, "fig4_summary.json"), summary, indent=1)
     print(loss_cdf.format_summary(summary))
     print("wrote", ", ".join([*paths, stem + ".csv", os.path.join(args.out_dir, "fig4_summary.json")]))
     return 0

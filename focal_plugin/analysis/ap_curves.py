@@ -10,7 +10,7 @@ import json
 import os
 import re
 
-from focal_plugin.io import read_jsonl
+from focal_plugin.io import atomic_write, read_jsonl, write_figure_atomic, write_json_atomic
 
 #: next to each cached evaluation: what it evaluated (config and weights), so that a cache made with
 #: other test settings, another test set or retrained weights is evaluated again instead of reused
@@ -97,9 +97,7 @@ def checkpoint_curve(checkpoint_dir, config_file, opts=()) -> list:
         key, res = _cache_key(cfg, weights), _cached(out)
         if res is None or res[0] != key or cfg.DATASETS.TEST[0] not in res[1].get("metrics", {}):
             res = (key, evaluate(setup_cfg(config_file, [*opts, "OUTPUT_DIR", out]), weights=weights))
-            os.makedirs(out, exist_ok=True)
-            with open(os.path.join(out, CACHE_KEY_FILE), "w") as f:
-                json.dump(key, f, indent=1)
+            write_json_atomic(os.path.join(out, CACHE_KEY_FILE), key, indent=1)
         bbox = res[1]["metrics"][cfg.DATASETS.TEST[0]]["bbox"]
         rows.append({"iter": it, "AP": bbox["AP"], "AP50": bbox["AP50"], "AP75": bbox["AP75"],
                      **_loss_at(losses, it)})
@@ -121,12 +119,13 @@ def write_curves(runs: dict, csv_path, png_path=None, title: str = "", ylabel: s
     import csv
 
     curves = {label: list(d) if isinstance(d, list) else ap_curve(d) for label, d in runs.items()}
-    with open(csv_path, "w", newline="") as f:
+    def write_csv(f) -> None:
         w = csv.writer(f)
         w.writerow(["run", "iter", "AP", "AP50", "AP75", "loss_cls", "total_loss"])
-        for label, rows in curves.items():
-            for r in rows:
-                w.writerow([label, r["iter"], r["AP"], r["AP50"], r["AP75"], r["loss_cls"], r["total_loss"]])
+        w.writerows([label, r["iter"], r["AP"], r["AP50"], r["AP75"], r["loss_cls"], r["total_loss"]]
+                    for label, rows in curves.items() for r in rows)
+
+    atomic_write(csv_path, write_csv)
     if png_path:
         import matplotlib
 
@@ -145,7 +144,7 @@ def write_curves(runs: dict, csv_path, png_path=None, title: str = "", ylabel: s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(png_path, dpi=110)
+        write_figure_atomic(fig, png_path, dpi=110)
         plt.close(fig)
 
 

@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from focal_plugin.io import write_figure_atomic
 from focal_plugin.losses import sigmoid_ce_loss, sigmoid_focal_loss, sigmoid_focal_loss_star
 
 Tensor = torch.Tensor
@@ -112,7 +113,7 @@ def save_figure(fig, path_stem: str, formats: Sequence[str] = ("png",), dpi: int
     paths = []
     for fmt in formats:
         path = f"{path_stem}.{fmt}"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata=_metadata(fmt))
+        write_figure_atomic(fig, path, dpi=dpi, bbox_inches="tight", metadata=_metadata(fmt))
         paths.append(path)
     return paths
 

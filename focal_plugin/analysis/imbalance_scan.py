@@ -15,6 +15,8 @@ import csv
 import json
 from typing import Any, Dict, List, Optional, Sequence
 
+from focal_plugin.io import atomic_write, write_figure_atomic, write_text_atomic
+
 COLUMNS = ("claim", "row", "rival", "x", "negatives_per_positive", "metric", "gap", "noise", "diverged",
            "pending", "lower_wins", "note", "verdict")
 
@@ -121,14 +123,15 @@ def write_outputs(points: Sequence[Dict[str, Any]], stem: str, title: str,
     """``<stem>.md``, ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png``; returns the paths.
     ``reference``: ``{"x", "label"}`` drawn as a vertical line (COCO's imbalance, from the report)."""
     paths = [f"{stem}.{ext}" for ext in ("md", "csv", "json", "png")]
-    with open(paths[0], "w") as f:
-        f.write(to_markdown(points, title, x_label))
-    with open(paths[1], "w", newline="") as f:
+    write_text_atomic(paths[0], to_markdown(points, title, x_label))
+
+    def write_csv(f) -> None:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows({**p, "pending": ";".join(p.get("pending") or [])} for p in points)
-    with open(paths[2], "w") as f:
-        json.dump(list(points), f, indent=1)
+
+    atomic_write(paths[1], write_csv)
+    atomic_write(paths[2], lambda f: json.dump(list(points), f, indent=1))
     _plot(points, paths[3], title, x_label, reference)
     return paths
 
@@ -156,7 +159,7 @@ def _plot(points: Sequence[Dict[str, Any]], path: str, title: str, x_label: str,
     ax.grid(alpha=0.3)
     _legend(ax, points, done)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure_atomic(fig, path, dpi=110)
     plt.close(fig)
 
 
