@@ -12,6 +12,22 @@ from detectron2.structures import Boxes, Instances
 
 from focal_plugin.anchors import anchor_sizes, aspect_ratios
 from focal_plugin.engine import get_focal_cfg
+from focal_plugin.losses import build_classification_loss
+
+#: the loss modules take every hyperparameter explicitly; these are the paper's (Table 1, Table 3)
+PAPER_LOSSES = {
+    "sigmoid_ce": {"alpha": -1.0},
+    "sigmoid_focal": {"gamma": 2.0, "alpha": 0.25},
+    "sigmoid_focal_star": {"gamma": 2.0, "beta": 1.0, "alpha": 0.25},
+    "softmax_focal": {"gamma": 2.0, "alpha": 0.25},
+}
+#: the γ values the loss tests sweep (Table 1b's and beyond)
+GAMMAS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def paper_loss(name: str, **kw):
+    """The registered loss ``name`` with the paper's hyperparameters, ``kw`` replacing some."""
+    return build_classification_loss(name, **{**PAPER_LOSSES[name], **kw})
 
 
 def tiny_cfg(meta: str = "FocalRetinaNet", num_classes: int = 3, **focal):

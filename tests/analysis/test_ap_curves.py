@@ -107,7 +107,7 @@ def test_ap_curve_tool_names_the_run_it_cannot_read(tmp_path):
 def test_ap_curve_tool_usage_errors(tmp_path, args, message, capsys, monkeypatch):
     """In this interpreter (the command line itself: the test above): each usage error exits
     non-zero with its message."""
-    from tests.helpers import load_script
+    from helpers import load_script
 
     tool = load_script(ROOT / "tools" / "ap_curve.py", "ap_curve_tool")
     monkeypatch.chdir(ROOT)  # "a=." and "a=tools" name existing folders

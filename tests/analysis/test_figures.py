@@ -15,7 +15,8 @@ from detectron2.modeling import build_model
 
 from focal_plugin.analysis import curves, loss_cdf, speed_accuracy
 from focal_plugin.losses import sigmoid_ce_loss, sigmoid_focal_loss, sigmoid_focal_loss_star
-from tests.helpers import make_batch, tiny_cfg
+
+from helpers import make_batch, tiny_cfg
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -32,7 +32,7 @@ def test_gpu_check_without_cuda_skips_with_a_message_and_writes_the_table(tmp_pa
 def test_benchmark_command_lines_parse(script, capsys, monkeypatch):
     """Each script's parser, in this interpreter (a fresh one per script costs seconds of imports;
     the report's and gpu_check's command lines run as subprocesses in the other tests)."""
-    from tests.helpers import load_script
+    from helpers import load_script
 
     monkeypatch.setattr(sys, "path", list(sys.path))  # the scripts put benchmarks/ on it
     module = load_script(ROOT / "benchmarks" / script, f"bench_script_{script[:-3]}")

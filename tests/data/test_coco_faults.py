@@ -17,7 +17,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from focal_plugin import engine
 from focal_plugin.data import register_coco_json
 from focal_plugin.data.catalog import load_coco_dicts
-from tests.helpers import captured
+
+from helpers import captured
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(ROOT, "configs", "mini", "smoke_tiny.yaml")

@@ -81,7 +81,8 @@ def tiny_data(tmp_path_factory, monkeypatch):
 
 def test_checkpoints_hold_the_optimizer_and_older_ones_resume_at_the_scheduled_lr(tmp_path, tiny_data):
     from focal_plugin import engine
-    from tests.helpers import captured
+
+    from helpers import captured
 
     opts = ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "0",
             "DATASETS.TEST", "()"]

@@ -24,21 +24,11 @@ from focal_plugin.losses import (
 )
 from focal_plugin.losses import fused as fused_mod
 
-GAMMAS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+from helpers import GAMMAS, paper_loss
+
 ALPHAS = (-1.0, 0.25, 0.75)
 REDUCTIONS = ("none", "sum", "mean")
 IN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-#: the modules take every hyperparameter explicitly; these are the paper's (Table 1, Table 3)
-PAPER = {
-    "sigmoid_ce": {"alpha": -1.0},
-    "sigmoid_focal": {"gamma": 2.0, "alpha": 0.25},
-    "sigmoid_focal_star": {"gamma": 2.0, "beta": 1.0, "alpha": 0.25},
-    "softmax_focal": {"gamma": 2.0, "alpha": 0.25},
-}
-
-
-def _build(name, **kw):
-    return build_classification_loss(name, **{**PAPER[name], **kw})
 
 
 def _logits(shape, dtype=torch.float32):
@@ -148,7 +138,7 @@ def test_float64_fused_equals_reference(gamma):
         lambda v, f: sigmoid_focal_loss(v, t, 0.25, gamma, "none", fused=f),
         lambda v, f: sigmoid_focal_loss(v, t, 0.25, gamma, "sum", fused=f),
         lambda v, f: sigmoid_focal_loss_star(v, t, 0.25, max(gamma, 0.5), "none", 1.0, fused=f),
-        lambda v, f: _build("sigmoid_focal", gamma=gamma, fused=f)(v, labels),
+        lambda v, f: paper_loss("sigmoid_focal", gamma=gamma, fused=f)(v, labels),
         lambda v, f: sigmoid_focal_loss(v, soft, 0.25, gamma, "sum", fused=f),
         lambda v, f: sigmoid_focal_loss_star(v, soft, 0.25, max(gamma, 0.5), "none", 1.0, fused=f),
         lambda v, f: softmax_focal_loss(v, labels % 7, 0.25, gamma, fused=f),
@@ -165,7 +155,7 @@ def test_fused_is_the_default_and_compiled():
     x = torch.randn(10, 4, requires_grad=True)
     out = sigmoid_focal_loss(x, torch.zeros(10, 4), reduction="sum")
     assert type(out.grad_fn).__name__ == "_FusedLossBackward"
-    out = _build("sigmoid_focal")(x, torch.zeros(10, dtype=torch.long))
+    out = paper_loss("sigmoid_focal")(x, torch.zeros(10, dtype=torch.long))
     assert type(out.grad_fn).__name__ == "_FusedLossBackward"
 
 
@@ -187,7 +177,7 @@ def test_no_grad_uses_loss_only_kernels():
     x = _logits((30, 6))
     t = (torch.rand(30, 6) < 0.3).float()
     labels = torch.randint(0, 7, (30,))
-    mods = [_build(n) for n in ("sigmoid_focal", "sigmoid_focal_star", "softmax_focal")]
+    mods = [paper_loss(n) for n in ("sigmoid_focal", "sigmoid_focal_star", "softmax_focal")]
     for fn in (
         lambda v: sigmoid_focal_loss(v, t),
         lambda v: sigmoid_focal_loss(v, t, reduction="sum"),
@@ -251,10 +241,10 @@ def _every_kernel(t, soft, labels, fused):
         ("star_elem", lambda v: sigmoid_focal_loss_star(v, t, 0.25, 2.0, "none", 1.0, fused)),
         ("star_elem soft", lambda v: sigmoid_focal_loss_star(v, soft, 0.25, 4.0, "none", 0.0, fused)),
         ("star_sum", lambda v: sigmoid_focal_loss_star(v, soft, 0.25, 2.0, "sum", 1.0, fused)),
-        ("focal_rows", lambda v: _build("sigmoid_focal", fused=fused)(v, labels)),
-        ("focal_rows CE", lambda v: _build("sigmoid_ce", alpha=0.25, fused=fused)(v, labels)),
-        ("star_rows", lambda v: _build("sigmoid_focal_star", fused=fused)(v, labels)),
-        ("softmax_rows", lambda v: _build("softmax_focal", fused=fused)(v, labels % 4)),
+        ("focal_rows", lambda v: paper_loss("sigmoid_focal", fused=fused)(v, labels)),
+        ("focal_rows CE", lambda v: paper_loss("sigmoid_ce", alpha=0.25, fused=fused)(v, labels)),
+        ("star_rows", lambda v: paper_loss("sigmoid_focal_star", fused=fused)(v, labels)),
+        ("softmax_rows", lambda v: paper_loss("softmax_focal", fused=fused)(v, labels % 4)),
         ("softmax_rows sum", lambda v: softmax_focal_loss(v, labels % 4, 0.25, 0.5, "sum", fused)),
     ]
 
@@ -322,8 +312,8 @@ def test_eager_fallback_equals_compiled(monkeypatch, chunk):
         lambda v: sigmoid_focal_loss(v, t, 0.25, 0.5),
         lambda v: sigmoid_focal_loss(v, t, 0.25, 2.0, "sum"),
         lambda v: sigmoid_focal_loss_star(v, t, 0.25, 2.0, "mean", 1.0),
-        lambda v: _build("sigmoid_focal")(v, labels),
-        lambda v: _build("sigmoid_focal_star")(v, labels),
+        lambda v: paper_loss("sigmoid_focal")(v, labels),
+        lambda v: paper_loss("sigmoid_focal_star")(v, labels),
         lambda v: softmax_focal_loss(v, labels % 9, 0.25, 2.0),
     ]
     results = {}
@@ -351,7 +341,7 @@ def test_eager_fallback_gradcheck(monkeypatch):
     for fn in (
         lambda v: sigmoid_focal_loss(v, t, 0.25, 0.5),
         lambda v: sigmoid_focal_loss_star(v, t, 0.25, 2.0, "sum", 1.0),
-        lambda v: _build("sigmoid_focal")(v, labels),
+        lambda v: paper_loss("sigmoid_focal")(v, labels),
         lambda v: softmax_focal_loss(v, labels % 4),
     ):
         assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-8, rtol=1e-6)
@@ -386,7 +376,7 @@ def test_per_anchor_never_builds_one_hot(monkeypatch):
 
     monkeypatch.setattr(F, "one_hot", no_one_hot)
     x = torch.randn(30, 4, requires_grad=True)
-    _build("sigmoid_focal")(x, torch.randint(0, 5, (30,))).sum().backward()
+    paper_loss("sigmoid_focal")(x, torch.randint(0, 5, (30,))).sum().backward()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -402,8 +392,8 @@ def test_cuda_compiled_kernels_equal_cpu_reference(gamma):
         lambda v, f, d: sigmoid_focal_loss(v, t.to(d), 0.25, gamma, "none", fused=f),
         lambda v, f, d: sigmoid_focal_loss(v, soft.to(d), 0.25, gamma, "sum", fused=f),
         lambda v, f, d: sigmoid_focal_loss_star(v, t.to(d), 0.25, star_gamma, "none", 1.0, fused=f),
-        lambda v, f, d: _build("sigmoid_focal", gamma=gamma, fused=f)(v, labels.to(d)),
-        lambda v, f, d: _build("sigmoid_focal_star", gamma=star_gamma, fused=f)(v, labels.to(d)),
+        lambda v, f, d: paper_loss("sigmoid_focal", gamma=gamma, fused=f)(v, labels.to(d)),
+        lambda v, f, d: paper_loss("sigmoid_focal_star", gamma=star_gamma, fused=f)(v, labels.to(d)),
         lambda v, f, d: softmax_focal_loss(v, labels.to(d) % 33, 0.25, gamma, fused=f),
     ]
     for call in calls:

@@ -23,20 +23,10 @@ from focal_plugin.losses import (
     softmax_focal_loss,
 )
 
-GAMMAS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+from helpers import GAMMAS, paper_loss
+
 PATHS = (True, False)  # fused, reference
 F64 = torch.float64
-#: the modules take every hyperparameter explicitly; these are the paper's (Table 1, Table 3)
-PAPER = {
-    "sigmoid_ce": {"alpha": -1.0},
-    "sigmoid_focal": {"gamma": 2.0, "alpha": 0.25},
-    "sigmoid_focal_star": {"gamma": 2.0, "beta": 1.0, "alpha": 0.25},
-    "softmax_focal": {"gamma": 2.0, "alpha": 0.25},
-}
-
-
-def _build(name, **kw):
-    return build_classification_loss(name, **{**PAPER[name], **kw})
 
 
 def _binary(shape, p=0.3, dtype=torch.float32):
@@ -356,7 +346,7 @@ def test_autocast_bf16_logits(fused):
     lin = torch.nn.Linear(8, 5)
     feats = torch.randn(32, 8)
     labels = torch.randint(0, 6, (32,))
-    loss_mod = _build("sigmoid_focal", fused=fused)
+    loss_mod = paper_loss("sigmoid_focal", fused=fused)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = lin(feats)
         assert logits.dtype == torch.bfloat16
@@ -384,7 +374,7 @@ def test_registry_contents_and_attributes():
         cls = LOSS_REGISTRY.get(name)
         assert issubclass(cls, ClassificationLoss) and issubclass(cls, torch.nn.Module)
         assert cls.hyperparameters == hyper and cls.is_softmax is is_softmax
-        mod = _build(name)
+        mod = paper_loss(name)
         assert mod.num_logits(80) == (81 if is_softmax else 80)
         assert all(h in repr(mod) for h in hyper)
 
@@ -401,7 +391,7 @@ def test_modules_have_no_default_hyperparameters():
         with pytest.raises(ValueError, match="needs hyperparameter") as e:
             build_classification_loss(name)
         assert all(h in str(e.value) and f"MODEL.FOCAL.{h.upper()}" in str(e.value) for h in hyper)
-    mod = _build("sigmoid_focal_star")  # Table 3's FL* row, as the config passes it
+    mod = paper_loss("sigmoid_focal_star")  # Table 3's FL* row, as the config passes it
     assert (mod.gamma, mod.beta, mod.alpha) == (2.0, 1.0, 0.25)
 
 
@@ -438,7 +428,7 @@ INVALID = [
 @pytest.mark.parametrize("name,param,value", INVALID)
 def test_invalid_hyperparameters_name_the_parameter(name, param, value):
     with pytest.raises(ValueError, match=param) as e:
-        _build(name, **{param: value})
+        paper_loss(name, **{param: value})
     if param != "fused":
         assert repr(value) in str(e.value) or str(value) in str(e.value)
         assert "expected" in str(e.value)
@@ -471,7 +461,7 @@ def test_alpha_negative_disables_weighting():
 @pytest.mark.parametrize("name", ["sigmoid_ce", "sigmoid_focal", "sigmoid_focal_star"])
 def test_module_per_anchor_equals_functional_on_one_hot(fused, name):
     K, M = 7, 120
-    mod = _build(name, fused=fused)
+    mod = paper_loss(name, fused=fused)
     x = (torch.randn(M, K) * 3).requires_grad_()
     labels = torch.randint(0, K + 1, (M,))
     labels[:3] = K  # some background anchors: all-zero targets
@@ -508,7 +498,7 @@ def test_softmax_module(fused):
 
 
 def test_module_label_checks():
-    mod = _build("sigmoid_focal")
+    mod = paper_loss("sigmoid_focal")
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="labels"):
         mod(x, torch.tensor([0, 1, 4, 3]))  # 4 > K = 3
@@ -533,7 +523,7 @@ def test_one_switch_fused_argument(monkeypatch):
     x = torch.randn(6, 3, requires_grad=True)
     t = _binary((6, 3))
     labels = torch.tensor([0, 1, 2, 3, 3, 0])
-    mods = [_build(n) for n in EXPECTED]
+    mods = [paper_loss(n) for n in EXPECTED]
 
     def everything(fused=True):
         sigmoid_focal_loss(x, t, fused=fused).sum().backward()

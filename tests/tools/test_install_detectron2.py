@@ -7,7 +7,7 @@ import os
 import tarfile
 import zipfile
 
-from tests.helpers import load_script
+from helpers import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

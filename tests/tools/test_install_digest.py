@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.helpers import load_script
+from helpers import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
