@@ -5,13 +5,17 @@ Prints s/iter medians and ratios measured in one run (interleaved, so machine no
 models alike) at a small CPU setting and a paper-like one (R50-FPN, 80 classes, 600 px, batch 2).
 Models: detectron2 RetinaNet (fvcore FL, EMA normalizer), FocalRetinaNet with each classification
 loss (fused FL, CE, FL*, softmax FL; paper's normalizer) and with OHEM (B=128, NMS .5; plain and
-1:3). Ratios: against detectron2's RetinaNet and against FocalRetinaNet FL. Peak memory of one
+1:3); and both detectron2's RetinaNet and FocalRetinaNet FL under mixed precision (``+AMP``:
+autocast in bfloat16 on the CPU, float16 on CUDA, as ``SOLVER.AMP.PRECISION auto`` trains; no loss
+scaling, which does not change the time). Ratios: against detectron2's RetinaNet and against
+FocalRetinaNet FL (for ``FL +AMP``: the mixed-precision step over the float32 one). Peak memory of one
 step (forward, backward, SGD step) above what the models hold, measured after the timings
 (``_peak_memory.py``: CUDA allocator peak, or the rise of the process's peak RSS on the CPU).
 
     python benchmarks/bench_train_iter.py            # both settings, all variants
     python benchmarks/bench_train_iter.py --quick    # small setting only, fewer iterations
     python benchmarks/bench_train_iter.py --settings paper --variants d2,fl   # the headline ratio
+    python benchmarks/bench_train_iter.py --variants d2_amp,fl_amp            # mixed precision
 """
 
 from __future__ import annotations
@@ -71,8 +75,11 @@ def make_cfg(setting: dict, model: str, ohem_fraction: float | None = None, loss
     return cfg
 
 
-#: key -> (label, make_cfg arguments after the setting)
+#: key -> (label, make_cfg arguments after the setting); labels ending in AMP_SUFFIX step under autocast
+AMP_SUFFIX = " +AMP"
 VARIANTS = {
+    "d2_amp": ("detectron2 RetinaNet" + AMP_SUFFIX, ("d2",)),
+    "fl_amp": ("FocalRetinaNet (fused FL)" + AMP_SUFFIX, ("focal",)),
     "d2": ("detectron2 RetinaNet", ("d2",)),
     "fl": ("FocalRetinaNet (fused FL)", ("focal",)),
     "ce": ("FocalRetinaNet CE", ("focal", None, "sigmoid_ce")),
@@ -102,11 +109,13 @@ def make_batches(setting: dict, n: int, device: str):
     return batches
 
 
-def step(model, opt, batch) -> float:
+def step(model, opt, batch, amp: bool = False) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     t = time.perf_counter()
-    losses = model(batch)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.autocast(device, dtype=torch.float16 if device == "cuda" else torch.bfloat16, enabled=amp):
+        losses = model(batch)
     loss = sum(losses.values())
     opt.zero_grad()
     loss.backward()
@@ -142,13 +151,14 @@ def run(name: str, setting: dict, warmup: int, iters: int, keys=tuple(VARIANTS))
             # model always runs right after the same other one (allocator and cache state)
             for label in order[i % len(order):] + order[:i % len(order)]:
                 model, opt = models[label]
-                dt = step(model, opt, batch)
+                dt = step(model, opt, batch, amp=label.endswith(AMP_SUFFIX))
                 if i >= warmup:
                     times[label].append(dt)
         extra = make_batches(setting, 1, device)[0]
         if device == "cpu":
             mmap_small_allocations()
-        peaks = {label: peak_mib(lambda m=m, o=o: step(m, o, extra), torch.device(device))
+        amp = {label: label.endswith(AMP_SUFFIX) for label in models}
+        peaks = {label: peak_mib(lambda m=m, o=o, a=amp[label]: step(m, o, extra, a), torch.device(device))
                  for label, (m, o) in models.items()}
     base = statistics.median(times["detectron2 RetinaNet"])
     fl = statistics.median(times["FocalRetinaNet (fused FL)"])

@@ -60,4 +60,9 @@ def add_focal_config(cfg: CN) -> CN:
     # Checked once, in engine.setup_cfg (focal_plugin.evaluation.resolve_eval_backend).
     if "COCO_EVAL_BACKEND" not in _C.TEST:
         _C.TEST.COCO_EVAL_BACKEND = "auto"
+    # The autocast dtype of detectron2's SOLVER.AMP.ENABLED (a key detectron2 v0.6 does not have;
+    # upstream's AMPTrainer takes it as `precision`): "auto" = bfloat16 on the CPU, float16 on
+    # CUDA; "bfloat16"; "float16" (CUDA only). Losses stay float32. See focal_plugin.amp.
+    if "PRECISION" not in _C.SOLVER.AMP:
+        _C.SOLVER.AMP.PRECISION = "auto"
     return cfg

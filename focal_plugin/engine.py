@@ -28,6 +28,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from focal_plugin import compat
+from focal_plugin.amp import amp_dtype, use_mixed_precision
 from focal_plugin.checkpoint import SafeCheckpointer
 from focal_plugin.config import add_focal_config
 from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
@@ -123,6 +124,7 @@ def check_config(cfg: CfgNode) -> None:
                     f"(now {cfg_value(cfg, instead)!r}) instead, and leave {key} at detectron2's default "
                     f"{cfg_value(defaults, key)!r}"
                 )
+    amp_dtype(cfg)
     try:
         resolve_eval_backend(cfg.TEST.COCO_EVAL_BACKEND)
     except ValueError as e:
@@ -245,6 +247,7 @@ class Trainer(DefaultTrainer):
         # rescales cfg by REFERENCE_WORLD_SIZE, builds model/optimizer/loader, wraps DDP
         with compat.ddp_without_device_ids_on_cpu():
             super().__init__(cfg)
+        use_mixed_precision(self, cfg)  # SOLVER.AMP on the CPU too, in SOLVER.AMP.PRECISION
 
     def build_hooks(self):
         # every checkpoint (periodic, final) finite and written atomically; see SafeCheckpointer

@@ -176,8 +176,13 @@ class FocalRetinaNet(RetinaNet):
         """Same inputs and outputs as ``RetinaNet.losses``; see there.
 
         The classification loss is summed over the anchors chosen by ``anchor_sampler`` and
-        divided, like the box loss, by the loss normalizer.
+        divided, like the box loss, by the loss normalizer. Computed in float32 under autocast
+        (``SOLVER.AMP``): the head's outputs are cast up, the loss never runs in low precision.
         """
+        if torch.is_autocast_enabled(pred_logits[0].device.type):
+            with torch.autocast(pred_logits[0].device.type, enabled=False):
+                return self.losses(anchors, [x.float() for x in pred_logits], gt_labels,
+                                   [x.float() for x in pred_anchor_deltas], gt_boxes)
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R), -1 ignore, K background
         pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
