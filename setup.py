@@ -27,6 +27,7 @@ setup(
         "matplotlib",
         "tqdm",
         "tabulate",
+        "scipy>=1.11",  # Welch's t-test of the verdicts (ttest_ind(...).confidence_interval)
         "PyYAML",
     ],
     extras_require={

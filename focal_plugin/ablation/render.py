@@ -12,8 +12,10 @@ from focal_plugin.analysis.imbalance_table import FIGURES
 from focal_plugin.analysis.seed_stats import METRIC_LABELS
 from focal_plugin.configs import config_name
 
-VERDICT_RULE = ("Verdict: *reproduced* / *not reproduced* when the gap exceeds the seed noise "
-                "(2·sqrt(s²/n + s²/n)); *inconclusive* when it does not, or with one seed; *no data* while a "
+VERDICT_RULE = ("Verdict: *reproduced* / *not reproduced* when Welch's t-test decides it: the 95 % "
+                "interval of the difference excludes the claim's boundary (0, or ±tol for *similar*; a "
+                "stated size must lie inside it), with at least 3 seeds on every row compared; "
+                "*inconclusive* when the interval does not decide, or with fewer seeds; *no data* while a "
                 "row the claim names has not run (a claim over several rows waits for all of them, unless "
                 "the finished ones already refute it).")
 

@@ -104,7 +104,7 @@ def build_report(runner, with_imbalance: Optional[bool] = None) -> Dict[str, Any
     return {"spec": spec.name, "spec_file": spec.path, "title": spec.title, "source": spec.source,
             "note": spec.note, "columns": spec.columns, "metrics": spec.metrics,
             "table": _table(rows, stats, spec.metrics),
-            "claims": [judge(c, stats, paper) for c in spec.claims],
+            "claims": [judge(c, stats, paper, runner.options.scale) for c in spec.claims],
             "imbalance": imbalance(runner) if imbalance_on else {"available": False,
                                                                   "reason": "not computed"},
             "environment": _environment(runner, cells, invocations(runner.run_dir))}

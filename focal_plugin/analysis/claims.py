@@ -1,8 +1,9 @@
 """The verdict on each of the paper's claims about a table, from its rows' seeds.
 
-Verdicts: ``reproduced`` / ``not reproduced`` when the gap exceeds the seed noise
-(:mod:`focal_plugin.analysis.seed_stats`), ``inconclusive`` (within noise, or one seed),
-``no data`` (cells not finished).
+Verdicts: ``reproduced`` / ``not reproduced`` when Welch's 95 % interval of the difference decides
+it with at least ``MIN_SEEDS`` seeds on every side (:mod:`focal_plugin.analysis.seed_stats`);
+``inconclusive`` otherwise (the interval straddles the claim's boundary, or too few seeds);
+``no data`` (cells not finished). A stated size (``by``) must lie inside the interval.
 
 A claim over several rows ("α = .75 is the best α") is judged once every row it names has a
 finished seed — a rival that has not run could still beat the claimed row — unless the finished
@@ -20,13 +21,16 @@ import inspect
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from focal_plugin.analysis.seed_stats import (
+    CONFIDENCE,
     LOWER_IS_BETTER,
     METRIC_LABELS,
+    MIN_SEEDS,
     Comparison,
     RowStats,
     compare,
     fmt_stat,
     gap_text,
+    mean_interval,
 )
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NO_DATA = "reproduced", "not reproduced", "inconclusive", "no data"
@@ -53,10 +57,12 @@ class Claim:
 
 @dataclasses.dataclass
 class Context:
-    """What a claim is judged on: each row's stats and the paper's numbers."""
+    """What a claim is judged on: each row's stats, the paper's numbers and our scale (a size
+    stated in the paper's AP is judged at the paper's scale only)."""
 
     stats: Dict[str, RowStats]
     paper: Dict[str, Dict[str, Optional[float]]]
+    scale: str = "paper"
 
     def paper_value(self, row: str, metric: str) -> Optional[float]:
         return (self.paper.get(row) or {}).get(metric)
@@ -110,17 +116,19 @@ def parse_claim(raw: Any, i: int, rows: set, metrics: List[str], fail) -> Claim:
         raise fail(f"{where}: direction {args['direction']!r} must be 'max' or 'min'")
     if "rows" in args:
         args["rows"] = tuple(args["rows"])
-    for key, kind_of in (("tol", float), ("min_count", int)):
+    for key, kind_of in (("tol", float), ("by", float), ("min_value", float), ("min_count", int)):
         if key in args:
+            if isinstance(args[key], bool) or not isinstance(args[key], (int, float)):
+                raise fail(f"{where}: {key} = {args[key]!r} is not a number")
             args[key] = kind_of(args[key])
     return Claim(text=str(raw["text"]), type=kind, args=args)
 
 
-def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, Optional[float]]]
-          ) -> Dict[str, Any]:
+def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, Optional[float]]],
+          scale: str = "paper") -> Dict[str, Any]:
     """``{"claim", "type", "metric", "row", "verdict", "ours", "paper", ...}`` for one claim."""
     out = {"claim": claim.text, "type": claim.type, "metric": claim.metric, "row": claim.row}
-    out.update(CLAIM_TYPES[claim.type](Context(stats, paper), **claim.args))
+    out.update(CLAIM_TYPES[claim.type](Context(stats, paper, scale), **claim.args))
     return out
 
 
@@ -128,18 +136,32 @@ def _sign(metric: str) -> int:
     return -1 if metric in LOWER_IS_BETTER else 1
 
 
-def _divergence(ctx: Context, row: str, metric: str, expect: bool) -> Dict[str, Any]:
+def _divergence(ctx: Context, row: str, metric: str, expect: bool, min_value: Optional[float] = None
+                ) -> Dict[str, Any]:
     s = ctx.stats[row]
     k = len(s.diverged_at)
     if s.seeds == 0:
         verdict = NO_DATA
-    elif k in (0, s.seeds):
-        verdict = REPRODUCED if (k == s.seeds) == expect else NOT_REPRODUCED
-    else:
+    elif 0 < k < s.seeds or s.seeds < MIN_SEEDS:
         verdict = INCONCLUSIVE
+    else:
+        verdict = REPRODUCED if (k == s.seeds) == expect else NOT_REPRODUCED
     at = f" (at iteration {', '.join(map(str, s.diverged_at))})" if k else ""
-    return {"verdict": verdict, "ours": f"{row}: {k}/{s.seeds} seeds diverged{at}",
-            "paper": ctx.paper_text([row], metric)}
+    ours = f"{row}: {k}/{s.seeds} seeds diverged{at}"
+    if min_value is not None and s.values.get(metric):  # "trains": above a stated criterion too
+        above, criterion = _above(s.values[metric], min_value)
+        verdict = above if verdict == REPRODUCED else verdict
+        ours += f"; {METRIC_LABELS.get(metric, metric)} {fmt_stat(s, metric)}{criterion}"
+    return {"verdict": verdict, "ours": ours, "paper": ctx.paper_text([row], metric)}
+
+
+def _above(values: Sequence[float], floor: float) -> tuple:
+    """(verdict, text) of "the mean exceeds ``floor``" from the interval of the mean."""
+    interval = mean_interval(values)
+    if interval is None:
+        return INCONCLUSIVE, f" (criterion > {floor:g}: one seed, no interval)"
+    verdict = REPRODUCED if interval[0] > floor else NOT_REPRODUCED if interval[1] <= floor else INCONCLUSIVE
+    return verdict, f" ({CONFIDENCE:.0%} CI [{interval[0]:.2f}, {interval[1]:.2f}] vs criterion > {floor:g})"
 
 
 @claim_type("diverges")
@@ -148,20 +170,37 @@ def _diverges(ctx: Context, *, row: str, metric: str = "AP") -> Dict[str, Any]:
 
 
 @claim_type("converges")
-def _converges(ctx: Context, *, row: str, metric: str = "AP") -> Dict[str, Any]:
-    return _divergence(ctx, row, metric, expect=False)
+def _converges(ctx: Context, *, row: str, metric: str = "AP", min_value: Optional[float] = None
+               ) -> Dict[str, Any]:
+    return _divergence(ctx, row, metric, expect=False, min_value=min_value)
+
+
+def _decided(c: Comparison) -> str:
+    """The verdict of "a beats b" from one comparison."""
+    if c.relation == "no data":
+        return NO_DATA
+    if not c.decisive or c.relation not in ("better", "worse"):
+        return INCONCLUSIVE
+    return REPRODUCED if c.relation == "better" else NOT_REPRODUCED
 
 
 @claim_type("better")
-def _better(ctx: Context, *, row: str, than: str, metric: str = "AP") -> Dict[str, Any]:
+def _better(ctx: Context, *, row: str, than: str, metric: str = "AP", by: Optional[float] = None
+            ) -> Dict[str, Any]:
     c = compare(ctx.stats[row], ctx.stats[than], metric, _sign(metric))
-    verdicts = {"better": REPRODUCED, "worse": NOT_REPRODUCED, "no data": NO_DATA}
-    verdict = verdicts.get(c.relation, INCONCLUSIVE)
+    verdict = _decided(c)
     pa, pb = ctx.paper_value(row, metric), ctx.paper_value(than, metric)
     paper = (f"{pa:.1f} vs {pb:.1f} (Δ {pa - pb:+.1f})" if pa is not None and pb is not None
              else ctx.paper_text([row, than], metric))
     label = METRIC_LABELS.get(metric, metric)
     ours = f"{label} {fmt_stat(ctx.stats[row], metric)} vs {fmt_stat(ctx.stats[than], metric)}{gap_text(c)}"
+    if by is not None and ctx.scale != "paper":  # AP of another dataset: no common unit
+        ours += (f"; the stated size ({by:g} {label} on COCO) is not comparable at {ctx.scale} scale: "
+                 "only the sign is judged")
+    elif by is not None and verdict == REPRODUCED and c.ci is not None:  # the stated size, too
+        low, high = sorted(_sign(metric) * x for x in c.ci)
+        verdict = REPRODUCED if low <= by <= high else NOT_REPRODUCED
+        ours += f"; stated size {by:g} {'inside' if low <= by <= high else 'outside'} the interval"
     return {"verdict": verdict, "paper": paper, "ours": ours}
 
 
@@ -172,16 +211,16 @@ def _best(ctx: Context, *, row: str, metric: str = "AP", rows: Sequence[str] = (
     rivals = [r for r in (rows or stats) if r != row]
     sign = _sign(metric) if direction is None else (1 if direction == "max" else -1)
     comps = {r: compare(stats[row], stats[r], metric, sign) for r in rivals}
-    rels = {c.relation for c in comps.values()} - {"no data"}  # no data: not run, or no value
+    decided = {_decided(c) for c in comps.values()} - {NO_DATA}  # no data: not run, or no value
     pending = [r for r in rivals if stats[r].seeds == 0]
     if stats[row].seeds == 0:
         verdict, pending = NO_DATA, []
-    elif "worse" in rels:
+    elif NOT_REPRODUCED in decided:
         verdict = NOT_REPRODUCED
-    elif pending or not rels:  # a rival not run yet could still beat it
+    elif pending or not decided:  # a rival not run yet could still beat it
         verdict = NO_DATA
     else:
-        verdict = REPRODUCED if rels == {"better"} else INCONCLUSIVE
+        verdict = REPRODUCED if decided == {REPRODUCED} else INCONCLUSIVE
     return {"verdict": verdict, "ours": _best_text(ctx, row, metric, comps, pending, len(rivals)),
             "paper": _best_paper(ctx, [row, *rivals], metric, sign),
             "margin": _margin(row, rivals, comps, stats, metric, sign)}
@@ -189,8 +228,8 @@ def _best(ctx: Context, *, row: str, metric: str = "AP", rows: Sequence[str] = (
 
 def _best_text(ctx: Context, row: str, metric: str, comps: Dict[str, Comparison], pending, of: int) -> str:
     ours = f"{row} {METRIC_LABELS.get(metric, metric)} {fmt_stat(ctx.stats[row], metric)}"
-    beaten_by = [r for r, c in comps.items() if c.relation == "worse"]
-    close = [f"{r}{gap_text(c)}" for r, c in comps.items() if c.relation in ("within", "one seed")]
+    beaten_by = [r for r, c in comps.items() if _decided(c) == NOT_REPRODUCED]
+    close = [f"{r}{gap_text(c)}" for r, c in comps.items() if _decided(c) == INCONCLUSIVE]
     if beaten_by:
         ours += f"; beaten beyond noise by {', '.join(beaten_by)}"
     if close:
@@ -234,12 +273,12 @@ def _similar(a: RowStats, b: RowStats, metric: str, tol: float) -> tuple:
     c = compare(a, b, metric)
     if c.relation == "no data":
         return NO_DATA, ""
+    if not c.decisive:
+        return INCONCLUSIVE, gap_text(c) or f" ({c.n[0]}/{c.n[1]} seeds: under {MIN_SEEDS}, not decisive)"
     if a.all_diverged != b.all_diverged:
         return NOT_REPRODUCED, " (one of the two diverged)"
     if c.diff is None:  # both diverged
         return REPRODUCED, " (both diverged)"
-    if c.noise is None:
-        return INCONCLUSIVE, gap_text(c)
     if abs(c.diff) + c.noise <= tol:
         return REPRODUCED, gap_text(c)
     return (NOT_REPRODUCED if abs(c.diff) - c.noise > tol else INCONCLUSIVE), gap_text(c)
@@ -285,14 +324,14 @@ def _any_similar(ctx: Context, *, rows: Sequence[str], to: str, tol: float, metr
 @claim_type("increasing")
 def _increasing(ctx: Context, *, rows: Sequence[str], metric: str = "AP") -> Dict[str, Any]:
     stats, rows = ctx.stats, list(rows)
-    rels = {compare(stats[b], stats[a], metric, 1).relation for a, b in zip(rows, rows[1:])}
-    if any(compare(stats[b], stats[a], metric, 1).relation == "worse"  # any finished pair, gaps too
+    steps = {_decided(compare(stats[b], stats[a], metric, 1)) for a, b in zip(rows, rows[1:])}
+    if any(_decided(compare(stats[b], stats[a], metric, 1)) == NOT_REPRODUCED  # any pair, gaps too
            for i, a in enumerate(rows) for b in rows[i + 1:]):
         verdict = NOT_REPRODUCED
-    elif "no data" in rels:
+    elif NO_DATA in steps:
         verdict = NO_DATA
     else:
-        verdict = REPRODUCED if rels == {"better"} else INCONCLUSIVE
+        verdict = REPRODUCED if steps == {REPRODUCED} else INCONCLUSIVE
     ours = " → ".join(fmt_stat(stats[r], metric) for r in rows)
     return {"verdict": verdict, "ours": f"{METRIC_LABELS.get(metric, metric)}: {ours}",
             "paper": ctx.paper_text(rows, metric)}

@@ -5,7 +5,7 @@ Reads an ablation report (``report.json`` of :mod:`focal_plugin.ablation.report`
 claim contributes one point, x = binary negatives per positive anchor of the claimed row's data
 (the report's per-row imbalance), y = the claimed row's metric minus its strongest rival's (the
 claim's ``margin``: for the scan, FL minus the best α-balanced CE, in AP points), with the seed
-noise of that gap (``2 * sqrt(s_a^2 / n_a + s_b^2 / n_b)``, :mod:`focal_plugin.analysis.claims`)
+noise of that gap (half the width of its 95 % Welch interval, :mod:`focal_plugin.analysis.seed_stats`)
 when both rows have two or more seeds.
 """
 
@@ -101,7 +101,7 @@ def _gap_text(p: Dict[str, Any]) -> tuple:
 
 
 def to_markdown(points: Sequence[Dict[str, Any]], title: str, x_label: str = "negatives / positive") -> str:
-    lines = [f"# {title}", "", f"| {x_label} | claim | rival | gap | seed noise | verdict |",
+    lines = [f"# {title}", "", f"| {x_label} | claim | rival | gap | seed noise (95 % CI ±) | verdict |",
              "|---|---|---|---|---|---|"]
     for p in points:
         x = _fmt_x(p["x"]) if p["x"] is not None else "—"
@@ -113,7 +113,8 @@ def to_markdown(points: Sequence[Dict[str, Any]], title: str, x_label: str = "ne
             gap += f" ({'; '.join(notes)})"
         lines.append(f"| {x} | {p['claim']} | {p['rival'] or '—'} | {gap} | {noise} | {p['verdict']} |")
     lines += ["", "gap = the claimed row minus its strongest rival (mean over finished seeds); "
-              "seed noise = 2·sqrt(s²/n + s²/n), unknown while either row has one seed.", ""]
+              "seed noise = half the width of the gap's 95 % Welch interval, unknown while either row "
+              "has one seed; a verdict needs 3 seeds on both rows.", ""]
     return "\n".join(lines)
 
 

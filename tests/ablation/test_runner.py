@@ -16,10 +16,10 @@ from focal_plugin.locks import FileLock
 
 
 def test_run_report_divergence_and_no_rerun(fake_env):
-    runner = make_runner(fake_env, seeds=[0, 1])
+    runner = make_runner(fake_env, seeds=[0, 1, 2])  # 3 seeds: what a verdict needs
     summary = runner.run()
-    assert summary["states"] == {"a25/seed0": "done", "a25/seed1": "done", "a75/seed0": "done",
-                                 "a75/seed1": "done", "zero/seed0": "diverged", "zero/seed1": "diverged"}
+    expected = {"a25": "done", "a75": "done", "zero": "diverged"}
+    assert summary["states"] == {f"{row}/seed{i}": state for row, state in expected.items() for i in range(3)}
     assert all(isinstance(s, State) for s in summary["states"].values())
     st = status_of(runner, "zero")
     assert st["diverged_at"] == 3 and "iteration 3" in st["error"]
@@ -31,23 +31,23 @@ def test_run_report_divergence_and_no_rerun(fake_env):
     rows = md_rows(md)
     assert ["α", "AP", "AP50", "AP75", "AP (paper)", "AP50 (paper)", "AP75 (paper)", "ΔAP", "ΔAP50",
             "ΔAP75"] in rows
-    assert [".75", "**75.1 ± 0.1**", "**85.1 ± 0.1**", "**74.1 ± 0.1**", "**31.1**", "**49.4**", "**33.0**",
-            "+44.0", "+35.7", "+41.1"] in rows
-    assert ["zero init", *["diverged at iteration 3, 3"] * 3, *["diverges"] * 3, "—", "—", "—"] in rows
+    assert [".75", "**75.2 ± 0.2**", "**85.2 ± 0.2**", "**74.2 ± 0.2**", "**31.1**", "**49.4**", "**33.0**",
+            "+44.1", "+35.8", "+41.2"] in rows
+    assert ["zero init", *["diverged at iteration 3, 3, 3"] * 3, *["diverges"] * 3, "—", "—", "—"] in rows
     verdicts = {c["claim"]: c["verdict"] for c in json.load(open(summary["report"]["json"]))["claims"]}
     assert verdicts == {"α = .75 beats α = .25": "reproduced", "the best α is .75": "reproduced",
                         "zero init diverges": "reproduced", "α = .25 trains": "reproduced"}
-    assert "AP 75.1 ± 0.1 vs 25.1 ± 0.1 (Δ +50.00, noise ±0.28)" in md
+    assert "AP 75.2 ± 0.2 vs 25.2 ± 0.2 (Δ +50.00, 95% CI [+49.55, +50.45], p " in md
     # every cell: its folder, state and the train_net.py command that trains it
     assert ["a25/seed1", runner.cells()[1].key, "done"] == next(r for r in rows if r[0] == "a25/seed1")[:3]
     assert json.load(open(summary["report"]["json"]))["environment"]["cells"][0]["command"].startswith(
         "python train_net.py --config-file ")
     csv_lines = open(summary["report"]["csv"]).read().splitlines()
     assert csv_lines[0].startswith("row,α,AP_ours,AP_std,AP_n,AP_paper,AP_delta,")
-    assert csv_lines[2].startswith("a75,.75,75.100,0.141,2,31.100,44.000,")
+    assert csv_lines[2].startswith("a75,.75,75.200,0.200,3,31.100,44.100,")
 
-    again = make_runner(fake_env, seeds=[0, 1]).run()  # finished cells, diverged ones too, are kept
-    assert again["skipped"] == 6 and again["ran"] == 0
+    again = make_runner(fake_env, seeds=[0, 1, 2]).run()  # finished cells, diverged ones too, are kept
+    assert again["skipped"] == 9 and again["ran"] == 0
     assert calls_of(runner, "a25") == [0] and calls_of(runner, "zero") == [0]
     md = open(again["report"]["md"]).read()
     assert "1 more invocation(s) found every cell finished" in md

@@ -60,6 +60,8 @@ def _bad_spec(tmp_path, mutate):
      "base config 'mini/nope.yaml' not found"),
     (lambda r: r["rows"][0]["overrides"].update({"SEED": 3}), "a25", "set by the runner per cell"),
     (lambda r: r.update(timing={"images": 5, "warmup": 1}), None, "'timing' without the metric 'ms'"),
+    (lambda r: r["claims"].append({"text": "x", "type": "better", "row": "a75", "than": "a25", "by": "big"}),
+     None, "claim #5: by = 'big' is not a number"),
     (lambda r: r["metrics"].append("ms"), None, "metric 'ms' needs a 'timing"),
     (lambda r: r.update(metrics=[*r["metrics"], "ms"], timing={"images": 0, "warmup": 1}), None,
      "timing.images = 0 is invalid"),

@@ -13,7 +13,7 @@ from focal_plugin.analysis.claims import (
     Claim,
     judge,
 )
-from focal_plugin.analysis.seed_stats import RowStats
+from focal_plugin.analysis.seed_stats import RowStats, compare
 
 
 def make_claim(text, type, **args):
@@ -141,7 +141,8 @@ def test_best_claim_reports_its_margin_over_the_strongest_rival():
     stats = _rows(g2=THREE_SEEDS_HIGH, g0=THREE_SEEDS_LOW, g5=(7.5, 8.5, 9.5), g1=None)
     m = judge(BEST, stats, {})["margin"]
     assert m["rival"] == "g5" and m["diff"] == pytest.approx(9.2 - 8.5)
-    assert m["noise"] == pytest.approx(2 * ((0.2 ** 2 + 1.0 ** 2) / 3) ** 0.5) and m["relation"] == "within"
+    welch = compare(stats["g2"], stats["g5"], "AP")  # the margin is that comparison (its formula:
+    assert m["noise"] == pytest.approx(welch.noise) and m["relation"] == "within"  # test_seed_stats)
     assert m["pending"] == ["g1"] and m["lower_wins"] is False  # g1 not run: it may still be stronger
     low = make_claim(text="g0 is the worst", type="best", row="g0", direction="min")
     m = judge(low, stats, {})["margin"]  # the strongest rival of a "worst" claim is the lowest one
@@ -169,3 +170,44 @@ def test_margin_says_which_side_diverged():
     m = judge(BEST, stats, {})["margin"]
     assert m["diverged"] == "rivals" and m["rival"] is None and m["relation"] == "better"
     assert judge(BEST, _rows(g2=THREE_SEEDS_HIGH, g0=THREE_SEEDS_LOW), {})["margin"]["diverged"] is None
+
+
+BETTER = make_claim(text="FL beats CE", type="better", row="fl", than="ce")
+
+
+@pytest.mark.parametrize("fl, ce, verdict", [
+    (THREE_SEEDS_HIGH, THREE_SEEDS_LOW, REPRODUCED),
+    (THREE_SEEDS_LOW, THREE_SEEDS_HIGH, NOT_REPRODUCED),
+    ((9.0, 9.4), (4.0, 4.5), INCONCLUSIVE),  # a large gap, but two seeds a side decide nothing
+    ((9.0, 9.2, 9.4), (9.5,), INCONCLUSIVE),  # one seed: no interval
+    ((9.14, 8.87, 9.41), (8.97, 8.4, 9.54), INCONCLUSIVE),  # within noise
+])
+def test_better_needs_three_seeds_a_side_and_an_interval_that_excludes_zero(fl, ce, verdict):
+    assert judge(BETTER, _rows(fl=fl, ce=ce), {})["verdict"] == verdict
+
+
+@pytest.mark.parametrize("by, verdict", [(4.7, REPRODUCED), (3.0, NOT_REPRODUCED), (8.0, NOT_REPRODUCED)])
+def test_a_stated_size_must_lie_inside_the_interval(by, verdict):
+    claim = make_claim(text=f"FL beats CE by ~{by} AP", type="better", row="fl", than="ce", by=by)
+    rows = _rows(fl=THREE_SEEDS_HIGH, ce=THREE_SEEDS_LOW)  # Δ 4.7, CI ~[3.7, 5.7]
+    out = judge(claim, rows, {})
+    assert out["verdict"] == verdict and f"stated size {by:g}" in out["ours"]
+    mini = judge(claim, rows, {}, scale="mini")  # synthetic AP and COCO AP share no unit
+    assert mini["verdict"] == REPRODUCED and "not comparable at mini scale" in mini["ours"]
+
+
+@pytest.mark.parametrize("aps, verdict", [
+    ((9.0, 9.2, 9.4), REPRODUCED),
+    ((0.3, 0.4, 0.35), NOT_REPRODUCED),  # trains without NaN, but to no useful AP
+    ((0.5, 2.0, 3.5), INCONCLUSIVE),  # the interval straddles the criterion
+    ((9.0,), INCONCLUSIVE),  # one seed
+])
+def test_trains_is_judged_on_a_stated_criterion(aps, verdict):
+    claim = make_claim(text="CE with the prior init trains", type="converges", row="ce", min_value=1.0)
+    assert judge(claim, _rows(ce=aps), {})["verdict"] == verdict
+
+
+def test_divergence_needs_three_seeds():
+    claim = make_claim(text="CE without the prior init diverges", type="diverges", row="ce")
+    assert judge(claim, {"ce": _diverged("ce", seeds=1)}, {})["verdict"] == INCONCLUSIVE
+    assert judge(claim, {"ce": _diverged("ce", seeds=3)}, {})["verdict"] == REPRODUCED

@@ -1,13 +1,14 @@
-"""Row statistics over seeds (focal_plugin.analysis.seed_stats): the noise of a gap, one seed,
-rows that diverged."""
+"""Row statistics over seeds (focal_plugin.analysis.seed_stats): Welch's interval of a gap against
+its formulas, one seed, too few seeds, rows that diverged."""
 
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
-from focal_plugin.analysis.seed_stats import RowStats, compare, fmt_stat, gap_text
+from focal_plugin.analysis.seed_stats import MIN_SEEDS, RowStats, compare, fmt_stat, gap_text, mean_interval
 
 
 def _row(name, ap=(), diverged=()):
@@ -15,19 +16,64 @@ def _row(name, ap=(), diverged=()):
                     diverged_at=list(diverged))
 
 
-def test_the_noise_is_twice_the_standard_error_of_the_difference():
+def _welch_by_hand(a, b):
+    """Welch's interval from its formulas: se² = s_a²/n_a + s_b²/n_b, Welch–Satterthwaite df,
+    the t quantile; p two-sided."""
+    from scipy.stats import t as student
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    diff, se = statistics.fmean(a) - statistics.fmean(b), math.sqrt(va + vb)
+    half = student.ppf(0.975, df) * se
+    return diff, (diff - half, diff + half), 2 * student.sf(abs(diff) / se, df)
+
+
+@pytest.mark.parametrize("a, b", [([30.0, 31.0, 32.0], [28.0, 28.5, 29.0]),
+                                  ([9.14, 8.87, 9.41], [8.97, 8.4, 9.54]),  # FL vs tuned α-CE-like
+                                  ([1.0, 2.0], [0.0, 0.5, 0.1, 0.3])])
+def test_the_interval_is_welchs(a, b):
+    c = compare(_row("a", a), _row("b", b), "AP")
+    diff, ci, p = _welch_by_hand(a, b)
+    assert c.diff == pytest.approx(diff) and c.ci == pytest.approx(ci) and c.p == pytest.approx(p)
+    assert c.noise == pytest.approx((ci[1] - ci[0]) / 2)
+    assert c.relation == ("better" if ci[0] > 0 else "worse" if ci[1] < 0 else "within")
+    assert c.decisive == (min(len(a), len(b)) >= MIN_SEEDS)
+
+
+def test_the_interval_decides_the_relation_both_ways():
     a, b = _row("a", [30.0, 31.0, 32.0]), _row("b", [28.0, 28.5, 29.0])
-    c = compare(a, b, "AP")
-    expected = 2.0 * math.sqrt(1.0 ** 2 / 3 + 0.5 ** 2 / 3)
-    assert c.diff == pytest.approx(2.5) and c.noise == pytest.approx(expected)
-    assert c.relation == "better" and compare(b, a, "AP").relation == "worse"
-    assert compare(_row("a", [30.0, 31.0, 32.0]), _row("b", [29.5, 30.5, 31.5]), "AP").relation == "within"
+    assert compare(a, b, "AP").relation == "better" and compare(b, a, "AP").relation == "worse"
+    assert compare(a, _row("b", [29.5, 30.5, 31.5]), "AP").relation == "within"
+    # a normal cut-off (2 standard errors) would call this gap significant; Welch's t with ~2 df does not
+    tight, wide = _row("t", [10.0, 10.1, 10.2]), _row("w", [8.0, 9.5, 11.0])
+    z = (10.1 - 9.5) / math.sqrt(0.01 / 3 + 2.25 / 3)
+    assert z < 2 and compare(tight, wide, "AP").relation == "within"
+    far = _row("f", [5.0, 6.5, 8.0])
+    z = (10.1 - 6.5) / math.sqrt(0.01 / 3 + 2.25 / 3)
+    assert z > 2 and compare(tight, far, "AP").relation == "within"  # z 4.2; Welch's t needs 4.3
 
 
-def test_one_seed_leaves_the_noise_unknown():
+def test_constant_seeds_give_a_zero_width_interval():
+    c = compare(_row("a", [5.0, 5.0, 5.0]), _row("b", [4.0, 4.0, 4.0]), "AP")
+    assert (c.relation, c.ci, c.p) == ("better", (1.0, 1.0), 0.0)
+    assert compare(_row("a", [5.0] * 3), _row("b", [5.0] * 3), "AP").relation == "within"
+
+
+def test_one_seed_gives_no_interval_and_two_are_not_decisive():
     c = compare(_row("a", [35.0]), _row("b", [20.0, 21.0]), "AP")
-    assert (c.relation, c.noise) == ("one seed", None) and c.diff == pytest.approx(14.5)
-    assert gap_text(c) == " (Δ +14.50, one seed: noise unknown)"
+    assert (c.relation, c.ci, c.decisive) == ("one seed", None, False) and c.diff == pytest.approx(14.5)
+    assert gap_text(c) == " (Δ +14.50, 1/2 seeds: no interval with one seed)"
+    two = compare(_row("a", [30.0, 30.2]), _row("b", [20.0, 20.1]), "AP")
+    assert two.relation == "better" and not two.decisive
+    assert "under 3 seeds: not decisive" in gap_text(two) and "95% CI [" in gap_text(two)
+
+
+def test_mean_interval_is_students():
+    from scipy.stats import t as student
+
+    lo, hi = mean_interval([1.0, 2.0, 3.0])
+    half = student.ppf(0.975, 2) * 1.0 / math.sqrt(3)
+    assert (lo, hi) == pytest.approx((2 - half, 2 + half)) and mean_interval([1.0]) is None
 
 
 def test_lower_is_better_for_time_and_a_diverged_row_loses_unless_the_worst_is_wanted():
