@@ -35,9 +35,11 @@ import focal_plugin  # noqa: E402, F401
 # isort: split
 from _peak_memory import mmap_small_allocations, peak_mib  # noqa: E402
 from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from focal_plugin import compat
 from focal_plugin.engine import get_focal_cfg
 from focal_plugin.io import write_json_atomic
 
@@ -45,23 +47,19 @@ SETTINGS = {
     "small": dict(depth=18, size=(128, 128), batch=4, classes=5, fpn=64, convs=2, norm="BN"),
     # BN, not the paper's FrozenBN: without ImageNet weights FrozenBN lets activations overflow
     "paper": dict(depth=50, size=(600, 904), batch=2, classes=80, fpn=256, convs=4, norm="BN"),
+    # the mini protocol's model as its config builds it (frozen ResNet-18, GN head), random weights
+    "protocol": dict(config="configs/mini/protocol/fl_default.yaml", size=(256, 256), batch=8, classes=80),
 }
 
 
 def make_cfg(setting: dict, model: str, ohem_fraction: float | None = None, loss: str | None = None):
     cfg = get_focal_cfg()
-    cfg.merge_from_file("configs/Base-FocalRetinaNet.yaml")
+    if "config" in setting:
+        cfg.merge_from_file(setting["config"])
+        cfg.MODEL.WEIGHTS = ""
+    else:
+        _small_or_paper(cfg, setting)
     cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg.MODEL.RESNETS.DEPTH = setting["depth"]
-    cfg.MODEL.RESNETS.NORM = setting["norm"]
-    if setting["depth"] in (18, 34):
-        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-        cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.MODEL.FPN.OUT_CHANNELS = setting["fpn"]
-    cfg.MODEL.RETINANET.NUM_CONVS = setting["convs"]
-    cfg.MODEL.RETINANET.NUM_CLASSES = setting["classes"]
-    # identical anchors for both: explicit sizes (detectron2's RetinaNet ignores MODEL.FOCAL)
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[b * 2 ** (k / 3) for k in range(3)] for b in (32, 64, 128, 256, 512)]
     cfg.MODEL.META_ARCHITECTURE = "RetinaNet" if model == "d2" else "FocalRetinaNet"
     if ohem_fraction is not None:
         cfg.MODEL.FOCAL.OHEM.ENABLED = True
@@ -73,6 +71,20 @@ def make_cfg(setting: dict, model: str, ohem_fraction: float | None = None, loss
     if loss is not None:
         cfg.MODEL.FOCAL.LOSS = loss
     return cfg
+
+
+def _small_or_paper(cfg, setting: dict) -> None:
+    cfg.merge_from_file("configs/Base-FocalRetinaNet.yaml")
+    cfg.MODEL.RESNETS.DEPTH = setting["depth"]
+    cfg.MODEL.RESNETS.NORM = setting["norm"]
+    if setting["depth"] in (18, 34):
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+        cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.FPN.OUT_CHANNELS = setting["fpn"]
+    cfg.MODEL.RETINANET.NUM_CONVS = setting["convs"]
+    cfg.MODEL.RETINANET.NUM_CLASSES = setting["classes"]
+    # identical anchors for both: explicit sizes (detectron2's RetinaNet ignores MODEL.FOCAL)
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[b * 2 ** (k / 3) for k in range(3)] for b in (32, 64, 128, 256, 512)]
 
 
 #: key -> (label, make_cfg arguments after the setting); labels ending in AMP_SUFFIX step under autocast
@@ -88,6 +100,20 @@ VARIANTS = {
     "ohem": ("FocalRetinaNet OHEM 128/.5", ("focal", -1.0)),
     "ohem13": ("FocalRetinaNet OHEM 1:3 128/.5", ("focal", 0.25)),
 }
+
+
+def _build(cfg):
+    """``build_model``; detectron2 v0.6's own RetinaNetHead crashes on ``NORM: "GN"`` (the mini
+    protocol's head), so its baseline gets the same GroupNorm through compat's factory."""
+    if cfg.MODEL.META_ARCHITECTURE != "RetinaNet" or cfg.MODEL.RETINANET.NORM != "GN":
+        return build_model(cfg)
+    plain = cfg.clone()
+    plain.MODEL.RETINANET.NORM = ""
+    model = build_model(plain)
+    shapes = [model.backbone.output_shape()[f] for f in model.head_in_features]
+    args = RetinaNetHead.from_config(plain, shapes)
+    model.head = RetinaNetHead(**{**args, "norm": compat.gn_norm()}).to(model.device)
+    return model
 
 
 def make_batches(setting: dict, n: int, device: str):
@@ -132,7 +158,7 @@ def run(name: str, setting: dict, warmup: int, iters: int, keys=tuple(VARIANTS))
     models = {}
     reference_state = None
     for label, cfg in variants.items():
-        model = build_model(cfg)
+        model = _build(cfg)
         if reference_state is None:
             reference_state = model.state_dict()
         # identical weights everywhere (softmax FL's classifier has K+1 outputs: its own init)
@@ -163,7 +189,8 @@ def run(name: str, setting: dict, warmup: int, iters: int, keys=tuple(VARIANTS))
     base = statistics.median(times["detectron2 RetinaNet"])
     fl = statistics.median(times["FocalRetinaNet (fused FL)"])
     fl_mem = peaks["FocalRetinaNet (fused FL)"]
-    print(f"\n== {name}: R{setting['depth']}-FPN, {setting['classes']} classes, "
+    model_name = setting.get("config") or f"R{setting['depth']}-FPN"
+    print(f"\n== {name}: {model_name}, {setting['classes']} classes, "
           f"{setting['size'][0]}x{setting['size'][1]} px, batch {setting['batch']}, device {device}, "
           f"{iters} timed iterations after {warmup} warm-up, load average {os.getloadavg()[0]:.2f} ==")
     print(f"{'model':34s} {'s/iter (median)':>16s} {'/ d2 RetinaNet':>15s} {'/ FocalRetinaNet FL':>20s} "
@@ -194,10 +221,10 @@ def main(argv=None) -> None:
     unknown = sorted(set(keys) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}: choose from {list(VARIANTS)}")
-    names = args.settings or (["small"] if args.quick else ["small", "paper"])
+    names = args.settings or (["small"] if args.quick else ["small", "protocol", "paper"])
     results = {}
     for name in names:
-        default_iters = {"small": 10 if args.quick else 20, "paper": 5}[name]
+        default_iters = {"small": 10 if args.quick else 20, "paper": 5, "protocol": 10}[name]
         results[name] = run(name, SETTINGS[name], warmup=args.warmup, iters=args.iters or default_iters,
                             keys=keys)
     if args.json:
