@@ -166,17 +166,43 @@ def check_datasets(cfg: CfgNode) -> None:
             )
 
 
+#: detectron2 norms (``get_norm`` names) that normalize with batch statistics while training, and
+#: whether they pool them over all workers (the synchronized ones) or use one worker's images
+_BATCH_STAT_NORMS = {"BN": False, "SyncBN": True, "nnSyncBN": True, "naiveSyncBN": True,
+                     "naiveSyncBN_N": True}
+#: the smallest map each normalized part sees, as a stride: the head's P7, the FPN's and the
+#: backbone's res5
+_NORM_STRIDES = (("MODEL.RETINANET.NORM", 128), ("MODEL.FPN.NORM", 32), ("MODEL.RESNETS.NORM", 32))
+
+
 def check_batch_norm_batch(cfg: CfgNode, world_size: int) -> None:
-    """BatchNorm in the shared head normalizes each FPN level over the images of one worker; P7
-    of a small image is 1x1, so one image per worker cannot train (torch: "Expected more than 1
-    value per channel"). Refused before anything is built."""
-    per_worker = cfg.SOLVER.IMS_PER_BATCH // max(world_size, 1)
-    if cfg.MODEL.RETINANET.NORM == "BN" and per_worker < 2:
+    """Refuse, before anything is built, a batch-statistics norm that would see a single value per
+    channel (torch: "Expected more than 1 value per channel when training"): the values a norm
+    sees are the images it pools over (one worker's; all workers' for a synchronized norm) times
+    the cells of its smallest map (side ``INPUT.MIN_SIZE_TRAIN`` / stride; one cell when the
+    size is not fixed). ``ValueError`` names the key, what it would see and what works here."""
+    world = max(world_size, 1)
+    per_worker = cfg.SOLVER.IMS_PER_BATCH // world
+    sides = [s for s in cfg.INPUT.MIN_SIZE_TRAIN if s > 0]
+    for key, stride in _NORM_STRIDES:
+        norm, frozen = cfg_value(cfg, key), key == "MODEL.RESNETS.NORM" and cfg.MODEL.BACKBONE.FREEZE_AT >= 5
+        if norm not in _BATCH_STAT_NORMS or frozen:  # a frozen stage's BN is FrozenBN: no batch statistics
+            continue
+        images = per_worker * (world if _BATCH_STAT_NORMS[norm] else 1)
+        cells = math.ceil(min(sides) / stride) ** 2 if sides else 1
+        if images * cells >= 2:
+            continue
+        pooled = f"all {world} worker(s)" if _BATCH_STAT_NORMS[norm] else "one worker"
+        advice = "at least 2 images per worker, or NORM 'GN' (no batch statistics)"
+        if world == 1 and _BATCH_STAT_NORMS[norm]:
+            advice += f"; {norm} in one process pools nothing more than BN"
+        elif not _BATCH_STAT_NORMS[norm] and world > 1:
+            advice += ", or 'SyncBN' (statistics over every worker's images)"
         raise ValueError(
-            f"cfg.MODEL.RETINANET.NORM = 'BN' normalizes over the images of one worker, but "
-            f"cfg.SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} over {world_size} worker(s) gives "
-            f"{per_worker} image per worker: use at least 2 per worker, or NORM 'GN' / 'SyncBN'"
-        )
+            f"cfg.{key} = {norm!r} normalizes over the images of {pooled}: cfg.SOLVER.IMS_PER_BATCH = "
+            f"{cfg.SOLVER.IMS_PER_BATCH} over {world} worker(s) gives it {images} image(s) x {cells} "
+            f"cell(s) of its smallest map (stride {stride}) = 1 value per channel, which cannot train: "
+            f"use {advice}")
 
 
 def log_inference_settings(cfg: CfgNode) -> None:

@@ -224,6 +224,33 @@ def test_one_image_per_worker_with_a_bn_head_is_refused(ims, world):
     engine.check_batch_norm_batch(ok, world)
 
 
+@pytest.mark.parametrize("opts, world, refused, words", [
+    # a synchronized BN in one process sees what BN sees: one image, P7 1x1 at 96 px
+    (["MODEL.RETINANET.NORM", "SyncBN"], 1, True, "SyncBN in one process pools nothing more than BN"),
+    (["MODEL.RETINANET.NORM", "naiveSyncBN"], 1, True, "pools nothing more"),
+    # ... over two workers it pools both images
+    (["MODEL.RETINANET.NORM", "SyncBN", "SOLVER.IMS_PER_BATCH", "2"], 2, False, ""),
+    (["SOLVER.IMS_PER_BATCH", "2"], 2, True, "or 'SyncBN'"),  # BN over two workers: advise SyncBN
+    # large images: P7 of 800 px is 7x7, so even one image gives BN 49 values per channel
+    (["INPUT.MIN_SIZE_TRAIN", "(800,)"], 1, False, ""),
+    # the FPN's and the trainable backbone's BN are checked too (res5 of 32 px: 1 cell)
+    (["MODEL.RETINANET.NORM", "GN", "MODEL.FPN.NORM", "BN", "INPUT.MIN_SIZE_TRAIN", "(32,)"], 1, True,
+     "MODEL.FPN.NORM"),
+    (["MODEL.RETINANET.NORM", "GN", "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0",
+      "INPUT.MIN_SIZE_TRAIN", "(32,)", "INPUT.MAX_SIZE_TRAIN", "64"], 1, True, "MODEL.RESNETS.NORM"),
+    (["MODEL.RETINANET.NORM", "GN", "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "5",
+      "INPUT.MIN_SIZE_TRAIN", "(32,)", "INPUT.MAX_SIZE_TRAIN", "64"], 1, False, ""),  # frozen: FrozenBN
+])
+def test_every_batch_statistics_norm_is_checked_on_what_it_sees(opts, world, refused, words):
+    cfg = engine.setup_cfg(SMOKE, ["SOLVER.IMS_PER_BATCH", "1", *opts])
+    if not refused:
+        engine.check_batch_norm_batch(cfg, world)
+        return
+    with pytest.raises(ValueError, match="1 value per channel") as info:
+        engine.check_batch_norm_batch(cfg, world)
+    assert words in str(info.value)
+
+
 def test_backbone_levels_with_different_channels_are_refused():
     from detectron2.layers import ShapeSpec
     from detectron2.modeling import BACKBONE_REGISTRY, Backbone
