@@ -467,10 +467,22 @@ def train_from_files(config_file: str, opts: Sequence[str], resume: bool = False
     if num_gpus <= 1:
         return main(args)
     compat.launch(main, num_gpus, dist_url="auto", args=(args,))
-    out = setup_cfg(config_file, list(opts)).OUTPUT_DIR
-    result = read_json(os.path.join(out, RESULTS_FILE))
+    cfg = setup_cfg(config_file, list(opts))
+    result = read_results(cfg)
     if result is None:
-        raise RuntimeError(f"training on {num_gpus} workers wrote no {RESULTS_FILE} in {out}")
+        raise RuntimeError(f"training on {num_gpus} workers wrote no {RESULTS_FILE} in {cfg.OUTPUT_DIR}")
+    return result
+
+
+def read_results(cfg: CfgNode) -> Optional[Dict[str, Any]]:
+    """``OUTPUT_DIR``'s ``results.json`` (None when absent) as :func:`train` returned it: the file
+    is written with sorted keys, so its per-dataset metrics are put back in ``DATASETS.TEST``'s
+    order (the first test set is the one a caller reads first, in one process or many)."""
+    result = read_json(os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE))
+    if result is not None and isinstance(result.get("metrics"), dict):
+        metrics = result["metrics"]
+        first = [d for d in cfg.DATASETS.TEST if d in metrics]
+        result["metrics"] = {d: metrics[d] for d in first + [d for d in metrics if d not in first]}
     return result
 
 

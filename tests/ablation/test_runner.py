@@ -7,7 +7,7 @@ import os
 import subprocess
 
 import pytest
-from fakes import calls_of, cell_dir, fake_train, make_runner, md_rows, status_of
+from fakes import ROOT, calls_of, cell_dir, fake_train, make_runner, md_rows, status_of
 
 from focal_plugin.ablation import LockHeld, PlanMismatch, Runner, RunOptions, SpecError, State, load_spec
 from focal_plugin.ablation.cell import LOCK_FILE, prune_checkpoints
@@ -311,6 +311,22 @@ def test_metrics_are_the_first_test_datasets_by_name_whatever_the_order():
     result = {"metrics": {"a_val": {"bbox": {"AP": 1.0}}, "b_val": {"bbox": {"AP": 2.0}}}}  # sorted keys
     assert pick_metrics(result, "b_val") == {"AP": 2.0}
     assert pick_metrics(result) == {"AP": 1.0}
+
+
+def test_results_read_back_keep_the_test_datasets_order(tmp_path):
+    """results.json is written with sorted keys; a multi-process run reads it back: the metrics
+    come back in DATASETS.TEST's order, as one process returns them."""
+    from focal_plugin.engine import read_results, setup_cfg
+    from focal_plugin.io import write_json_atomic
+
+    smoke = os.path.join(ROOT, "configs", "mini", "smoke_tiny.yaml")
+    cfg = setup_cfg(smoke, ["OUTPUT_DIR", str(tmp_path), "DATASETS.TEST", "('z_val', 'a_val')"])
+    assert read_results(cfg) is None
+    metrics = {"z_val": {"bbox": {"AP": 3.0}}, "a_val": {"bbox": {"AP": 1.0}}}
+    write_json_atomic(tmp_path / "results.json", {"metrics": metrics, "iterations": 4})
+    assert list(json.load(open(tmp_path / "results.json"))["metrics"]) == ["a_val", "z_val"]  # sorted
+    back = read_results(cfg)
+    assert list(back["metrics"]) == ["z_val", "a_val"] and back["metrics"] == metrics
 
 
 def test_commit_is_dirty_only_with_uncommitted_code(tmp_path):
