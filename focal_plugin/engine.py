@@ -379,8 +379,11 @@ def train(cfg: CfgNode, resume: bool = False, hooks: Sequence[Any] = ()) -> Dict
     ``DATASETS.TEST``, and return ``{"metrics": {dataset: {AP, AP50, ...}}, ...}``. ``hooks``:
     extra detectron2 hooks, registered after the trainer's own.
 
-    The same dict is written to ``OUTPUT_DIR/results.json`` by the main process.
+    The same dict is written to ``OUTPUT_DIR/results.json`` by the main process. The run is set
+    up as ``train_net.py`` sets it up (:func:`setup_run`): seeded with ``SEED``, logging to
+    ``OUTPUT_DIR/log.txt``, the config saved as ``OUTPUT_DIR/config.yaml``.
     """
+    setup_run(cfg)
     start = time.perf_counter()
     trainer = Trainer(cfg)
     trainer.register_hooks(list(hooks))
@@ -419,7 +422,9 @@ def _by_dataset(cfg: CfgNode, results: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def evaluate(cfg: CfgNode, weights: Optional[str] = None) -> Dict[str, Any]:
-    """Evaluate ``weights`` (default ``cfg.MODEL.WEIGHTS``) on ``DATASETS.TEST``; plain dict."""
+    """Evaluate ``weights`` (default ``cfg.MODEL.WEIGHTS``) on ``DATASETS.TEST``; plain dict. Set
+    up as ``train_net.py --eval-only`` (:func:`setup_run`)."""
+    setup_run(cfg, eval_only=True)
     check_datasets(cfg)
     log_inference_settings(cfg)
     model = Trainer.build_model(cfg)
@@ -440,18 +445,27 @@ def evaluate(cfg: CfgNode, weights: Optional[str] = None) -> Dict[str, Any]:
     return payload
 
 
-__all__: List[str] = ["Trainer", "setup_cfg", "get_focal_cfg", "train", "evaluate"]
+__all__: List[str] = ["Trainer", "setup_cfg", "setup_run", "get_focal_cfg", "train", "evaluate"]
+
+
+def setup_run(cfg: CfgNode, eval_only: bool = False) -> None:
+    """What detectron2's ``default_setup`` does for ``train_net.py``, for every entry point: seed
+    every RNG with ``SEED`` (+ the worker's rank; a random seed when negative), log to
+    ``OUTPUT_DIR/log.txt`` (ours and detectron2's loggers), save the config as
+    ``OUTPUT_DIR/config.yaml``, log the environment. Idempotent: running it again reseeds, so a
+    run started from Python after other work trains the same bits as the same command line."""
+    from detectron2.engine import default_setup
+    from detectron2.utils.logger import setup_logger
+
+    default_setup(cfg, argparse.Namespace(config_file="", opts=[], eval_only=eval_only))
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
 
 
 def main(args: argparse.Namespace) -> Dict[str, Any]:
     """``train_net.py``'s main (one process of a run): ``args`` as detectron2's
     ``default_argument_parser`` gives them (``config_file``, ``opts``, ``resume``, ``eval_only``)."""
-    from detectron2.engine import default_setup
-    from detectron2.utils.logger import setup_logger
-
     cfg = setup_cfg(args.config_file, args.opts)
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
+    logger.info("Command line arguments: %s", args)
     if args.eval_only:
         return evaluate(cfg)
     return train(cfg, resume=args.resume)
