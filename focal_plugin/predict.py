@@ -46,7 +46,25 @@ def list_images(inputs: Sequence[str]) -> List[str]:
             files.append(path)
         else:
             raise FileNotFoundError(f"input not found: {path}")
-    return files
+    seen: set = set()  # a file named twice (itself and its folder) is predicted once
+    return [f for f in files if not (os.path.realpath(f) in seen or seen.add(os.path.realpath(f)))]
+
+
+def output_names(files: Sequence[str], output_dir: str) -> Dict[str, str]:
+    """Input file -> its picture in ``output_dir``: its path below the inputs' common folder, so
+    two inputs never share an output (``a/x.jpg`` and ``b/x.jpg`` -> ``out/a/x.jpg``, ``out/b/x.jpg``).
+    Raises ``ValueError`` naming both files when an output would overwrite an input."""
+    if not files:
+        return {}
+    real = [os.path.realpath(f) for f in files]
+    root = os.path.commonpath([os.path.dirname(r) for r in real])
+    out = {f: os.path.join(output_dir, os.path.relpath(r, root)) for f, r in zip(files, real)}
+    inputs = set(real)
+    for f, o in out.items():
+        if os.path.realpath(o) in inputs:
+            raise ValueError(f"--output {output_dir}: the picture of {f} would overwrite the input "
+                             f"{os.path.realpath(o)}; choose an output folder outside the inputs")
+    return out
 
 
 def dataset_category_ids(cfg: CfgNode) -> Tuple[Any, Optional[List[int]]]:
@@ -116,7 +134,8 @@ def predict(
 ) -> Dict[str, Any]:
     """Detect objects in ``inputs`` (files and folders) with ``cfg.MODEL.WEIGHTS``.
 
-    Writes ``output_dir/<image name>`` (boxes scoring >= ``score_thresh`` drawn) and
+    Writes ``output_dir/<image path below the inputs' common folder>`` (:func:`output_names`;
+    boxes scoring >= ``score_thresh`` drawn) and
     ``output_dir/detections.json``: COCO result records (XYWH boxes, the dataset's category ids,
     see :func:`dataset_category_ids`) plus ``file_name``/``category_name``. An unreadable input is
     skipped and listed (``skipped`` in the summary, with the reason); ``detections.json`` is
@@ -125,6 +144,7 @@ def predict(
     import cv2
 
     files = list_images(inputs)
+    names = output_names(files, output_dir)  # refused before anything is written
     os.makedirs(output_dir, exist_ok=True)
     predictor = Predictor(cfg)
     metadata, to_dataset_id = dataset_category_ids(cfg)
@@ -138,13 +158,15 @@ def predict(
             for rec in instances_to_coco_json(instances, image_id):
                 cls = rec["category_id"]
                 rec["category_id"] = to_dataset_id[cls] if to_dataset_id else cls
-                rec["file_name"] = os.path.basename(path)
+                rec["file_name"] = os.path.relpath(names[path], output_dir)  # unique, as its picture
                 if classes is not None and cls < len(classes):
                     rec["category_name"] = classes[cls]
                 records.append(rec)
             if max_pictures is None or len(pictures) < max_pictures:
-                out_path = os.path.join(output_dir, os.path.basename(path))
-                cv2.imwrite(out_path, draw(rgb, instances, metadata, score_thresh)[:, :, ::-1])
+                out_path = names[path]
+                picture = draw(rgb, instances, metadata, score_thresh)[:, :, ::-1]
+                data = cv2.imencode(os.path.splitext(out_path)[1], picture)[1].tobytes()
+                atomic_write(out_path, lambda f, data=data: f.write(data), binary=True)
                 pictures.append(out_path)
     finally:
         atomic_write(json_path, lambda f: json.dump(records, f))  # never lose what was computed

@@ -93,3 +93,30 @@ def test_unreadable_input_is_skipped_listed_and_results_kept(coco_set, tmp_path)
     assert len(records) == summary["detections"] > 0
     assert {r["file_name"] for r in records} == {"a.png"}
     assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_two_inputs_never_share_an_output_and_no_output_overwrites_an_input(coco_set, tmp_path):
+    from focal_plugin.predict import list_images, output_names
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "frame_0001.png").write_bytes((coco_set / "im0.png").read_bytes())
+    files = list_images([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "a" / "frame_0001.png")])
+    assert len(files) == 2  # a file named twice (itself and its folder) is predicted once
+    names = output_names(files, str(tmp_path / "out"))
+    assert sorted(os.path.relpath(n, tmp_path / "out") for n in names.values()) == [
+        os.path.join("a", "frame_0001.png"), os.path.join("b", "frame_0001.png")]
+    with pytest.raises(ValueError, match="would overwrite the input"):
+        output_names([str(tmp_path / "a" / "frame_0001.png")], str(tmp_path / "a"))
+    name = "focal_test_collide"
+    register_coco_instances(name, {}, str(coco_set / "ann.json"), str(coco_set))
+    summary = predict(_cfg(tmp_path, name), [str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "out"),
+                      score_thresh=0.5)
+    assert len(summary["pictures"]) == 2 and len(set(summary["pictures"])) == 2
+    records = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert {r["file_name"] for r in records} <= {os.path.join("a", "frame_0001.png"),
+                                                 os.path.join("b", "frame_0001.png")}
+    with pytest.raises(ValueError, match="would overwrite"):  # refused before anything is written
+        predict(_cfg(tmp_path, name), [str(tmp_path / "a")], str(tmp_path / "a"))
+    assert sorted(os.listdir(tmp_path / "a")) == ["frame_0001.png"]
+    DatasetCatalog.remove(name)
