@@ -87,3 +87,35 @@ class SafeCheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         write_text_atomic(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+
+def load_for_inference(model: torch.nn.Module, weights: str, config: str) -> None:
+    """Load ``weights`` into ``model`` for evaluation, prediction or timing, strictly: a
+    ``ValueError`` naming ``weights`` and ``config`` (the model's config file, or a description)
+    when any model key is missing from the weights, any key of the weights is not in the model,
+    or a shape differs — a partly fitting checkpoint would give the metrics of a partly random
+    model. ``FileNotFoundError`` when the file does not exist. (Fine-tuning from
+    ``MODEL.WEIGHTS`` keeps detectron2's lenient load, which logs what it skipped.)"""
+    from detectron2.utils.file_io import PathManager
+
+    if not weights:
+        raise ValueError(f"no weights given for {config} (cfg.MODEL.WEIGHTS is empty): inference on "
+                         "an untrained model is refused")
+    if not PathManager.exists(weights):
+        raise FileNotFoundError(f"weights file not found: {weights}")
+    ckpt = SafeCheckpointer(model)
+    checkpoint = ckpt._load_file(weights)
+    bad = ckpt._load_model(checkpoint if "model" in checkpoint else {"model": checkpoint})
+    problems = []
+    if bad.incorrect_shapes:
+        shapes = ", ".join(f"{k} {tuple(c)} in the weights vs {tuple(m)} in the model"
+                           for k, c, m in bad.incorrect_shapes[:5])
+        problems.append(f"{len(bad.incorrect_shapes)} shapes differ: {shapes}")
+    if bad.missing_keys:
+        problems.append(f"{len(bad.missing_keys)} model keys missing from the weights, e.g. "
+                        f"{bad.missing_keys[:3]}")
+    if bad.unexpected_keys:
+        problems.append(f"{len(bad.unexpected_keys)} keys of the weights not in the model, e.g. "
+                        f"{bad.unexpected_keys[:3]}")
+    if problems:
+        raise ValueError(f"weights {weights} do not match the model of {config}: " + "; ".join(problems))

@@ -29,7 +29,7 @@ from detectron2.utils import comm
 
 from focal_plugin import compat
 from focal_plugin.amp import amp_dtype, use_mixed_precision
-from focal_plugin.checkpoint import SafeCheckpointer
+from focal_plugin.checkpoint import SafeCheckpointer, load_for_inference
 from focal_plugin.config import add_focal_config
 from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
 from focal_plugin.io import read_json, write_json_atomic
@@ -428,9 +428,7 @@ def evaluate(cfg: CfgNode, weights: Optional[str] = None) -> Dict[str, Any]:
     check_datasets(cfg)
     log_inference_settings(cfg)
     model = Trainer.build_model(cfg)
-    SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-        weights or cfg.MODEL.WEIGHTS, resume=False
-    )
+    load_for_inference(model, weights or cfg.MODEL.WEIGHTS, "the config being evaluated")
     start = time.perf_counter()
     results = Trainer.test(cfg, model)
     if cfg.TEST.EXPECTED_RESULTS and comm.is_main_process():

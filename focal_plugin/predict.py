@@ -23,7 +23,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 
-from focal_plugin.checkpoint import SafeCheckpointer
+from focal_plugin.checkpoint import load_for_inference
 from focal_plugin.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ class Predictor:
     def __init__(self, cfg: CfgNode):
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
-        SafeCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        load_for_inference(self.model, cfg.MODEL.WEIGHTS, f"config MODEL.META_ARCHITECTURE "
+                           f"{cfg.MODEL.META_ARCHITECTURE} (cfg.MODEL.WEIGHTS)")
         self.mapper = DatasetMapper(self.cfg, is_train=False)
 
     def inputs(self, file_name: str) -> Dict[str, Any]:

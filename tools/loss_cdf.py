@@ -23,6 +23,7 @@ import sys
 
 import focal_plugin  # noqa: F401  (registers the model and the dense_shapes datasets)
 from focal_plugin.analysis import loss_cdf
+from focal_plugin.checkpoint import load_for_inference
 from focal_plugin.io import write_json_atomic
 
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = setup_cfg(args.config_file, args.opts)
     model = build_model(cfg)
-    loss_cdf.load_weights(model, args.weights, args.config_file)
+    load_for_inference(model, args.weights, f"config {args.config_file}")
     dataset = args.dataset or (list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN))[0]
     total, images = mapped_images(cfg, dataset, args.num_images, args.seed)
     acc = loss_cdf.collect(model, images, args.gammas, args.max_positives, args.max_negatives, args.seed,

@@ -24,7 +24,6 @@ from focal_plugin.analysis.loss_cdf import (
     LossCDF,
     cumulative_loss,
     hardest_share,
-    load_weights,
     plot_cdf,
     window_losses,
 )
@@ -34,6 +33,6 @@ __all__ = [
     "AnchorCounter", "coco_reference", "feature_sizes", "format_table", "imbalance_stats", "paper_cfg",
     "FIG1_GAMMAS", "FIG5_LOSSES", "derivatives_vs_xt", "focal_loss_vs_pt", "losses_vs_xt",
     "plot_fig1", "plot_fig5", "plot_fig6",
-    "FIG4_GAMMAS", "LossCDF", "cumulative_loss", "hardest_share", "load_weights", "plot_cdf", "window_losses",
+    "FIG4_GAMMAS", "LossCDF", "cumulative_loss", "hardest_share", "plot_cdf", "window_losses",
     "PAPER_TABLE1E", "paper_points", "plot_speed_accuracy", "read_points",
 ]

@@ -24,12 +24,13 @@ def measure_ms_per_image(cfg, weights: str, images: int = 100, warmup: int = 10)
     "threads"}``; with fewer test images than ``warmup + images``, images are reused in order
     (``unique_images`` says how many distinct ones there were).
     """
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.data import build_detection_test_loader
     from detectron2.modeling import build_model
 
+    from focal_plugin.checkpoint import load_for_inference
+
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    load_for_inference(model, weights, "the cell's config")
     model.eval()
     loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])  # batch 1, sequential
     inputs: List[Any] = []

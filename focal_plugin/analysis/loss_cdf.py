@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -248,34 +247,6 @@ def collect(model, inputs: Iterable[Dict[str, Any]], gammas: Sequence[float] = F
     finally:
         model.train(was_training)
     return acc
-
-
-def load_weights(model, weights: str, config_file: str) -> None:
-    """Load ``weights`` into ``model`` (built from ``config_file``) with ``SafeCheckpointer``;
-    ValueError naming both files when any key is missing, unexpected or of another shape."""
-    from focal_plugin.checkpoint import SafeCheckpointer
-
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"weights file not found: {weights}")
-    ckpt = SafeCheckpointer(model)
-    checkpoint = ckpt._load_file(weights)
-    if "model" not in checkpoint:
-        checkpoint = {"model": checkpoint}
-    bad = ckpt._load_model(checkpoint)
-    problems = []
-    if bad.incorrect_shapes:
-        shapes = ", ".join(f"{k} {tuple(c)} in the weights vs {tuple(m)} in the model"
-                           for k, c, m in bad.incorrect_shapes[:5])
-        problems.append(f"{len(bad.incorrect_shapes)} shapes differ: {shapes}")
-    if bad.missing_keys:
-        problems.append(f"{len(bad.missing_keys)} model keys missing from the weights, e.g. "
-                        f"{bad.missing_keys[:3]}")
-    if bad.unexpected_keys:
-        problems.append(f"{len(bad.unexpected_keys)} keys of the weights not in the model, e.g. "
-                        f"{bad.unexpected_keys[:3]}")
-    if problems:
-        raise ValueError(f"weights {weights} do not match the model of config {config_file}: "
-                         + "; ".join(problems))
 
 
 # ---------------------------------------------------------------------------------- outputs

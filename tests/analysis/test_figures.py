@@ -14,6 +14,7 @@ import torch
 from detectron2.modeling import build_model
 
 from focal_plugin.analysis import curves, loss_cdf, speed_accuracy
+from focal_plugin.checkpoint import load_for_inference
 from focal_plugin.losses import sigmoid_ce_loss, sigmoid_focal_loss, sigmoid_focal_loss_star
 
 from helpers import make_batch, tiny_cfg
@@ -208,9 +209,9 @@ def test_mismatched_weights_are_refused_naming_both_files(tmp_path):
     torch.save({"model": build_model(tiny_cfg(num_classes=3)).state_dict()}, weights)
     config = str(tmp_path / "four_classes.yaml")
     with pytest.raises(ValueError) as e:
-        loss_cdf.load_weights(build_model(tiny_cfg(num_classes=4)), str(weights), config)
+        load_for_inference(build_model(tiny_cfg(num_classes=4)), str(weights), config)
     assert str(weights) in str(e.value) and config in str(e.value) and "shapes differ" in str(e.value)
-    loss_cdf.load_weights(build_model(tiny_cfg(num_classes=3)), str(weights), config)  # matching: fine
+    load_for_inference(build_model(tiny_cfg(num_classes=3)), str(weights), config)  # matching: fine
 
 
 def test_loss_cdf_tool_end_to_end(tmp_path):

@@ -177,3 +177,15 @@ def test_the_python_api_sets_the_run_up_as_the_command_line_does(data_root, tmp_
         weights.append(torch.load(out / "model_final.pth", map_location="cpu")["model"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_evaluation_refuses_weights_that_only_partly_fit(data_root, tmp_path, smoke_run):
+    """A checkpoint trained with another head (NUM_CONVS 1 vs 2) would give a partly random model."""
+    final = os.path.join(smoke_run[0], "model_final.pth")
+    cfg = engine.setup_cfg(SMOKE, ["OUTPUT_DIR", str(tmp_path), "MODEL.RETINANET.NUM_CONVS", "2"])
+    with pytest.raises(ValueError, match="do not match the model") as info:
+        engine.evaluate(cfg, weights=final)
+    assert final in str(info.value) and "missing from the weights" in str(info.value)
+    assert not os.path.exists(os.path.join(str(tmp_path), "results.json"))  # no metrics written
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
+        engine.evaluate(engine.setup_cfg(SMOKE, ["OUTPUT_DIR", str(tmp_path)]))
