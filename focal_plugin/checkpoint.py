@@ -16,6 +16,7 @@ read by detectron2's own loader, as detectron2 always does.)
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional
 
@@ -94,13 +95,14 @@ def load_for_inference(model: torch.nn.Module, weights: str, config: str) -> Non
     ``ValueError`` naming ``weights`` and ``config`` (the model's config file, or a description)
     when any model key is missing from the weights, any key of the weights is not in the model,
     or a shape differs — a partly fitting checkpoint would give the metrics of a partly random
-    model. ``FileNotFoundError`` when the file does not exist. (Fine-tuning from
+    model. ``FileNotFoundError`` when the file does not exist; empty ``weights``: the model as
+    initialized, with a warning (detectron2's convention). (Fine-tuning from
     ``MODEL.WEIGHTS`` keeps detectron2's lenient load, which logs what it skipped.)"""
     from detectron2.utils.file_io import PathManager
 
-    if not weights:
-        raise ValueError(f"no weights given for {config} (cfg.MODEL.WEIGHTS is empty): inference on "
-                         "an untrained model is refused")
+    if not weights:  # detectron2's convention: no weights, the model as initialized (logged)
+        logging.getLogger(__name__).warning("no weights given for %s: the model runs as initialized", config)
+        return
     if not PathManager.exists(weights):
         raise FileNotFoundError(f"weights file not found: {weights}")
     ckpt = SafeCheckpointer(model)

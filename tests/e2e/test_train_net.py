@@ -187,5 +187,5 @@ def test_evaluation_refuses_weights_that_only_partly_fit(data_root, tmp_path, sm
         engine.evaluate(cfg, weights=final)
     assert final in str(info.value) and "missing from the weights" in str(info.value)
     assert not os.path.exists(os.path.join(str(tmp_path), "results.json"))  # no metrics written
-    with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
-        engine.evaluate(engine.setup_cfg(SMOKE, ["OUTPUT_DIR", str(tmp_path)]))
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        engine.evaluate(cfg, weights=str(tmp_path / "nope.pth"))
