@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.focal_setup.stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all lint bench env clean-venv reproduce reproduce-mini
+.PHONY: setup demo test test-all lint bench env clean-venv reproduce reproduce-mini reproduce-mini-v3
 
 setup: $(STAMP)
 
@@ -36,6 +36,11 @@ env: setup
 reproduce-mini: setup
 	$(PY) tools/pretrain_backbone.py
 	$(PY) tools/ablate.py --campaign mini --workers 2
+
+# protocol v3 (configs/mini/protocol_v3/): one backbone per seed, results in results/mini/v3
+reproduce-mini-v3: setup
+	$(PY) tools/pretrain_backbone.py --seeds 0 1 2
+	$(PY) tools/ablate.py --campaign mini_v3 --workers 2
 
 # All benchmarks (CPU; minutes to an hour on 2 cores), one Markdown table in $(BENCH_OUT)/bench.md,
 # then the GPU check (skipped with a message where there is no CUDA device). BENCH_ARGS=--quick

@@ -90,6 +90,19 @@ class SafeCheckpointer(DetectionCheckpointer):
         write_text_atomic(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
 
+def weights_record(weights: str) -> Optional[dict]:
+    """``{"uri", "sha256"}`` of ``MODEL.WEIGHTS`` as a run loads it (a ``focal-pretrained://`` or
+    other ``PathManager`` URI resolved to its local file), or None for no weights: what a result
+    records so that two runs can tell whether they started from the same bytes."""
+    from detectron2.utils.file_io import PathManager
+
+    from focal_plugin.pretrain import file_sha256
+
+    if not weights:
+        return None
+    return {"uri": weights, "sha256": file_sha256(PathManager.get_local_path(weights))}
+
+
 def load_for_inference(model: torch.nn.Module, weights: str, config: str) -> None:
     """Load ``weights`` into ``model`` for evaluation, prediction or timing, strictly: a
     ``ValueError`` naming ``weights`` and ``config`` (the model's config file, or a description)

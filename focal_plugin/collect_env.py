@@ -46,7 +46,8 @@ def describe_device(num_gpus: int = 1) -> Dict[str, Any]:
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     info: Dict[str, Any] = {"host": socket.gethostname(), "cpu": cpu_name(), "cpus": cpus,
-                            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+                            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpus"] = min(max(num_gpus, 1), torch.cuda.device_count())

@@ -65,4 +65,10 @@ def add_focal_config(cfg: CN) -> CN:
     # CUDA; "bfloat16"; "float16" (CUDA only). Losses stay float32. See focal_plugin.amp.
     if "PRECISION" not in _C.SOLVER.AMP:
         _C.SOLVER.AMP.PRECISION = "auto"
+    # MiB of frozen bottom-up features kept per process, so that an input seen before (the same
+    # image and flip) is not recomputed: exactly the same tensors, a cheaper step when the whole
+    # bottom-up network is frozen (FREEZE_AT covering every stage, FrozenBN); 0 = off. Read by
+    # FocalRetinaNet only. See focal_plugin.modeling.feature_cache.
+    if "FEATURE_CACHE_MB" not in _C.MODEL.BACKBONE:
+        _C.MODEL.BACKBONE.FEATURE_CACHE_MB = 0
     return cfg

@@ -29,7 +29,7 @@ from detectron2.utils import comm
 
 from focal_plugin import compat
 from focal_plugin.amp import amp_dtype, use_mixed_precision
-from focal_plugin.checkpoint import SafeCheckpointer, load_for_inference
+from focal_plugin.checkpoint import SafeCheckpointer, load_for_inference, weights_record
 from focal_plugin.config import add_focal_config
 from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
 from focal_plugin.io import read_json, write_json_atomic
@@ -68,10 +68,25 @@ def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freez
             if not cfg.key_is_deprecated(key) and not has_key(cfg, key):
                 raise unknown_key(cfg, key)
         cfg.merge_from_list(list(opts))
+    _seed_weights(cfg)
     check_config(cfg)
     if freeze:
         cfg.freeze()
     return cfg
+
+
+#: In ``MODEL.WEIGHTS``, replaced by the run's ``SEED``: ``focal-pretrained://proto-r18@{SEED}`` is
+#: the backbone pre-trained with the run's seed, so seeds sample the backbone's variance too.
+SEED_PLACEHOLDER = "{SEED}"
+
+
+def _seed_weights(cfg: CfgNode) -> None:
+    if SEED_PLACEHOLDER not in cfg.MODEL.WEIGHTS:
+        return
+    if cfg.SEED < 0:
+        raise ValueError(f"cfg.MODEL.WEIGHTS = {cfg.MODEL.WEIGHTS!r} names the run's seed, but cfg.SEED = "
+                         f"{cfg.SEED} (random): set SEED to an integer >= 0")
+    cfg.MODEL.WEIGHTS = cfg.MODEL.WEIGHTS.replace(SEED_PLACEHOLDER, str(cfg.SEED))
 
 
 def has_key(cfg: CfgNode, key: str) -> bool:
@@ -125,6 +140,7 @@ def check_config(cfg: CfgNode) -> None:
                     f"{cfg_value(defaults, key)!r}"
                 )
     amp_dtype(cfg)
+    _check_feature_cache(cfg)
     try:
         resolve_eval_backend(cfg.TEST.COCO_EVAL_BACKEND)
     except ValueError as e:
@@ -134,6 +150,17 @@ def check_config(cfg: CfgNode) -> None:
             "cfg.TEST.AUG.ENABLED = True: test-time augmentation is not implemented for dense "
             "detectors here (detectron2's own TTA supports GeneralizedRCNN only); set it to False"
         )
+
+
+def _check_feature_cache(cfg: CfgNode) -> None:
+    """``MODEL.BACKBONE.FEATURE_CACHE_MB``: a number >= 0, read by FocalRetinaNet only (whether the
+    bottom-up network is really frozen is checked on the built model)."""
+    mb = cfg.MODEL.BACKBONE.FEATURE_CACHE_MB
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not mb >= 0:
+        raise ValueError(f"cfg.MODEL.BACKBONE.FEATURE_CACHE_MB = {mb!r}: expected MiB >= 0 (0 = off)")
+    if mb and cfg.MODEL.META_ARCHITECTURE != "FocalRetinaNet":
+        raise ValueError(f"cfg.MODEL.BACKBONE.FEATURE_CACHE_MB = {mb!r} has no effect on "
+                         f"{cfg.MODEL.META_ARCHITECTURE}: only FocalRetinaNet reads it; set it to 0")
 
 
 def _dataset_num_classes(name: str) -> Optional[int]:
@@ -390,6 +417,7 @@ def train(cfg: CfgNode, resume: bool = False, hooks: Sequence[Any] = ()) -> Dict
     trainer.resume_or_load(resume=resume)
     start_iter = trainer.start_iter
     payload: Dict[str, Any] = {
+        "weights": weights_record(cfg.MODEL.WEIGHTS),
         "max_iter": trainer.max_iter,
         "resumed_from_iter": start_iter,
         "output_dir": cfg.OUTPUT_DIR,

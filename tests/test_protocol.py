@@ -176,3 +176,57 @@ def test_rescale_stages_is_an_exact_reparametrization():
         err = float((b[k] - s * a[k]).abs().max() / (s * a[k]).abs().max())
         assert err < 1e-3, (k, err)  # relative to the largest output; BN eps: ~5e-4 at s = .1
 
+
+
+def test_a_recipe_at_another_seed_is_its_own_backbone():
+    r18 = pretrain.RECIPES["proto-r18"]
+    assert pretrain.get_recipe("proto-r18@0") == r18  # seed 0 is the recipe itself: the same file
+    at2 = pretrain.get_recipe("proto-r18@2")
+    assert at2.seed == 2 and at2.name == r18.name and at2.fingerprint() != r18.fingerprint()
+    assert pretrain.weights_dir(at2) != pretrain.weights_dir(r18)
+    with pytest.raises(ValueError, match="seed after '@' must be an integer"):
+        pretrain.get_recipe("proto-r18@x")
+    with pytest.raises(KeyError, match="unknown pre-training recipe 'nope'"):
+        pretrain.get_recipe("nope@1")
+
+
+def test_weights_follow_the_run_seed_and_results_record_their_checksum(tiny_recipe):
+    import hashlib
+
+    from focal_plugin.checkpoint import weights_record
+    from focal_plugin.engine import setup_cfg
+
+    base = str(CONFIG_DIR.parent / "protocol_v3" / "Base-Protocol.yaml")
+    assert setup_cfg(base, ["SEED", "2"]).MODEL.WEIGHTS == "focal-pretrained://proto-r18@2"
+    with pytest.raises(ValueError, match=r"names the run's seed, but cfg.SEED = -1"):
+        setup_cfg(base, ["SEED", "-1"])
+    path = pretrain.build("tiny-test@1")
+    assert path != pretrain.weights_path(tiny_recipe)  # another seed, another backbone
+    record = weights_record("focal-pretrained://tiny-test@1")
+    assert record == {"uri": "focal-pretrained://tiny-test@1",
+                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    report = json.loads((path.parent / "RECIPE.json").read_text())
+    assert report["exports"][path.name]["sha256"] == record["sha256"]
+    assert report["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert weights_record("") is None
+
+
+def test_protocol_v3_is_v2_with_the_fast_path_and_a_backbone_per_seed():
+    from focal_plugin.engine import setup_cfg
+    from focal_plugin.modeling.feature_cache import frozen_problems
+
+    v2 = setup_cfg(str(CONFIG_DIR / "fl_default.yaml"), ["SEED", "1"])
+    v3 = setup_cfg(str(CONFIG_DIR.parent / "protocol_v3" / "fl_default.yaml"), ["SEED", "1"])
+    changed = {k for k in _flat(v3) if _flat(v3)[k] != _flat(v2).get(k)}
+    assert changed == {"MODEL.WEIGHTS", "MODEL.BACKBONE.FEATURE_CACHE_MB", "SOLVER.AMP.ENABLED", "OUTPUT_DIR"}
+    from detectron2.modeling import build_model
+
+    model = build_model(setup_cfg(str(CONFIG_DIR.parent / "protocol_v3" / "fl_default.yaml"),
+                                  ["MODEL.WEIGHTS", ""]))
+    assert frozen_problems(model.backbone.bottom_up) == []  # the cache's condition holds
+
+
+def _flat(node, prefix=""):
+    if isinstance(node, dict):
+        return {k2: v2 for k, v in node.items() for k2, v2 in _flat(v, f"{prefix}{k}.").items()}
+    return {prefix[:-1]: node}

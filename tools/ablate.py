@@ -130,8 +130,12 @@ def main(argv=None) -> int:
         options = options_of(args)
         if args.spec:
             return run_spec(args.spec, options, args, typed)
-        scale, steps = load_campaign(args.campaign)
-        options = options_of(args, scale=scale)
+        campaign, steps = load_campaign(args.campaign)
+        clash = [f"--{k.replace('_', '-')} {getattr(args, k)} (the campaign sets {v})"
+                 for k, v in campaign.items() if getattr(args, k) not in (None, v)]
+        if clash:
+            raise ValueError(f"campaign {args.campaign} sets what the command line changes: {clash}")
+        options = options_of(args, **campaign)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import subprocess
 import sys
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -33,15 +33,21 @@ class Step:
         return f"--spec {self.spec}" + (f" --only {' '.join(self.only)}" if self.only else "")
 
 
-def load_campaign(name_or_path: str) -> Tuple[str, List[Step]]:
-    """``(scale, steps)`` of a campaign file; ``ValueError`` naming the file and step."""
+#: RunOptions a campaign file may set for every step (a protocol version: its base and folder)
+CAMPAIGN_OPTIONS = ("scale", "output_dir", "base_config", "label", "seeds")
+
+
+def load_campaign(name_or_path: str) -> Tuple[Dict[str, Any], List[Step]]:
+    """``(options, steps)`` of a campaign file, ``options`` its :data:`CAMPAIGN_OPTIONS` (``scale``
+    always); ``ValueError`` naming the file and step."""
     path = find_yaml(name_or_path, CAMPAIGNS_DIR, "campaign")
     with open(path) as f:
         raw = yaml.safe_load(f) or {}
-    if not isinstance(raw, dict) or set(raw) - {"scale", "steps"} or raw.get("scale") not in SCALES:
-        raise ValueError(f"{path}: expected {{scale: one of {list(SCALES)}, steps: [...]}}")
+    if not isinstance(raw, dict) or set(raw) - {"steps", *CAMPAIGN_OPTIONS} or raw.get("scale") not in SCALES:
+        raise ValueError(f"{path}: expected {{scale: one of {list(SCALES)}, steps: [...]}}, optionally "
+                         f"{CAMPAIGN_OPTIONS[1:]}")
     steps = [_step(s, i, path) for i, s in enumerate(raw.get("steps") or [])]
-    return raw["scale"], steps
+    return {k: raw[k] for k in CAMPAIGN_OPTIONS if k in raw}, steps
 
 
 def _step(raw: Any, i: int, path: str) -> Step:

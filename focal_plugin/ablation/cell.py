@@ -163,7 +163,7 @@ def _train(job: CellJob, cell: Dict[str, Any], previous: Dict[str, Any]) -> Dict
         result = train_fn(config, train_opts(cell, job.cell_dir), resume, job.num_gpus)
         first_test = ((cell.get("identity") or {}).get("DATASETS.TEST") or [None])[0]
         status.update(state=State.DONE, metrics=pick_metrics(result, first_test),
-                      iterations=result.get("iterations"),
+                      iterations=result.get("iterations"), weights=result.get("weights"),
                       max_iter=result.get("max_iter"), resumed_from_iter=result.get("resumed_from_iter"))
         if job.prune_checkpoints:
             status["pruned_checkpoints"] = prune_checkpoints(job.cell_dir)

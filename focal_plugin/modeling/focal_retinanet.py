@@ -32,6 +32,7 @@ from detectron2.utils.events import get_event_storage
 from focal_plugin.losses import ClassificationLoss, build_classification_loss
 from focal_plugin.modeling import fast_ops
 from focal_plugin.modeling.config_keys import build_loss_from_cfg
+from focal_plugin.modeling.feature_cache import install_feature_cache
 from focal_plugin.modeling.head import FocalRetinaNetHead
 from focal_plugin.modeling.sampler import AllAnchorsSampler, OhemSampler
 from focal_plugin.modeling.validate import check_focal_config, check_normalizer
@@ -106,6 +107,7 @@ class FocalRetinaNet(RetinaNet):
         classification_loss = build_loss_from_cfg(cfg)
         box2box_transform = Box2BoxTransform(weights=retina.BBOX_REG_WEIGHTS)
         backbone = build_backbone(cfg)
+        install_feature_cache(backbone, cfg.MODEL.BACKBONE.FEATURE_CACHE_MB)
         feature_shapes = _head_input_shapes(cfg, backbone)
         return {
             "backbone": backbone,

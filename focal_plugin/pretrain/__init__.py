@@ -41,6 +41,7 @@ from focal_plugin.pretrain.zoo import (  # registers the focal-pretrained:// han
     PREFIX,
     build,
     cache_root,
+    file_sha256,
     raw_weights_path,
     register_path_handler,
     resolve,
@@ -49,6 +50,7 @@ from focal_plugin.pretrain.zoo import (  # registers the focal-pretrained:// han
 )
 
 __all__ = ["KEY_PREFIX", "PREFIX", "PRETRAIN_VERSION", "RECIPES", "SOURCES", "STAGES", "PretrainRecipe",
-           "build", "build_classifier", "build_crops", "cache_root", "get_recipe", "raw_weights_path",
+           "build", "build_classifier", "build_crops", "cache_root", "file_sha256", "get_recipe",
+           "raw_weights_path",
            "register_path_handler", "rescale_stages", "resolve", "stage_rms", "train_classifier",
            "weights_dir", "weights_path"]

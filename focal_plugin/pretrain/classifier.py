@@ -137,6 +137,9 @@ def _train_classifier(recipe: PretrainRecipe, log_period: int) -> Tuple[Dict[str
         "num_labels": num_classes + 1, "val_accuracy": _correct(model, batch, val_idx) / max(n_val, 1),
         "history": history, "wall_time_s": time.perf_counter() - start,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
+        # the kernels' instruction set: another one rounds differently and, training being
+        # chaotic, gives another backbone (the weights' checksum is what identifies it)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     return state, report
 

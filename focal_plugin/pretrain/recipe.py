@@ -73,13 +73,21 @@ RECIPES: Dict[str, PretrainRecipe] = {
 
 
 def get_recipe(name_or_recipe) -> PretrainRecipe:
-    """A recipe by name (a key of :data:`RECIPES`) or the recipe itself; ``KeyError`` naming the
-    known recipes otherwise."""
+    """A recipe by name (a key of :data:`RECIPES`), ``"<name>@<seed>"`` (that recipe pre-trained
+    with another seed: a draw of the backbone's own variance), or the recipe itself; ``KeyError``
+    naming the known recipes otherwise, ``ValueError`` for a seed that is not an integer >= 0."""
     if isinstance(name_or_recipe, PretrainRecipe):
         return name_or_recipe
-    if name_or_recipe not in RECIPES:
-        raise KeyError(f"unknown pre-training recipe {name_or_recipe!r}; known: {sorted(RECIPES)}")
-    return RECIPES[name_or_recipe]
+    name, at, seed = str(name_or_recipe).partition("@")
+    if name not in RECIPES:
+        raise KeyError(f"unknown pre-training recipe {name!r}; known: {sorted(RECIPES)} "
+                       "(optionally with @<seed>)")
+    if not at:
+        return RECIPES[name]
+    if not seed.isdigit():
+        raise ValueError(f"pre-training recipe {name_or_recipe!r}: the seed after '@' must be an "
+                         "integer >= 0")
+    return dataclasses.replace(RECIPES[name], seed=int(seed))
 
 
 def source_images(recipe: PretrainRecipe) -> Tuple[Path, Dict[str, Any]]:

@@ -75,6 +75,19 @@ def register_path_handler() -> None:
         PathManager.register_handler(_PretrainedHandler())
 
 
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes (hex): what identifies a backbone across machines, whose CPU
+    kernels (AVX-512 or AVX2, ``torch.backends.cpu.get_cpu_capability()``) round differently, so
+    the same recipe trains to other bytes elsewhere."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _save(obj: Any, path: Path) -> None:
     import torch
 
@@ -113,12 +126,14 @@ def build(recipe="proto-r18", force: bool = False) -> Path:
                 report = json.load(f)
             report.setdefault("exports", {})[weights_path(recipe).name] = {
                 "feature_rms": recipe.feature_rms, "rms_images": recipe.rms_images,
-                "rms_raw": rms, "scales": scales, "rms_exported": after}
+                "rms_raw": rms, "scales": scales, "rms_exported": after,
+                "sha256": file_sha256(weights_path(recipe))}
             write_json_atomic(final / "RECIPE.json", report, indent=1)
     return weights_path(recipe)
 
 
-__all__ = ["PREFIX", "build", "cache_root", "raw_weights_path", "register_path_handler", "resolve",
+__all__ = ["PREFIX", "build", "cache_root", "file_sha256", "raw_weights_path", "register_path_handler",
+           "resolve",
            "weights_dir", "weights_path"]
 
 register_path_handler()  # MODEL.WEIGHTS "focal-pretrained://<recipe>" works once the package is imported

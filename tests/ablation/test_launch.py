@@ -166,7 +166,8 @@ def test_cli_flags_are_the_run_options(capsys, tmp_path):
 
 
 def test_the_mini_campaign_lists_valid_steps_and_runs_them_in_order(tmp_path):
-    scale, steps = load_campaign("mini")
+    options, steps = load_campaign("mini")
+    scale = options["scale"]
     assert scale == "mini" and steps[0] == Step(spec="init")
     assert any(s.tool and s.tool[0] == "tools/imbalance_scan.py" for s in steps)
     seen = []
