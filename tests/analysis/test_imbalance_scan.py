@@ -375,7 +375,9 @@ def test_schedule_scan_shares_the_protocols_cells_and_scales_the_schedule():
 
     assert ident(rows["it3000_ace_.90"]) == ident(t1a["alpha_.90"])
     base = setup_cfg(rows["it3000_fl"].base, list(rows["it3000_fl"].opts)).SOLVER
-    for n in (1500, 6000):
+    assert {r for r in rows if r.startswith("it3000")} == {"it3000_fl", "it3000_ace_.75", "it3000_ace_.90",
+                                                           "it3000_ace_.99"}
+    for n in (6000, 12000):
         s = setup_cfg(rows[f"it{n}_fl"].base, list(rows[f"it{n}_fl"].opts)).SOLVER
         f = n / base.MAX_ITER
         assert s.MAX_ITER == n and s.CHECKPOINT_PERIOD == base.CHECKPOINT_PERIOD
