@@ -230,3 +230,21 @@ def _flat(node, prefix=""):
     if isinstance(node, dict):
         return {k2: v2 for k, v in node.items() for k2, v2 in _flat(v, f"{prefix}{k}.").items()}
     return {prefix[:-1]: node}
+
+
+def test_the_pretrain_tool_records_backbones_and_checks_them(tiny_recipe, tmp_path, capsys):
+    from helpers import load_script
+
+    tool = load_script(Path(__file__).resolve().parents[1] / "tools" / "pretrain_backbone.py", "pretrain_tl")
+    record = tmp_path / "backbones.json"
+    assert tool.main(["--recipe", "tiny-test", "--seeds", "0", "1", "--record", str(record)]) == 0
+    entries = json.loads(record.read_text())
+    assert sorted(entries) == ["tiny-test@0", "tiny-test@1"]
+    assert entries["tiny-test@1"]["sha256"] == pretrain.file_sha256(pretrain.weights_path(
+        pretrain.get_recipe("tiny-test@1")))
+    assert tool.main(["--check", str(record)]) == 0
+    assert capsys.readouterr().out.count("the same bytes") == 2
+    entries["tiny-test@1"]["sha256"] = "0" * 64  # as if recorded on a CPU with other kernels
+    record.write_text(json.dumps(entries))
+    assert tool.main(["--check", str(record)]) == 1
+    assert "tiny-test@1: other bytes (this CPU:" in capsys.readouterr().out

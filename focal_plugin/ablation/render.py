@@ -124,7 +124,8 @@ def _environment(report: Dict[str, Any]) -> List[str]:
     lines = ["", "## Environment", "", f"- Scale: {env['scale']}; seeds: up to {env['seeds']}",
              f"- Device(s): {'; '.join(env['devices']) or '—'}",
              f"- Commit(s): {', '.join(env['commits']) or '—'}; "
-             f"host(s): {', '.join(env['hosts']) or '—'}", ""]
+             f"host(s): {', '.join(env['hosts']) or '—'}", *([f"- Weights: {'; '.join(env['weights'])}"]
+                                                             if env.get("weights") else []), ""]
     runs = [r for r in env.get("invocations") or [] if not (r["ended"] and r["to_run"] == 0)]
     if runs:
         lines += _md([[f"{r['started']} (pid {r['pid']})", r["launcher"], f"{r['to_run']} of {r['cells']}",

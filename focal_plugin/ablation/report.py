@@ -120,6 +120,8 @@ def _environment(runner, cells, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         "devices": sorted({_device_text(s) for _, s in statuses if s.get("device")}),
         "commits": sorted({s.get("commit", "?") for _, s in statuses if s}),
         "hosts": sorted({s.get("host", "?") for _, s in statuses if s}),
+        "weights": sorted({f"{w['uri']} sha256 {w['sha256'][:16]}"
+                           for _, s in statuses if (w := s.get("weights"))}),
         "cells": [{"cell": c.id, "key": c.key, "state": cell_state(c.dir, s).value,
                    "wall_time_s": s.get("wall_time_s"), "attempts": s.get("attempts"),
                    "resumed_from_iter": s.get("resumed_from_iter"), "iterations": s.get("iterations"),

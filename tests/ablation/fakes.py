@@ -47,7 +47,8 @@ def train(config_file, opts, resume, num_gpus=1):
     ap = 100 * float(o.get("MODEL.FOCAL.ALPHA", 0.25)) + seed / 5
     return {"metrics": {"fake_val": {"bbox": {"AP": ap, "AP50": ap + 10, "AP75": ap - 1,
                                                "AP-cls0": 1.0}}},
-            "iterations": iters - start, "max_iter": iters, "resumed_from_iter": start}
+            "iterations": iters - start, "max_iter": iters, "resumed_from_iter": start,
+            "weights": {"uri": "focal-pretrained://fake@%d" % seed, "sha256": "%064d" % seed}}
 '''
 
 TEST_SPEC = """\

@@ -42,6 +42,8 @@ def test_run_report_divergence_and_no_rerun(fake_env):
     assert ["a25/seed1", runner.cells()[1].key, "done"] == next(r for r in rows if r[0] == "a25/seed1")[:3]
     assert json.load(open(summary["report"]["json"]))["environment"]["cells"][0]["command"].startswith(
         "python train_net.py --config-file ")
+    # the weights every cell started from, by their bytes (a backbone per seed here)
+    assert "- Weights: focal-pretrained://fake@0 sha256 0000000000000000; focal-pretrained://fake@1 " in md
     csv_lines = open(summary["report"]["csv"]).read().splitlines()
     assert csv_lines[0].startswith("row,α,AP_ours,AP_std,AP_n,AP_paper,AP_delta,")
     assert csv_lines[2].startswith("a75,.75,75.200,0.200,3,31.100,44.100,")
