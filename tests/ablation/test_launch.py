@@ -187,3 +187,13 @@ def test_the_mini_campaign_lists_valid_steps_and_runs_them_in_order(tmp_path):
         bad.write_text(text)
         with pytest.raises(ValueError, match=words):
             load_campaign(str(bad))
+
+
+def test_a_campaign_sets_options_for_every_step_and_a_clashing_flag_is_refused(capsys):
+    ablate = _cli()
+    options, steps = load_campaign("mini_v3")
+    assert options == {"scale": "mini", "base_config": "mini/protocol_v3/Base-Protocol.yaml",
+                       "output_dir": "results/mini/v3", "seeds": [0, 1, 2], "label": options["label"]}
+    assert steps[0].spec == "schedule_scan"
+    assert ablate.main(["--campaign", "mini_v3", "--output-dir", "/tmp/elsewhere", "--dry-run"]) == 2
+    assert "--output-dir /tmp/elsewhere (the campaign sets results/mini/v3)" in capsys.readouterr().err
