@@ -23,6 +23,7 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.data.build import _test_loader_from_config, _train_loader_from_config
+from detectron2.data.common import DatasetFromList
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -339,6 +340,10 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         kwargs = _train_loader_from_config(cfg)
         cls._last_train_set_size = len(kwargs["dataset"])
+        if isinstance(kwargs["dataset"], list):
+            # serialized into one buffer, as detectron2's loader would: the mapper's fallback draws
+            # from it, so no list of record dicts stays alive in the trainer and every worker
+            kwargs["dataset"] = DatasetFromList(kwargs["dataset"], copy=False, serialize=True)
         kwargs["mapper"] = SkipUnreadableImages(kwargs["mapper"], kwargs["dataset"])
         return build_detection_train_loader(**kwargs)
 

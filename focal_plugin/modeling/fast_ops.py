@@ -92,11 +92,19 @@ def label_anchors(anchors: List[Boxes], gt_instances: List[Instances], matcher: 
     Faster because nothing is read back to the host: the ground truth is padded to the largest
     count in the batch (padding has IoU -1, which never matches), the IoU of the whole batch is
     one ``batched_pairwise_iou``, and the matcher's rules are masked fills instead of its
-    per-image boolean indexing, ``nonzero`` and ``assert torch.all(iou >= 0)``.
+    per-image boolean indexing, ``nonzero`` and ``assert torch.all(iou >= 0)``. When padding would
+    more than double the boxes (N x max G > 2 sum G + N), images are labelled one at a time:
+    memory and time then scale with the batch's total box count, not N times its largest.
     """
+    sizes = [len(x) for x in gt_instances]
+    if len(sizes) > 1 and len(sizes) * max(sizes) > 2 * sum(sizes) + len(sizes):
+        # padding would more than double the (N, G, R) IoU's work and memory (one crowded image):
+        # image by image, so the cost scales with the total box count, as detectron2's
+        per_image = [label_anchors(anchors, [x], matcher, num_classes) for x in gt_instances]
+        return [p[0][0] for p in per_image], [p[1][0] for p in per_image]
     anchors_t = Boxes.cat(anchors).tensor  # (R, 4)
     n, r, k = len(gt_instances), anchors_t.shape[0], num_classes
-    g = max((len(x) for x in gt_instances), default=0)
+    g = max(sizes, default=0)
     labels = anchors_t.new_full((n, r), k, dtype=torch.int64)
     if g == 0:  # no ground truth in the batch: all background
         return list(labels.unbind(0)), list(anchors_t.new_zeros((n, r, 4)).unbind(0))

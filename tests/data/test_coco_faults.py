@@ -178,6 +178,28 @@ def test_unreadable_training_images_are_skipped_and_counted(tmp_path):
     assert any("skipped 1 of 12 annotations" in m for m in log)
 
 
+def test_the_training_loader_keeps_no_list_of_records_alive(tmp_path):
+    """The unreadable-image fallback draws from detectron2's serialized dataset (one buffer shared
+    by the loader workers), not from a list of record dicts that would live in every worker."""
+    from detectron2.data.common import DatasetFromList
+
+    coco = user_coco(tmp_path / "images")
+    json_file = write(tmp_path, coco)
+    with registered("focal_rel_serialized", json_file, tmp_path / "images") as name:
+        cfg = engine.setup_cfg(SMOKE, ["DATASETS.TRAIN", f"('{name}',)", "MODEL.RETINANET.NUM_CLASSES", "3"])
+        loader = engine.Trainer.build_train_loader(cfg)
+    mapped = loader.dataset
+    while not hasattr(mapped, "_map_func"):  # grouped by aspect ratio -> iterable -> MapDataset
+        mapped = mapped.dataset
+    mapper = getattr(mapped._map_func, "_obj", mapped._map_func)
+    assert isinstance(mapper, engine.SkipUnreadableImages)
+    assert isinstance(mapper.dataset, DatasetFromList) and mapper.dataset._serialize
+    assert mapper.dataset is mapped._dataset  # the one buffer, shared by loader and fallback
+    assert len(mapper.dataset) == len(coco["images"])
+    record = mapper._rng.choice(mapper.dataset)  # the fallback's draw: a fresh dict from the buffer
+    assert isinstance(record, dict) and record["file_name"].startswith(str(tmp_path / "images"))
+
+
 def test_an_unreadable_test_image_stops_evaluation_naming_file_and_id(tmp_path):
     coco = user_coco(tmp_path / "images", num_images=3)
     data = (tmp_path / "images" / "2.png").read_bytes()

@@ -125,7 +125,7 @@ def test_another_anchor_generator_is_called_every_time():
 
 
 # ---------------------------------------------------------------------------- labelling
-@pytest.mark.parametrize("counts", [(3, 5), (0, 4), (0, 0), (1, 0, 7)])
+@pytest.mark.parametrize("counts", [(3, 5), (0, 4), (0, 0), (1, 0, 7), (60, 1, 2)])
 @pytest.mark.parametrize("low_quality", [True, False])
 def test_batched_label_anchors_equal_detectron2s(counts, low_quality):
     sizes = [(96, 96), (64, 96), (96, 48)][: len(counts)]  # images of different sizes, padded to 96
@@ -142,6 +142,30 @@ def test_batched_label_anchors_equal_detectron2s(counts, low_quality):
         assert a.dtype == b.dtype and torch.equal(a, b)
     for a, b in zip(ours_boxes, ref_boxes):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("counts", [(3000, 2, 1, 0), (5, 6, 4, 5), (0, 9, 0, 0)])
+def test_labelling_cost_scales_with_the_total_box_count(counts, monkeypatch):
+    """One crowded image in a batch must not make every image pay for its boxes: the IoU tensors
+    labelling builds hold at most 2 x (all boxes) + N rows of R anchors, whatever the largest
+    count (padded batching when it costs little, image by image otherwise)."""
+    from focal_plugin.modeling import fast_ops
+
+    rows = []
+    real = fast_ops.batched_pairwise_iou
+    def recording(boxes, anchors):
+        rows.append(boxes.shape[0] * boxes.shape[1])
+        return real(boxes, anchors)
+
+    monkeypatch.setattr(fast_ops, "batched_pairwise_iou", recording)
+    anchors = _generator()(_features(96, 96))
+    gt = _gt(counts, [(96, 96)] * len(counts), seed=1)
+    labels, _ = label_anchors(anchors, gt, _matcher(True), NUM_CLASSES)
+    assert len(labels) == len(counts)
+    assert sum(rows) <= 2 * sum(counts) + len(counts)
+    if counts[0] == 3000:  # labelled image by image: the crowded image's labels are detectron2's
+        ref, _ = _reference_labels(anchors, gt, _matcher(True))
+        assert all(torch.equal(a, b) for a, b in zip(labels, ref))
 
 
 def test_the_models_anchors_and_labels_equal_detectron2s_on_a_batch_of_different_sizes():
