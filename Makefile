@@ -53,6 +53,7 @@ bench: setup
 	$(PY) benchmarks/bench_train_iter.py $(BENCH_ARGS) --json $(BENCH_OUT)/train.json
 	$(PY) benchmarks/bench_inference.py $(BENCH_ARGS) --json $(BENCH_OUT)/inference.json
 	$(PY) benchmarks/bench_coco_eval.py $(BENCH_ARGS) --json $(BENCH_OUT)/coco.json
+	$(PY) benchmarks/bench_memory.py --json $(BENCH_OUT)/memory.json
 	$(PY) benchmarks/report.py --loss $(BENCH_OUT)/loss.json --train $(BENCH_OUT)/train.json \
 		--inference $(BENCH_OUT)/inference.json --coco $(BENCH_OUT)/coco.json --out $(BENCH_OUT)/bench.md
 	PY=$(PY) bash benchmarks/gpu_check.sh $(BENCH_OUT)/gpu_check

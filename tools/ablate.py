@@ -100,7 +100,7 @@ def run_spec(spec_name: str, options: RunOptions, args: argparse.Namespace, argv
         return 0
     try:
         summary = runner.run()
-    except (LockHeld, PlanMismatch, ValueError) as e:
+    except (LockHeld, PlanMismatch, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts: dict = {}

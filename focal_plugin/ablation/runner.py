@@ -154,6 +154,39 @@ def _shown(path: str) -> str:
     return path if rel.startswith(os.pardir) else rel
 
 
+def check_weights(cells: Sequence[Cell]) -> None:
+    """Raise ``FileNotFoundError`` naming every ``MODEL.WEIGHTS`` the cells would start from that is
+    not on this machine (a ``focal-pretrained://`` backbone not built yet, a missing local file),
+    with the cells that need it and how to build it: one message before any cell starts, instead
+    of every cell failing alone. Remote URIs (``detectron2://``, ``https://``) are detectron2's."""
+    from focal_plugin.pretrain.zoo import PREFIX, resolve
+
+    missing: Dict[str, List[str]] = {}
+    for c in cells:
+        uri = str(c.definition["identity"].get("MODEL.WEIGHTS") or "")
+        if uri.startswith(PREFIX):
+            try:
+                resolve(uri)
+                continue
+            except FileNotFoundError:
+                pass
+        elif not uri or "://" in uri or os.path.isfile(uri):
+            continue
+        missing.setdefault(uri, []).append(c.id)
+    if not missing:
+        return
+    lines = [f"  {uri}: needed by {len(ids)} cell(s) ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+             for uri, ids in missing.items()]
+    recipes: Dict[str, List[str]] = {}
+    for name in sorted(u[len(PREFIX):] for u in missing if u.startswith(PREFIX)):
+        base, _, seed = name.partition("@")
+        recipes.setdefault(base, []).extend([seed] if seed else [])
+    hint = "".join(f"\nBuild them once with `python tools/pretrain_backbone.py --recipe {base}"
+                   + (f" --seeds {' '.join(seeds)}`" if seeds else "`") for base, seeds in recipes.items())
+    raise FileNotFoundError("weights the cells start from are not on this machine (no cell started):\n"
+                            + "\n".join(lines) + hint)
+
+
 class Runner:
     """Plans and runs the cells of one spec (see the module docstring)."""
 
@@ -235,6 +268,7 @@ class Runner:
     def _run_locked(self) -> Dict[str, Any]:
         cells = self.cells()
         self.check_definitions(cells)
+        check_weights([c for c in cells if self._needs_run(c)])
         for c in cells:
             if not os.path.isfile(os.path.join(c.dir, CELL_FILE)):
                 write_json_atomic(os.path.join(c.dir, CELL_FILE), c.definition)

@@ -190,6 +190,27 @@ def test_settings_the_runner_sets_are_refused_not_replaced(fake_env):
         make_runner(fake_env, opts=["SOLVER.MAX_ITER"])
 
 
+def test_weights_not_on_this_machine_stop_the_run_before_any_cell(fake_env, monkeypatch):
+    """A backbone not built yet (or a missing file) is one message naming each URI, its cells and
+    the build command; no cell starts or is marked failed, and a later run after the build goes on."""
+    monkeypatch.setenv("FOCAL_PLUGIN_CACHE", str(fake_env["tmp"] / "empty_cache"))
+    runner = make_runner(fake_env, seeds=[0, 1], only=["a25"],
+                         opts=["MODEL.WEIGHTS", "focal-pretrained://proto-r18@{SEED}"])
+    with pytest.raises(FileNotFoundError) as info:
+        runner.run()
+    text = str(info.value)
+    assert "focal-pretrained://proto-r18@0: needed by 1 cell(s) (a25/seed0)" in text
+    assert "focal-pretrained://proto-r18@1" in text and "--recipe proto-r18 --seeds 0 1" in text
+    assert not any(os.path.exists(os.path.join(c.dir, "status.json")) for c in runner.cells())
+
+    missing = str(fake_env["tmp"] / "nope.pth")
+    with pytest.raises(FileNotFoundError, match=f"{missing}: needed by 2 cell"):
+        make_runner(fake_env, seeds=[0, 1], only=["a25"], opts=["MODEL.WEIGHTS", missing]).run()
+    open(missing, "w").close()
+    summary = make_runner(fake_env, seeds=[0, 1], only=["a25"], opts=["MODEL.WEIGHTS", missing]).run()
+    assert set(summary["states"].values()) == {State.DONE}
+
+
 def test_a_timed_table_times_each_cell_once_on_its_final_weights(fake_env, tmp_path, monkeypatch):
     import focal_plugin.analysis.inference_timing as timing
 
