@@ -13,7 +13,7 @@ import math
 import os
 import re
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import (
@@ -36,10 +36,10 @@ from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
 from focal_plugin.io import read_json, write_json_atomic
 from focal_plugin.modeling.config_keys import cfg_value
 from focal_plugin.modeling.validate import check_focal_config
+from focal_plugin.unread_keys import check_read, written_keys
 
 logger = logging.getLogger("focal_plugin")
 
-_D2_DEFAULT_ROI_SCORE_THRESH = 0.05
 RESULTS_FILE = "results.json"
 
 
@@ -70,7 +70,7 @@ def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freez
                 raise unknown_key(cfg, key)
         cfg.merge_from_list(list(opts))
     _seed_weights(cfg)
-    check_config(cfg)
+    check_config(cfg, written_keys(config_file, opts))
     if freeze:
         cfg.freeze()
     return cfg
@@ -115,31 +115,14 @@ def unknown_key(cfg: CfgNode, key: str) -> ValueError:
     return ValueError(f"cfg.{key} does not exist (config override){hint}")
 
 
-# Keys detectron2 has that have no effect under FocalRetinaNet -> the key that does. Changing one
-# from detectron2's default is an error: the user meant something that would silently not happen.
-_SUPERSEDED = {
-    "MODEL.RETINANET.FOCAL_LOSS_GAMMA": "MODEL.FOCAL.GAMMA",
-    "MODEL.RETINANET.FOCAL_LOSS_ALPHA": "MODEL.FOCAL.ALPHA",
-    "MODEL.RETINANET.PRIOR_PROB": "MODEL.FOCAL.PRIOR_PROB",
-    "MODEL.ROI_HEADS.NUM_CLASSES": "MODEL.RETINANET.NUM_CLASSES",
-    "MODEL.ROI_HEADS.NMS_THRESH_TEST": "MODEL.RETINANET.NMS_THRESH_TEST",
-}
-
-
-def check_config(cfg: CfgNode) -> None:
-    """Settings that cannot take effect are refused (``ValueError`` naming the key), once, when the
-    config is set up: ``MODEL.FOCAL`` values the model cannot use, keys superseded under
-    FocalRetinaNet, evaluation settings we cannot honour."""
+def check_config(cfg: CfgNode, written: Iterable[str] = ()) -> None:
+    """Settings that cannot take effect are refused (``ValueError`` naming the key), when the
+    config is set up and again when a run starts from a config built in Python: ``MODEL.FOCAL``
+    values the model cannot use or would not read, keys the meta-architecture does not read
+    (:mod:`focal_plugin.unread_keys`; ``written``: the keys the config file and command line
+    wrote), evaluation settings we cannot honour."""
     check_focal_config(cfg)
-    defaults = get_cfg()
-    if cfg.MODEL.META_ARCHITECTURE == "FocalRetinaNet":
-        for key, instead in _SUPERSEDED.items():
-            if cfg_value(cfg, key) != cfg_value(defaults, key):
-                raise ValueError(
-                    f"cfg.{key} = {cfg_value(cfg, key)!r} has no effect on FocalRetinaNet: set cfg.{instead} "
-                    f"(now {cfg_value(cfg, instead)!r}) instead, and leave {key} at detectron2's default "
-                    f"{cfg_value(defaults, key)!r}"
-                )
+    check_read(cfg, written)
     amp_dtype(cfg)
     _check_feature_cache(cfg)
     try:
@@ -177,13 +160,13 @@ def check_datasets(cfg: CfgNode) -> None:
     ``MODEL.RETINANET.NUM_CLASSES``, whatever was loaded before (datasets whose classes are known
     only after loading are loaded), and every image of the test sets must exist (evaluation
     would otherwise fail after the whole training)."""
+    key = "MODEL.ROI_HEADS.NUM_CLASSES" if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN" else \
+        "MODEL.RETINANET.NUM_CLASSES"  # the key the meta-architecture reads
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         n = _dataset_num_classes(name)
-        if n is not None and n != cfg.MODEL.RETINANET.NUM_CLASSES:
-            raise ValueError(
-                f"dataset '{name}' has {n} classes but cfg.MODEL.RETINANET.NUM_CLASSES = "
-                f"{cfg.MODEL.RETINANET.NUM_CLASSES}; set MODEL.RETINANET.NUM_CLASSES {n}"
-            )
+        if n is not None and n != cfg_value(cfg, key):
+            raise ValueError(f"dataset '{name}' has {n} classes but cfg.{key} = {cfg_value(cfg, key)}; "
+                             f"set {key} {n}")
     for name in cfg.DATASETS.TEST:
         if name not in DatasetCatalog.list():
             continue  # detectron2 names the unregistered dataset itself
@@ -239,12 +222,6 @@ def log_inference_settings(cfg: CfgNode) -> None:
         "Inference: score_thresh=%g, topk_candidates/level=%d, nms_thresh=%g, detections/image=%d",
         r.SCORE_THRESH_TEST, r.TOPK_CANDIDATES_TEST, r.NMS_THRESH_TEST, cfg.TEST.DETECTIONS_PER_IMAGE,
     )
-    if cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST != _D2_DEFAULT_ROI_SCORE_THRESH:
-        logger.warning(
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST = %g has no effect on RetinaNet models: "
-            "set MODEL.RETINANET.SCORE_THRESH_TEST instead (now %g)",
-            cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, r.SCORE_THRESH_TEST,
-        )
 
 
 class SkipUnreadableImages:
@@ -488,6 +465,7 @@ def setup_run(cfg: CfgNode, eval_only: bool = False) -> None:
     from detectron2.engine import default_setup
     from detectron2.utils.logger import setup_logger
 
+    check_config(cfg)  # a config built in Python has not met setup_cfg's check
     default_setup(cfg, argparse.Namespace(config_file="", opts=[], eval_only=eval_only))
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_plugin")
 

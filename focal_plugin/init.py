@@ -11,7 +11,9 @@ initializes a conv layer in place. Registered:
 * ``zero`` — bias 0 (the "no prior" ablation).
 
 Every initializer accepts the bias-init context ``prior_prob``, ``num_classes`` and ``softmax``
-(validated when given, ignored where unused), so a head can call any of them uniformly.
+(validated when given), so a head can call any of them uniformly. One that uses ``prior_prob``
+gives it a default (``prior``: the paper's pi = .01); one that only accepts it (default None)
+refuses any other pi than that default: it would have no effect.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ final classification conv's). Each entry is a factory ``(**params) -> Callable[[
 that validates its parameters; use ``build_initializer``."""
 
 Initializer = Callable[[torch.nn.Module], None]
+
+#: the paper's prior probability pi (§3.3)
+DEFAULT_PRIOR_PROB = 0.01
 
 
 def _fail(owner: str, name: str, value: Any, allowed: str) -> None:
@@ -95,7 +100,7 @@ class _LayerInit:
 
 @register(INITIALIZER_REGISTRY, "prior")
 def prior_initializer(
-    *, prior_prob: float = 0.01, num_classes: Optional[int] = None, softmax: bool = False
+    *, prior_prob: float = DEFAULT_PRIOR_PROB, num_classes: Optional[int] = None, softmax: bool = False
 ) -> Initializer:
     """Bias init of the final classification conv so that each foreground class starts with
     probability ``prior_prob`` (§3.3). ``softmax``: the conv's output channels are A groups of
@@ -186,4 +191,14 @@ def build_initializer(name: str, **params: Any) -> Initializer:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"initializer {name!r} got unknown parameter(s) {unknown}: it accepts {accepted}")
+    pi = params.get("prior_prob")
+    if pi is not None and pi != DEFAULT_PRIOR_PROB and not _uses_prior_prob(factory):
+        users = sorted(k for k, f in INITIALIZER_REGISTRY if _uses_prior_prob(f))
+        raise ValueError(f"initializer {name!r}: prior_prob = {pi!r} has no effect (it sets no prior): "
+                         f"use one of {users}, or leave prior_prob at {DEFAULT_PRIOR_PROB}")
     return factory(**params)
+
+
+def _uses_prior_prob(factory: Callable) -> bool:
+    p = inspect.signature(factory).parameters.get("prior_prob")
+    return p is not None and p.default is not None

@@ -8,6 +8,7 @@ and size are those of evaluation whatever ``INPUT.FORMAT`` is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -67,27 +68,41 @@ def output_names(files: Sequence[str], output_dir: str) -> Dict[str, str]:
     return out
 
 
-def dataset_category_ids(cfg: CfgNode) -> Tuple[Any, Optional[List[int]]]:
-    """(metadata, contiguous index -> dataset category id) of the dataset results are written for
-    (``DATASETS.TEST[0]``, else ``DATASETS.TRAIN[0]``).
+@dataclasses.dataclass
+class DatasetIds:
+    """The ids of the dataset results are written for (``DATASETS.TEST[0]``, else
+    ``DATASETS.TRAIN[0]``): ``category`` maps the model's class index to the dataset's category
+    id (None when it cannot be known; ``why`` says why), ``images`` an image file's absolute path
+    to the dataset's image id."""
 
-    detectron2 puts the id mapping into the metadata only when the dataset is loaded, so an
-    unknown mapping is obtained by loading the dataset. ``None`` when the dataset has no ids
-    other than the contiguous indices (or no dataset is named): the ids written are then the
-    model's class indices, and callers say so.
-    """
+    metadata: Any
+    category: Optional[List[int]]
+    images: Dict[str, Any]
+    why: Optional[str] = None
+
+
+def dataset_ids(cfg: CfgNode) -> DatasetIds:
+    """:class:`DatasetIds` of ``cfg``'s dataset. detectron2 puts the category-id mapping into the
+    metadata only when the dataset is loaded, so a registered dataset is loaded. A registered
+    dataset without a mapping uses the contiguous indices as its ids; an unregistered one, or
+    none named, has ids nobody can know here (``category`` None)."""
     names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
     if not names:
-        return MetadataCatalog.get("__focal_plugin_no_dataset"), None
+        return DatasetIds(MetadataCatalog.get("__focal_plugin_no_dataset"), None, {},
+                          "no dataset is named (DATASETS.TEST and DATASETS.TRAIN are empty)")
     name = names[0]
     metadata = MetadataCatalog.get(name)
-    if not metadata.get("thing_dataset_id_to_contiguous_id") and name in DatasetCatalog.list():
-        DatasetCatalog.get(name)  # loading a COCO json sets the mapping
+    if name not in DatasetCatalog.list():
+        return DatasetIds(metadata, None, {}, f"dataset '{name}' is not registered in this process")
+    records = DatasetCatalog.get(name)  # loading a COCO json sets the mapping
+    images = {os.path.abspath(r["file_name"]): r["image_id"] for r in records if "image_id" in r}
     mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
-    if not mapping:
-        return metadata, None
+    if not mapping:  # the dataset's own ids are the contiguous indices
+        return DatasetIds(metadata, list(range(len(metadata.get("thing_classes", []) or []))) or None,
+                          images, None if metadata.get("thing_classes", None) else
+                          f"dataset '{name}' has no thing_classes in its metadata")
     to_dataset = {v: k for k, v in mapping.items()}
-    return metadata, [to_dataset[i] for i in range(len(to_dataset))]
+    return DatasetIds(metadata, [to_dataset[i] for i in range(len(to_dataset))], images)
 
 
 class Predictor:
@@ -137,8 +152,10 @@ def predict(
 
     Writes ``output_dir/<image path below the inputs' common folder>`` (:func:`output_names`;
     boxes scoring >= ``score_thresh`` drawn) and
-    ``output_dir/detections.json``: COCO result records (XYWH boxes, the dataset's category ids,
-    see :func:`dataset_category_ids`) plus ``file_name``/``category_name``. An unreadable input is
+    ``output_dir/detections.json``: COCO result records (XYWH boxes, the dataset's category and
+    image ids, see :func:`dataset_ids`) plus ``file_name``/``category_name``; where an id cannot be
+    the dataset's it is left out (``class_index`` instead of ``category_id``; no ``image_id`` for
+    an input that is not an image of the dataset) and the summary says why. An unreadable input is
     skipped and listed (``skipped`` in the summary, with the reason); ``detections.json`` is
     written even when a later image fails, with everything computed before. Returns a summary.
     """
@@ -148,17 +165,25 @@ def predict(
     names = output_names(files, output_dir)  # refused before anything is written
     os.makedirs(output_dir, exist_ok=True)
     predictor = Predictor(cfg)
-    metadata, to_dataset_id = dataset_category_ids(cfg)
-    classes = metadata.get("thing_classes", None)
+    ids = dataset_ids(cfg)
+    if ids.why:
+        logger.warning("detections.json: no category ids (%s): each record has the model's class_index "
+                       "instead of a category_id", ids.why)
+    metadata, classes = ids.metadata, ids.metadata.get("thing_classes", None)
     records: List[Dict[str, Any]] = []
     pictures: List[str] = []
     skipped: List[Dict[str, str]] = []
+    with_image_id = 0
     json_path = os.path.join(output_dir, "detections.json")
     try:
-        for image_id, (path, rgb, instances) in enumerate(_predict_files(predictor, files, skipped)):
+        for path, rgb, instances in _predict_files(predictor, files, skipped):
+            image_id = ids.images.get(os.path.abspath(path))
+            with_image_id += image_id is not None
             for rec in instances_to_coco_json(instances, image_id):
-                cls = rec["category_id"]
-                rec["category_id"] = to_dataset_id[cls] if to_dataset_id else cls
+                cls = rec.pop("category_id")
+                if image_id is None:
+                    del rec["image_id"]  # not an image of the dataset: file_name names it
+                rec.update({"category_id": ids.category[cls]} if ids.category else {"class_index": cls})
                 rec["file_name"] = os.path.relpath(names[path], output_dir)  # unique, as its picture
                 if classes is not None and cls < len(classes):
                     rec["category_name"] = classes[cls]
@@ -173,10 +198,13 @@ def predict(
         atomic_write(json_path, lambda f: json.dump(records, f))  # never lose what was computed
     for s in skipped:
         logger.warning("skipped unreadable input %s (%s)", s["file"], s["reason"])
+    done = len(files) - len(skipped)
     return {
-        "images": len(files) - len(skipped), "detections": len(records), "json": json_path,
+        "images": done, "detections": len(records), "json": json_path,
         "pictures": pictures, "skipped": skipped,
-        "category_ids": "dataset" if to_dataset_id else "model class indices (the dataset has no other ids)",
+        "category_ids": "dataset" if ids.category else f"none: {ids.why}",
+        "image_ids": f"dataset for {with_image_id} of {done} inputs (the others are not images of the "
+                     "dataset: their records have file_name only)",
     }
 
 

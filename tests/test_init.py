@@ -118,3 +118,12 @@ def test_normal_std_and_zero_bias():
     build_initializer("normal", sigma=0.05, prior_prob=0.01, num_classes=80, softmax=False)(conv)
     assert abs(conv.weight.std().item() - 0.05) < 0.001
     assert "sigma=0.05" in repr(build_initializer("normal", sigma=0.05))
+
+
+@pytest.mark.parametrize("name", ["zero", "normal"])
+def test_a_prior_the_initializer_does_not_set_is_refused(name):
+    """Accepting the bias-init context must not hide a pi that would have no effect."""
+    build_initializer(name, prior_prob=0.01)  # the default: what a head passes to every initializer
+    with pytest.raises(ValueError, match=rf"initializer '{name}': prior_prob = 0.05 has no effect.*'prior'"):
+        build_initializer(name, prior_prob=0.05)
+    build_initializer("prior", prior_prob=0.05)

@@ -75,7 +75,32 @@ def test_detections_use_the_datasets_category_ids(coco_set, tmp_path):
     assert {r["category_id"] for r in records} <= set(CATEGORY_IDS)
     assert 90 in {r["category_id"] for r in records} or len({r["category_id"] for r in records}) < 6
     assert all(r["category_name"] == f"c{r['category_id']}" for r in records)
+    by_file = {f"im{i}.png": i + 1 for i in range(3)}  # the COCO file's image ids, not positions
+    assert all(r["image_id"] == by_file[r["file_name"]] for r in records)
+    assert summary["image_ids"].startswith("dataset for 3 of 3 inputs")
     DatasetCatalog.remove(name)
+
+
+def test_ids_that_cannot_be_the_datasets_are_left_out_and_the_summary_says_why(coco_set, tmp_path):
+    name = "focal_test_ids_elsewhere"
+    register_coco_instances(name, {}, str(coco_set / "ann.json"), str(coco_set))
+    cfg = _cfg(tmp_path, name)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "im0.png").write_bytes((coco_set / "im0.png").read_bytes())  # not the dataset's file
+    summary = predict(cfg, [str(other), str(coco_set / "im1.png")], str(tmp_path / "out"), score_thresh=0.5)
+    records = json.loads((tmp_path / "out" / "detections.json").read_text())
+    ids = {os.path.basename(r["file_name"]): r.get("image_id", "absent") for r in records}
+    assert ids == {"im0.png": "absent", "im1.png": 2}
+    assert summary["image_ids"].startswith("dataset for 1 of 2 inputs")
+
+    DatasetCatalog.remove(name)  # the config names a dataset this process does not know
+    cfg.DATASETS.TEST = (name,)
+    summary = predict(cfg, [str(coco_set)], str(tmp_path / "out2"), score_thresh=0.5)
+    records = json.loads((tmp_path / "out2" / "detections.json").read_text())
+    assert records and all("category_id" not in r and "image_id" not in r and "class_index" in r
+                           for r in records)
+    assert summary["category_ids"] == f"none: dataset '{name}' is not registered in this process"
 
 
 def test_unreadable_input_is_skipped_listed_and_results_kept(coco_set, tmp_path):

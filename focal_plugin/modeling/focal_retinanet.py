@@ -11,9 +11,10 @@ the training step reads nothing back from the device but the one stacked statist
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -51,6 +52,21 @@ def _storage():
         return None
 
 
+def _refuse_unread_focal_args(kwargs: Dict[str, Any]) -> None:
+    """detectron2's ``focal_loss_alpha`` / ``focal_loss_gamma`` (in its LazyConfig model) reach
+    RetinaNet, but FocalRetinaNet's loss is ``classification_loss``: a changed value would have no
+    effect, so it is refused naming the argument that works."""
+    params = inspect.signature(RetinaNet.__init__).parameters
+    for name, instead in (("focal_loss_alpha", "alpha"), ("focal_loss_gamma", "gamma")):
+        default = params[name].default if name in params else None
+        if name in kwargs and kwargs[name] != default:
+            raise ValueError(
+                f"{name} = {kwargs[name]!r} has no effect on FocalRetinaNet (its loss is "
+                f"classification_loss): set the loss's {instead} (LazyConfig: "
+                f"model.classification_loss.{instead}; YAML: MODEL.FOCAL.{instead.upper()}), and leave "
+                f"{name} at {default!r}")
+
+
 @register(META_ARCH_REGISTRY)
 class FocalRetinaNet(RetinaNet):
     """RetinaNet (§4) with a registered classification loss, selectable loss normalizer and an
@@ -77,6 +93,7 @@ class FocalRetinaNet(RetinaNet):
             kwargs: everything detectron2's ``RetinaNet`` takes.
         """
         check_normalizer(normalizer)
+        _refuse_unread_focal_args(kwargs)
         super().__init__(**kwargs)
         self.classification_loss = classification_loss
         self.normalizer = normalizer

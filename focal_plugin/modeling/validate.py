@@ -11,9 +11,11 @@ Every error names the config key and its value: "cfg.MODEL.FOCAL.GAMMA = -1.0: .
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from focal_plugin.init import build_initializer
+from focal_plugin.losses import LOSS_REGISTRY
 from focal_plugin.modeling.config_keys import build_loss_from_cfg, cfg_value, config_keys
 from focal_plugin.modeling.ohem import check_ohem_args
 
@@ -21,6 +23,7 @@ from focal_plugin.modeling.ohem import check_ohem_args
 NORMALIZERS = ("num_pos", "ema")
 _OHEM_KEYS = tuple(f"MODEL.FOCAL.OHEM.{k}" for k in
                    ("BATCH_SIZE_PER_IMAGE", "NMS_THRESH", "POSITIVE_FRACTION", "PRE_NMS_TOPK"))
+_LOSS_HYPERPARAMETERS = ("GAMMA", "ALPHA", "BETA")  # MODEL.FOCAL keys a loss may read
 _SWITCHES = ("MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES", "MODEL.FOCAL.OHEM.ENABLED")  # FUSED_LOSS: the loss's
 
 
@@ -29,6 +32,37 @@ def check_normalizer(normalizer: Any) -> None:
     the number of positive anchors) or "ema" (detectron2's moving average of it)."""
     if not isinstance(normalizer, str) or normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer = {normalizer!r} is invalid: expected one of {list(NORMALIZERS)}")
+
+
+@functools.lru_cache(maxsize=1)
+def _focal_defaults():
+    from detectron2.config import get_cfg
+
+    from focal_plugin.config import add_focal_config
+
+    return add_focal_config(get_cfg()).MODEL.FOCAL
+
+
+def _check_read(cfg, loss) -> None:
+    """A ``MODEL.FOCAL`` value changed from its default that this config's model would not read
+    is refused, naming what reads it: a hyperparameter the loss has none of (GAMMA with
+    "sigmoid_ce"), the OHEM sizes while OHEM is off. (PRIOR_PROB with an initializer that sets no
+    prior: the initializer's own rule.)"""
+    focal, defaults = cfg.MODEL.FOCAL, _focal_defaults()
+    for key in _LOSS_HYPERPARAMETERS:
+        if key.lower() not in loss.hyperparameters and focal[key] != defaults[key]:
+            readers = sorted(k for k, c in LOSS_REGISTRY if key.lower() in c.hyperparameters)
+            raise ValueError(f"cfg.MODEL.FOCAL.{key} = {focal[key]!r} has no effect with "
+                             f"cfg.MODEL.FOCAL.LOSS = {focal.LOSS!r} "
+                             f"(it reads {[p.upper() for p in loss.hyperparameters]}): "
+                             f"losses that read {key}: {readers}; or leave it at {defaults[key]!r}")
+    if not focal.OHEM.ENABLED:
+        for key in _OHEM_KEYS:
+            name = key.rsplit(".", 1)[1]
+            if focal.OHEM[name] != defaults.OHEM[name]:
+                raise ValueError(f"cfg.{key} = {focal.OHEM[name]!r} has no effect while "
+                                 "cfg.MODEL.FOCAL.OHEM.ENABLED = False: set it True (Table 1d's OHEM), "
+                                 f"or leave {name} at {defaults.OHEM[name]!r}")
 
 
 def check_focal_config(cfg) -> None:
@@ -51,6 +85,7 @@ def check_focal_config(cfg) -> None:
                      "MODEL.FOCAL.LOSS"):
         build_initializer(focal.BIAS_INIT, prior_prob=focal.PRIOR_PROB, num_classes=retina.NUM_CLASSES,
                           softmax=loss.is_softmax)
+    _check_read(cfg, loss)
     ohem = focal.OHEM
     with config_keys(cfg, *_OHEM_KEYS):
         check_ohem_args(retina.NUM_CLASSES, ohem.BATCH_SIZE_PER_IMAGE, ohem.NMS_THRESH,

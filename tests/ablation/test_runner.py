@@ -188,6 +188,9 @@ def test_settings_the_runner_sets_are_refused_not_replaced(fake_env):
         make_runner(fake_env, opts=["SOLVER.NOPE", "1"])
     with pytest.raises(SpecError, match="KEY VALUE pairs"):
         make_runner(fake_env, opts=["SOLVER.MAX_ITER"])
+    with pytest.raises(ValueError, match="cfg.MODEL.RPN.NMS_THRESH = 0.5 has no effect on FocalRetinaNet"):
+        make_runner(fake_env, opts=["MODEL.RPN.NMS_THRESH", "0.5"]).run()  # a setting without effect
+    assert not os.path.exists(os.path.join(fake_env["out"], "cells"))
 
 
 def test_weights_not_on_this_machine_stop_the_run_before_any_cell(fake_env, monkeypatch):
