@@ -25,7 +25,6 @@ machine; the memory figures do not.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -167,8 +166,9 @@ def main(argv=None) -> int:
               f"ours {o['time_s']:.2f} s / {o['peak_mib']:.0f} MiB "
               f"(time {r['time_ratio']:.2f}x, memory {r.get('memory_ratio', float('nan')):.2f}x)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        from focal_plugin.io import write_json_atomic
+
+        write_json_atomic(args.json, results)
     return 0
 
 

@@ -70,7 +70,7 @@ def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freez
                 raise unknown_key(cfg, key)
         cfg.merge_from_list(list(opts))
     _seed_weights(cfg)
-    check_config(cfg, written_keys(config_file, opts))
+    check_config(cfg, written_keys(opts))
     if freeze:
         cfg.freeze()
     return cfg
@@ -119,8 +119,8 @@ def check_config(cfg: CfgNode, written: Iterable[str] = ()) -> None:
     """Settings that cannot take effect are refused (``ValueError`` naming the key), when the
     config is set up and again when a run starts from a config built in Python: ``MODEL.FOCAL``
     values the model cannot use or would not read, keys the meta-architecture does not read
-    (:mod:`focal_plugin.unread_keys`; ``written``: the keys the config file and command line
-    wrote), evaluation settings we cannot honour."""
+    (:mod:`focal_plugin.unread_keys`; ``written``: the keys given on the command line),
+    evaluation settings we cannot honour."""
     check_focal_config(cfg)
     check_read(cfg, written)
     amp_dtype(cfg)

@@ -10,16 +10,15 @@ GeneralizedRCNN reads no ``MODEL.RETINANET``. Other meta-architectures (a user's
 read ``MODEL.FOCAL`` through our losses) are left alone.
 
 What counts as set: a value that differs from the defaults (detectron2's plus ``MODEL.FOCAL``'s)
-after merging, and any key written in the config file itself or on the command line. The Faster
-R-CNN configs inherit a RetinaNet config's schedule and input, so for GeneralizedRCNN
-``MODEL.RETINANET`` counts only where written (its inherited values are the base's).
+after merging, and any key given on the command line (typed, so meant, even at its default; a
+config file may be a full dump of every key, so its keys count by value only). The Faster R-CNN
+configs inherit a RetinaNet config's schedule and input, so for GeneralizedRCNN
+``MODEL.RETINANET`` counts only where given on the command line (inherited values are the base's).
 """
 
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Sequence, Set
-
-import yaml
 
 _TWO_STAGE = {
     "MODEL.ROI_HEADS.NUM_CLASSES": "MODEL.RETINANET.NUM_CLASSES",
@@ -65,13 +64,9 @@ def _flat(node, prefix: str = "") -> Dict[str, object]:
     return out
 
 
-def written_keys(config_file: Optional[str], opts: Sequence[str] = ()) -> Set[str]:
-    """The dotted keys written in ``config_file`` itself (not its ``_BASE_``) and in ``opts``."""
-    keys = {str(k) for k in opts[0::2]}
-    if config_file:
-        with open(config_file) as f:
-            keys |= set(_flat(yaml.safe_load(f) or {})) - {"_BASE_"}
-    return keys
+def written_keys(opts: Sequence[str] = ()) -> Set[str]:
+    """The dotted keys of command-line ``KEY VALUE`` overrides."""
+    return {str(k) for k in opts[0::2]}
 
 
 def _rule(table: Dict[str, Optional[str]], key: str) -> Optional[str]:
@@ -83,7 +78,7 @@ def _rule(table: Dict[str, Optional[str]], key: str) -> Optional[str]:
 def check_read(cfg, written: Iterable[str] = ()) -> None:
     """Refuse (``ValueError`` naming the key, its value, the meta-architecture and what works) a
     key set in ``cfg`` that ``cfg.MODEL.META_ARCHITECTURE`` does not read (see the module
-    docstring); ``written``: the keys the config file and the command line wrote."""
+    docstring); ``written``: the keys given on the command line."""
     from detectron2.config import get_cfg
 
     from focal_plugin.config import add_focal_config
@@ -105,5 +100,5 @@ def check_read(cfg, written: Iterable[str] = ()) -> None:
         what = f"set cfg.{instead} instead" if instead and " " not in instead else (
             f"set cfg.{instead} to use it" if instead else "nothing in this model reads it")
         leave = (f"leave {key} at its default {defaults.get(key)!r}" if key in changed else
-                 f"remove {key} from the config file or command line that writes it")
+                 f"remove {key} from the command line")
         raise ValueError(f"cfg.{key} = {values[key]!r} has no effect on {arch}: {what}, and {leave}")

@@ -205,8 +205,8 @@ def test_resume_logs_the_lr_really_in_effect(tmp_path, caplog):
 def test_superseded_detectron2_keys_are_refused_naming_the_key_that_works(key, value, instead):
     with pytest.raises(ValueError, match=rf"cfg\.{key} = .*no effect.*cfg\.{instead}"):
         engine.setup_cfg(SMOKE, [key, value])
-    # detectron2's RetinaNet does read them
-    engine.setup_cfg(SMOKE, [key, value, "MODEL.META_ARCHITECTURE", "RetinaNet"])
+    if key.startswith("MODEL.RETINANET."):  # detectron2's RetinaNet does read them
+        engine.setup_cfg(SMOKE, [key, value, "MODEL.META_ARCHITECTURE", "RetinaNet"])
 
 
 def test_test_time_augmentation_is_refused_naming_the_key():
