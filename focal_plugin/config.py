@@ -72,3 +72,10 @@ def add_focal_config(cfg: CN) -> CN:
     if "FEATURE_CACHE_MB" not in _C.MODEL.BACKBONE:
         _C.MODEL.BACKBONE.FEATURE_CACHE_MB = 0
     return cfg
+
+
+def get_focal_cfg() -> CN:
+    """detectron2's default config plus ``MODEL.FOCAL`` (a fresh copy)."""
+    from detectron2.config import get_cfg
+
+    return add_focal_config(get_cfg())

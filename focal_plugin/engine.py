@@ -15,7 +15,7 @@ import re
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetCatalog,
     MetadataCatalog,
@@ -31,7 +31,7 @@ from detectron2.utils import comm
 from focal_plugin import compat
 from focal_plugin.amp import amp_dtype, use_mixed_precision
 from focal_plugin.checkpoint import SafeCheckpointer, load_for_inference, weights_record
-from focal_plugin.config import add_focal_config
+from focal_plugin.config import get_focal_cfg
 from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
 from focal_plugin.io import read_json, write_json_atomic
 from focal_plugin.modeling.config_keys import cfg_value
@@ -41,11 +41,6 @@ from focal_plugin.unread_keys import check_read, written_keys
 logger = logging.getLogger("focal_plugin")
 
 RESULTS_FILE = "results.json"
-
-
-def get_focal_cfg() -> CfgNode:
-    """detectron2's default config plus ``MODEL.FOCAL``."""
-    return add_focal_config(get_cfg())
 
 
 def setup_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (), freeze: bool = True) -> CfgNode:

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
+from focal_plugin.config import get_focal_cfg
+from focal_plugin.modeling.config_keys import flat_items
+
 _TWO_STAGE = {
     "MODEL.ROI_HEADS.NUM_CLASSES": "MODEL.RETINANET.NUM_CLASSES",
     "MODEL.ROI_HEADS.NMS_THRESH_TEST": "MODEL.RETINANET.NMS_THRESH_TEST",
@@ -57,13 +60,6 @@ UNREAD: Dict[str, Dict[str, Optional[str]]] = {
 _WRITTEN_ONLY = {"GeneralizedRCNN": ("MODEL.RETINANET",)}
 
 
-def _flat(node, prefix: str = "") -> Dict[str, object]:
-    out: Dict[str, object] = {}
-    for k, v in node.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def written_keys(opts: Sequence[str] = ()) -> Set[str]:
     """The dotted keys of command-line ``KEY VALUE`` overrides."""
     return {str(k) for k in opts[0::2]}
@@ -79,15 +75,11 @@ def check_read(cfg, written: Iterable[str] = ()) -> None:
     """Refuse (``ValueError`` naming the key, its value, the meta-architecture and what works) a
     key set in ``cfg`` that ``cfg.MODEL.META_ARCHITECTURE`` does not read (see the module
     docstring); ``written``: the keys given on the command line."""
-    from detectron2.config import get_cfg
-
-    from focal_plugin.config import add_focal_config
-
     arch = cfg.MODEL.META_ARCHITECTURE
     table = UNREAD.get(arch)
     if not table:
         return
-    values, defaults = _flat(cfg), _flat(add_focal_config(get_cfg()))
+    values, defaults = flat_items(cfg), flat_items(get_focal_cfg())
     written = set(written)
     written_only = _WRITTEN_ONLY.get(arch, ())
     changed: List[str] = [k for k, v in values.items() if k in defaults and v != defaults[k]

@@ -18,23 +18,20 @@ import hashlib
 import json
 from typing import Any, Dict, Optional, Sequence
 
+from focal_plugin.config import get_focal_cfg
+from focal_plugin.modeling.config_keys import flat_items
+
 KEY_LENGTH = 16
 _NOT_IDENTITY = ("OUTPUT_DIR",)
 
 
-def _flat(node: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(node, dict):
-        out: Dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: json.loads(json.dumps(node))}  # tuples as lists, as a YAML file has them
+def _flat(node: Any) -> Dict[str, Any]:
+    # tuples as lists, as a YAML file has them
+    return {k: json.loads(json.dumps(v)) for k, v in flat_items(node).items()}
 
 
 @functools.lru_cache(maxsize=1)
 def _defaults() -> Dict[str, Any]:
-    from focal_plugin.engine import get_focal_cfg
-
     return _flat(get_focal_cfg())
 
 

@@ -8,7 +8,7 @@ helpers only name the ``cfg`` keys an argument came from when a constructor refu
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Dict, Iterator
 
 from focal_plugin.losses import ClassificationLoss, build_classification_loss
 from focal_plugin.losses.modules import loss_class
@@ -20,6 +20,14 @@ def cfg_value(cfg, key: str):
     for part in key.split("."):
         node = node[part]
     return node
+
+
+def flat_items(node, prefix: str = "") -> Dict[str, Any]:
+    """``{"A.B.C": value}`` for every leaf of ``node`` (a ``CfgNode`` or nested dict)."""
+    out: Dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(flat_items(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 @contextlib.contextmanager

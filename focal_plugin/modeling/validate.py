@@ -11,9 +11,9 @@ Every error names the config key and its value: "cfg.MODEL.FOCAL.GAMMA = -1.0: .
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
+from focal_plugin.config import get_focal_cfg
 from focal_plugin.init import build_initializer
 from focal_plugin.losses import LOSS_REGISTRY
 from focal_plugin.modeling.config_keys import build_loss_from_cfg, cfg_value, config_keys
@@ -34,21 +34,12 @@ def check_normalizer(normalizer: Any) -> None:
         raise ValueError(f"normalizer = {normalizer!r} is invalid: expected one of {list(NORMALIZERS)}")
 
 
-@functools.lru_cache(maxsize=1)
-def _focal_defaults():
-    from detectron2.config import get_cfg
-
-    from focal_plugin.config import add_focal_config
-
-    return add_focal_config(get_cfg()).MODEL.FOCAL
-
-
 def _check_read(cfg, loss) -> None:
     """A ``MODEL.FOCAL`` value changed from its default that this config's model would not read
     is refused, naming what reads it: a hyperparameter the loss has none of (GAMMA with
     "sigmoid_ce"), the OHEM sizes while OHEM is off. (PRIOR_PROB with an initializer that sets no
     prior: the initializer's own rule.)"""
-    focal, defaults = cfg.MODEL.FOCAL, _focal_defaults()
+    focal, defaults = cfg.MODEL.FOCAL, get_focal_cfg().MODEL.FOCAL
     for key in _LOSS_HYPERPARAMETERS:
         if key.lower() not in loss.hyperparameters and focal[key] != defaults[key]:
             readers = sorted(k for k, c in LOSS_REGISTRY if key.lower() in c.hyperparameters)
