@@ -24,7 +24,7 @@ from detectron2.data import (
 )
 from detectron2.data.build import _test_loader_from_config, _train_loader_from_config
 from detectron2.data.common import DatasetFromList
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, TrainerBase
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -295,7 +295,9 @@ class Trainer(DefaultTrainer):
         return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+        # TrainerBase's (iteration, hooks), not DefaultTrainer's: later detectron2 versions' one
+        # reads state_dict["_trainer"] unconditionally (KeyError for a checkpoint without it)
+        TrainerBase.load_state_dict(self, state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
             return

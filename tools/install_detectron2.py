@@ -17,6 +17,12 @@ The repairs, each for one reason:
   * bare ``np.bool``/``np.int``/``np.float`` -> builtins: removed in numpy >= 1.24.
   * ``model_zoo`` without ``pkg_resources``: setuptools >= 81 no longer ships it.
 
+Either way the detectron2 left in the environment is then checked (``SMOKE``: the modules
+focal_plugin uses and a model-zoo config, in a fresh interpreter). A kept detectron2 gets the one
+environment repair a source build needs, ``setuptools<81`` when its ``model_zoo`` imports the
+``pkg_resources`` that setuptools >= 81 dropped; its files are never edited. A detectron2 that still
+does not work stops the set-up with the error and what to do.
+
 Only the standard library is used, so this runs before anything else is installed.
 """
 
@@ -95,6 +101,21 @@ PKG_RESOURCES_SHIM = (
     "    def resource_filename(package, resource):\n"
     "        return str(_resources.files(package).joinpath(resource))\n"
 )
+#: Run in a fresh interpreter: what focal_plugin imports from detectron2, and a model-zoo config
+#: (model_zoo resolves its files with pkg_resources in every detectron2 release so far).
+SMOKE = (
+    "import detectron2.data, detectron2.engine, detectron2.evaluation, detectron2.modeling\n"
+    "from detectron2 import model_zoo\n"
+    "from detectron2.config import get_cfg\n"
+    "get_cfg().merge_from_file(model_zoo.get_config_file('COCO-Detection/retinanet_R_50_FPN_1x.yaml'))\n"
+)
+#: An error of the smoke test -> (the repair's pip requirement, its one-line reason).
+ENV_REPAIRS = {
+    "No module named 'pkg_resources'": (
+        "setuptools<81",
+        "detectron2.model_zoo imports pkg_resources, which setuptools >= 81 no longer ships",
+    ),
+}
 # The sdist's install_requires, minus what only packaging/caffe2 export/formatting needs
 # (future, pydot, black==21.4b2 — black is imported lazily by LazyConfig.save only).
 RUNTIME_REQUIRES = [
@@ -246,6 +267,36 @@ def build_wheel(sdist: bytes, out_dir: str) -> str:
     return wheel_path
 
 
+def smoke_test(python: str = sys.executable) -> str | None:
+    """None when the detectron2 seen by ``python`` passes ``SMOKE``, else its error's last line."""
+    run = subprocess.run([python, "-c", SMOKE], capture_output=True, text=True)
+    if run.returncode == 0:
+        return None
+    lines = run.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit status {run.returncode}"
+
+
+def ensure_working(where: str, python: str = sys.executable) -> None:
+    """Apply the ``ENV_REPAIRS`` the smoke test asks for; SystemExit if detectron2 still fails."""
+    error = smoke_test(python)
+    tried = set()
+    while error is not None:
+        repair = next((r for msg, r in ENV_REPAIRS.items() if msg in error and msg not in tried), None)
+        if repair is None:
+            raise SystemExit(
+                f"[install_detectron2] the detectron2 at {where} does not work here: {error}\n"
+                f"(checked with: {python} -c {SMOKE!r}). Repair it, or remove it "
+                f"(`{python} -m pip uninstall detectron2`) and run this installer again to get "
+                "detectron2 v0.6's Python tree."
+            )
+        tried.update(msg for msg, r in ENV_REPAIRS.items() if r == repair)
+        requirement, reason = repair
+        print(f"[install_detectron2] installing {requirement!r}: {reason}", flush=True)
+        subprocess.check_call([python, "-m", "pip", "install", "--quiet", requirement])
+        error = smoke_test(python)
+    print(f"[install_detectron2] detectron2 at {where} works (model_zoo, modeling, engine, evaluation)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="reinstall even if detectron2 imports")
@@ -260,6 +311,7 @@ def main() -> int:
     if where and not args.force:
         if not built_by_older_installer(where):
             print(f"[install_detectron2] keeping the detectron2 found at {where}")
+            ensure_working(where)
             return 0
         print(f"[install_detectron2] {where} was built by an older installer: rebuilding it")
         args.force = True
@@ -272,6 +324,7 @@ def main() -> int:
         print("[install_detectron2] " + " ".join(cmd[2:]), flush=True)
         subprocess.check_call(cmd)
     print("[install_detectron2] installed pb1-detectron2 0.6 (pure Python, no detectron2._C)")
+    ensure_working(detectron2_present() or "site-packages")
     return 0
 
 

@@ -7,6 +7,8 @@ import os
 import tarfile
 import zipfile
 
+import pytest
+
 from helpers import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,3 +58,52 @@ def test_wheel_has_python_tree_metadata_and_valid_record(tmp_path):
 
 def test_detectron2_is_detected_when_importable():
     assert _installer().detectron2_present() is not None
+
+
+def test_the_detectron2_of_this_environment_passes_the_smoke_test():
+    assert _installer().smoke_test() is None
+
+
+def _fake_detectron2(root, model_zoo_source: str) -> dict:
+    """A PYTHONPATH holding a detectron2 whose model_zoo runs ``model_zoo_source``."""
+    pkg = root / "detectron2"
+    for sub in ("data", "engine", "evaluation", "modeling", "config"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("def get_cfg(): pass\n" if sub == "config" else "")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "model_zoo.py").write_text(model_zoo_source)
+    return {**os.environ, "PYTHONPATH": str(root)}
+
+
+def test_a_broken_detectron2_is_reported_with_its_error(tmp_path, monkeypatch):
+    inst = _installer()
+    env = _fake_detectron2(tmp_path, "import pkg_resources_gone_for_this_test\n")
+    real_run = inst.subprocess.run
+    monkeypatch.setattr(inst.subprocess, "run", lambda *a, **k: real_run(*a, **k, env=env))
+    assert inst.smoke_test() == "ModuleNotFoundError: No module named 'pkg_resources_gone_for_this_test'"
+
+
+def test_a_kept_detectron2_without_pkg_resources_gets_setuptools_below_81(monkeypatch):
+    inst = _installer()
+    errors = iter(["ModuleNotFoundError: No module named 'pkg_resources'", None])
+    installed = []
+    monkeypatch.setattr(inst, "smoke_test", lambda python=None: next(errors))
+    monkeypatch.setattr(inst.subprocess, "check_call", lambda cmd: installed.append(cmd[-1]))
+    inst.ensure_working("/src/detectron2")
+    assert installed == ["setuptools<81"]
+
+
+def test_a_detectron2_that_stays_broken_stops_the_set_up_naming_the_error(monkeypatch):
+    inst = _installer()
+    installed = []
+    error = "ModuleNotFoundError: No module named 'pkg_resources'"
+    monkeypatch.setattr(inst, "smoke_test", lambda python=None: error)
+    monkeypatch.setattr(inst.subprocess, "check_call", lambda cmd: installed.append(cmd[-1]))
+    expected = r"(?s)/src/detectron2 does not work here: .*pkg_resources.*uninstall"
+    with pytest.raises(SystemExit, match=expected):
+        inst.ensure_working("/src/detectron2")
+    assert installed == ["setuptools<81"]  # one try, no loop
+    monkeypatch.setattr(inst, "smoke_test", lambda python=None: "ImportError: cannot import name 'X'")
+    with pytest.raises(SystemExit, match="cannot import name 'X'"):
+        inst.ensure_working("/src/detectron2")
+    assert installed == ["setuptools<81"]  # no repair for an unknown error
