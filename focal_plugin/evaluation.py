@@ -37,6 +37,8 @@ from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.file_io import PathManager
 
+from focal_plugin.data.catalog import coco_file
+
 logger = logging.getLogger(__name__)
 
 #: COCO's area ranges (pixels^2) of APs / APm / APl
@@ -70,7 +72,7 @@ class FocalCOCOEvaluator(COCOEvaluator):
         self.backend = resolve_eval_backend(backend)
         meta = MetadataCatalog.get(dataset_name)
         output_dir = kwargs.get("output_dir", args[2] if len(args) > 2 else None)
-        converted = not hasattr(meta, "json_file") and bool(output_dir)
+        converted = coco_file(dataset_name) is None and bool(output_dir)
         if converted:
             # detectron2 would store its converted file's path in the process-wide metadata (every
             # later evaluator of the name then reads that file, even once its folder is deleted) and

@@ -34,7 +34,9 @@ def _dataset_identity(name: str) -> Dict[str, Any]:
     meta = MetadataCatalog.get(name)
     out: Dict[str, Any] = {"classes": list(meta.get("thing_classes") or []),
                            "fingerprint": meta.get("fingerprint")}
-    if not out["fingerprint"] and meta.get("json_file") and os.path.isfile(meta.json_file):
+    # a merged view's file is written from its source's on load: the source identifies it
+    if not out["fingerprint"] and not meta.get("merged_from") and meta.get("json_file") \
+            and os.path.isfile(meta.json_file):
         out.update(json_file=meta.json_file, json_mtime=os.path.getmtime(meta.json_file))
     if meta.get("merged_from"):
         out["from"] = _dataset_identity(meta.merged_from)

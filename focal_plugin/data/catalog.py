@@ -5,9 +5,11 @@ A dataset lives in ``<root>/dense_shapes/<preset>-<fingerprint>/`` (``root``:
 manifest last, and renamed into place, under an ``fcntl`` lock so that concurrent processes
 generate it once. Each use verifies it against its manifest; a corrupt one is regenerated.
 
-Registration generates nothing; ``DatasetCatalog.get`` generates on first use. The metadata has
-no ``json_file``: detectron2's ``COCOEvaluator`` writes the COCO file it needs from the
-registered dicts (``convert_to_coco_json``), as for any dataset in detectron2's format.
+Registration generates nothing; ``DatasetCatalog.get`` generates on first use and records in the
+metadata the COCO file it read (``json_file``, ``image_root``, as ``register_coco_instances`` does),
+so that detectron2's ``COCOEvaluator`` evaluates against that file, as for COCO itself. They are
+recorded on load, not at registration, because the root (``$DETECTRON2_DATASETS``) is the one at
+the time of use. A merged-class view writes its relabelled COCO file beside its source's.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from focal_plugin.data.synthetic import (
     coco_dict,
     get_config,
 )
-from focal_plugin.io import atomic_dir
+from focal_plugin.io import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -283,6 +285,26 @@ def _register(name: str, load, **metadata: Any) -> None:
     MetadataCatalog.get(name).set(evaluator_type="coco", registered_by=_MARKER, **metadata)
 
 
+def _record_files(name: str, json_file: PathLike, image_root: PathLike) -> None:
+    """Set ``name``'s ``json_file`` / ``image_root`` metadata (replacing other values: detectron2's
+    ``Metadata`` refuses to change a set attribute, and the root may differ between loads)."""
+    meta = MetadataCatalog.get(name)
+    for key, value in (("json_file", str(json_file)), ("image_root", str(image_root))):
+        if meta.get(key) != value:
+            if hasattr(meta, key):
+                delattr(meta, key)
+            setattr(meta, key, value)
+
+
+def coco_file(name: str) -> Optional[str]:
+    """The COCO file registered dataset ``name`` is read from (its ``json_file`` metadata), or None.
+    A dataset registered here records it when loaded: it is loaded first if it has not been."""
+    meta = MetadataCatalog.get(name)
+    if not meta.get("json_file") and meta.get("registered_by") == _MARKER:
+        DatasetCatalog.get(name)
+    return meta.get("json_file")
+
+
 def register_dense_shapes(name: str, config: ConfigLike, split: str, root: Optional[PathLike] = None) -> None:
     """Register split ``split`` of ``config`` as ``name`` (idempotent; cheap: nothing generated).
 
@@ -296,7 +318,10 @@ def register_dense_shapes(name: str, config: ConfigLike, split: str, root: Optio
 
     def load() -> List[Dict[str, Any]]:
         prepare_dataset(config, root)
-        return load_coco_dicts(*split_paths(config, split, root), name)
+        json_file, image_root = split_paths(config, split, root)
+        dicts = load_coco_dicts(json_file, image_root, name)
+        _record_files(name, json_file, image_root)
+        return dicts
 
     classes = config.thing_classes()
     _register(name, load, thing_classes=classes, preset=config.name, split=split,
@@ -326,12 +351,36 @@ def register_merged_classes(name: str, source: str, num_classes: int) -> None:
     merged = ["|".join(classes[k::num_classes]) for k in range(num_classes)]
 
     def load() -> List[Dict[str, Any]]:
-        return [dict(r, annotations=[dict(a, category_id=a["category_id"] % num_classes)
-                                     for a in r["annotations"]])
-                for r in DatasetCatalog.get(source)]
+        dicts = [dict(r, annotations=[dict(a, category_id=a["category_id"] % num_classes)
+                                      for a in r["annotations"]])
+                 for r in DatasetCatalog.get(source)]
+        source_meta = MetadataCatalog.get(source)
+        if source_meta.get("json_file"):  # a source read from a COCO file: so is the view
+            json_file = _write_merged_json(source_meta, num_classes, merged)
+            _record_files(name, json_file, source_meta.image_root)
+        return dicts
 
     _register(name, load, thing_classes=merged, merged_from=source,
               thing_dataset_id_to_contiguous_id={k + 1: k for k in range(num_classes)})
+
+
+def _write_merged_json(source_meta, num_classes: int, merged: List[str]) -> Path:
+    """``source_meta.json_file`` relabelled as :func:`register_merged_classes` does (category id of
+    merged class ``k`` is ``k + 1``), written atomically beside it as ``<stem>_c<num_classes>.json``."""
+    source_json = Path(source_meta.json_file)
+    coco = json.loads(source_json.read_text())
+    to_contiguous = source_meta.thing_dataset_id_to_contiguous_id
+    for a in coco["annotations"]:
+        a["category_id"] = to_contiguous[a["category_id"]] % num_classes + 1
+    coco["categories"] = [{"id": k + 1, "name": n} for k, n in enumerate(merged)]
+    path = source_json.with_name(f"{source_json.stem}_c{num_classes}.json")
+    try:
+        unchanged = json.loads(path.read_text()) == coco
+    except (OSError, ValueError):
+        unchanged = False
+    if not unchanged:  # written once per content, not per load
+        write_json_atomic(path, coco, indent=None)
+    return path
 
 
 def register_coco_json(name: str, json_file: PathLike, image_root: PathLike,

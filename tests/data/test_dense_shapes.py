@@ -276,8 +276,9 @@ def test_dataset_catalog_get_returns_detectron2_dicts(tiny_registered):
 
 
 def test_coco_evaluator_converts_and_generates_on_first_use(tiny_registered, tmp_path):
-    """No json_file in the metadata: detectron2's COCOEvaluator writes the COCO file from the
-    registered dicts (generating the dataset first); the ground truth scores AP 100."""
+    """Built before any load (no json_file in the metadata yet), detectron2's COCOEvaluator loads the
+    registered dicts (generating the dataset first), which records the file; the ground truth
+    scores AP 100."""
     from detectron2.evaluation import COCOEvaluator
     from detectron2.structures import Boxes, Instances
 
@@ -293,6 +294,98 @@ def test_coco_evaluator_converts_and_generates_on_first_use(tiny_registered, tmp
                          pred_classes=torch.tensor([a["category_id"] for a in d["annotations"]]).long())
         evaluator.process([d], [{"instances": inst}])
     assert evaluator.evaluate()["bbox"]["AP"] == pytest.approx(100.0)
+    assert MetadataCatalog.get(name).json_file == str(catalog.split_paths(TINY, "val", tmp_path / "root")[0])
+
+
+def _noisy_predictions(dicts, seed=0):
+    """Per record, the ground truth shifted by a few pixels with random scores and some wrong classes,
+    plus as many random boxes: APs strictly between 0 and 100."""
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    outputs = []
+    for d in dicts:
+        gt = torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                           for a in d["annotations"]]).reshape(-1, 4)
+        noise = torch.rand(len(gt), 4, generator=g) * 8 - 4
+        rand = torch.rand(len(gt), 2, generator=g) * 60
+        boxes = torch.cat([gt + noise, torch.cat([rand, rand + 20], dim=1)])
+        classes = torch.tensor([a["category_id"] for a in d["annotations"]] * 2).long()
+        classes[torch.rand(len(classes), generator=g) < 0.2] = 0
+        inst = Instances((d["height"], d["width"]), pred_boxes=Boxes(boxes),
+                         scores=torch.rand(len(boxes), generator=g), pred_classes=classes)
+        outputs.append({"instances": inst})
+    return outputs
+
+
+def _evaluate(evaluator, dicts, outputs):
+    evaluator.reset()
+    for d, out in zip(dicts, outputs):
+        evaluator.process([d], [out])
+    return evaluator.evaluate()["bbox"]
+
+
+def test_loading_records_the_coco_file_so_detectron2s_evaluator_needs_no_output_dir(d2_root, monkeypatch):
+    """As detectron2's tools/lazyconfig_train_net.py does: the test loader loads the dicts, then a
+    plain COCOEvaluator (no output_dir) is built; it reads the dataset's own COCO file."""
+    from detectron2.evaluation import COCOEvaluator
+
+    name = "focal_test_tiny_json_val"
+    catalog.register_dense_shapes(name, TINY, "val")
+    try:
+        assert MetadataCatalog.get(name).get("json_file") is None  # registration reads no disk
+        dicts = DatasetCatalog.get(name)
+        json_file, image_root = catalog.split_paths(TINY, "val")
+        meta = MetadataCatalog.get(name)
+        assert (meta.json_file, meta.image_root) == (str(json_file), str(image_root))
+        assert json_file.is_file() and str(json_file).startswith(str(d2_root))
+        ap = _evaluate(COCOEvaluator(name, tasks=("bbox",), use_fast_impl=False), dicts,
+                       _noisy_predictions(dicts))["AP"]
+        assert 0 < ap < 100
+        # the root is the one of the load: another $DETECTRON2_DATASETS, another file
+        monkeypatch.setenv("DETECTRON2_DATASETS", str(d2_root / "other"))
+        DatasetCatalog.get(name)
+        assert MetadataCatalog.get(name).json_file == str(catalog.split_paths(TINY, "val")[0])
+        assert MetadataCatalog.get(name).json_file.startswith(str(d2_root / "other"))
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_evaluating_against_the_coco_file_gives_the_same_metrics_as_converting_the_dicts(d2_root, tmp_path):
+    """The evaluation our cells did before the file was recorded (the dicts converted to COCO) and
+    the one they do now (the generator's own file) agree to the last digit, merged views included."""
+    from focal_plugin.evaluation import FocalCOCOEvaluator
+
+    names = ["focal_test_tiny_eq_val", "focal_test_tiny_eq_c2_val"]
+    catalog.register_dense_shapes(names[0], TINY, "val")
+    catalog.register_merged_classes(names[1], names[0], 2)
+    try:
+        for name in names:
+            dicts = DatasetCatalog.get(name)
+            outputs = _noisy_predictions(dicts, seed=len(name))
+            plain = f"{name}_from_dicts"  # the same dicts, registered with no file behind them
+            DatasetCatalog.register(plain, lambda d=dicts: d)
+            MetadataCatalog.get(plain).set(**{k: v for k, v in MetadataCatalog.get(name).as_dict().items()
+                                              if k not in ("name", "json_file", "image_root")})
+            try:
+                from_file = FocalCOCOEvaluator(name, tasks=("bbox",), output_dir=str(tmp_path / name))
+                converted = FocalCOCOEvaluator(plain, tasks=("bbox",), output_dir=str(tmp_path / plain))
+                assert from_file._json_file == MetadataCatalog.get(name).json_file
+                assert converted._json_file.startswith(str(tmp_path / plain))
+                a, b = _evaluate(from_file, dicts, outputs), _evaluate(converted, dicts, outputs)
+                np.testing.assert_equal(a, b)  # to the last digit (NaN where a size range is empty)
+                assert 0 < a["AP"] < 100
+            finally:
+                DatasetCatalog.remove(plain)
+                MetadataCatalog.remove(plain)
+        merged_file = Path(MetadataCatalog.get(names[1]).json_file)
+        assert merged_file.name == "instances_val_c2.json"
+        assert merged_file.parent == catalog.split_paths(TINY, "val")[0].parent
+    finally:
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
 
 
 def test_builtin_names_are_registered_lazily(d2_root):
