@@ -4,6 +4,7 @@
     python benchmarks/bench_inference.py                       # R50 and R101, scales 400..800
     python benchmarks/bench_inference.py --quick               # R50, scales 400 and 800
     python benchmarks/bench_inference.py --images 20           # more timed images per cell
+    python benchmarks/bench_inference.py --quick --amp         # also FocalRetinaNet with TEST.AMP
 
 The data behind the paper's Table 1e and speed/accuracy plot: ms per image at batch 1 (the whole
 ``model([input])`` call: normalisation, backbone, head, decoding, NMS, rescaling), for
@@ -16,6 +17,9 @@ with the ratio FocalRetinaNet / RetinaNet (goal <= 1.0).
 Post-processing: random weights put no score above detectron2's 0.05 threshold, which would time
 an empty decode. ``--score-thresh`` (default 0.0) makes every level hand its top 1000 candidates
 (``TOPK_CANDIDATES_TEST``) to NMS, the most post-processing a trained model can cost.
+
+``--amp`` adds a third model, FocalRetinaNet with ``TEST.AMP.ENABLED`` (bfloat16 on the CPU, float16
+on CUDA; same weights), timed in the same round-robin, and prints its ratio to the float32 one.
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ from focal_plugin.engine import get_focal_cfg  # noqa: E402
 from focal_plugin.io import write_json_atomic  # noqa: E402
 
 ARCHS = {"d2": "RetinaNet", "focal": "FocalRetinaNet"}
+AMP_ARCH = {"focal_amp": "FocalRetinaNet"}  # with TEST.AMP.ENABLED (--amp)
 
 
 def make_cfg(depth: int, arch: str, score_thresh: float, device: str):
     cfg = get_focal_cfg()
+    cfg.TEST.AMP.ENABLED = arch == "focal_amp"
     cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                      "configs", "Base-FocalRetinaNet.yaml"))
     cfg.MODEL.DEVICE = device
@@ -52,15 +58,15 @@ def make_cfg(depth: int, arch: str, score_thresh: float, device: str):
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = score_thresh
     # identical anchors for both: explicit sizes (detectron2's RetinaNet ignores MODEL.FOCAL)
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[b * 2 ** (k / 3) for k in range(3)] for b in (32, 64, 128, 256, 512)]
-    cfg.MODEL.META_ARCHITECTURE = ARCHS[arch]
+    cfg.MODEL.META_ARCHITECTURE = {**ARCHS, **AMP_ARCH}[arch]
     return cfg
 
 
-def build_pair(depth: int, score_thresh: float, device: str):
+def build_pair(depth: int, score_thresh: float, device: str, amp: bool = False):
     torch.manual_seed(0)
     models = {}
     state = None
-    for arch in ARCHS:
+    for arch in [*ARCHS, *(["focal_amp"] if amp else [])]:
         model = build_model(make_cfg(depth, arch, score_thresh, device)).eval()
         if state is None:
             state = model.state_dict()
@@ -111,6 +117,7 @@ def main(argv=None) -> None:
     parser.add_argument("--score-thresh", type=float, default=0.0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--amp", action="store_true", help="also FocalRetinaNet with TEST.AMP.ENABLED")
     args = parser.parse_args(argv)
     gpu = args.device.startswith("cuda")
     depths = [int(d) for d in (args.depths or ("50" if args.quick else "50,101")).split(",")]
@@ -121,21 +128,31 @@ def main(argv=None) -> None:
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"score threshold {args.score_thresh}, {images} timed images per cell after {warmup} warm-up, "
           f"load average at start {os.getloadavg()[0]:.2f}")
+    amp_cols = f" {'AMP ms/img':>11s} {'AMP/fp32':>9s}" if args.amp else ""
     print(f"\n{'model':10s} {'scale':>6s} {'RetinaNet ms/img':>17s} {'FocalRetinaNet ms/img':>22s} "
-          f"{'ratio':>7s}")
+          f"{'ratio':>7s}{amp_cols}")
     results = []
     for depth in depths:
-        models = build_pair(depth, args.score_thresh, args.device)
+        models = build_pair(depth, args.score_thresh, args.device, args.amp)
         for scale in scales:
             ms = run_cell(models, scale, warmup, images)
             ratio = ms["focal"] / ms["d2"]
             results.append({"depth": depth, "scale": scale, "d2_ms": ms["d2"], "focal_ms": ms["focal"],
                             "ratio": ratio})
-            print(f"R{depth}-FPN   {scale:6d} {ms['d2']:17.1f} {ms['focal']:22.1f} {ratio:7.3f}", flush=True)
+            amp = ""
+            if args.amp:
+                results[-1].update(amp_ms=ms["focal_amp"], amp_ratio=ms["focal_amp"] / ms["focal"])
+                amp = f" {ms['focal_amp']:11.1f} {results[-1]['amp_ratio']:9.3f}"
+            print(f"R{depth}-FPN   {scale:6d} {ms['d2']:17.1f} {ms['focal']:22.1f} {ratio:7.3f}{amp}",
+                  flush=True)
         del models
     ratios = [r["ratio"] for r in results]
     print(f"RATIO FocalRetinaNet / RetinaNet inference: median {statistics.median(ratios):.3f} "
           f"(range {min(ratios):.3f}-{max(ratios):.3f}) over {len(ratios)} cells")
+    if args.amp:
+        amp = [r["amp_ratio"] for r in results]
+        print(f"RATIO FocalRetinaNet TEST.AMP / float32 inference: median {statistics.median(amp):.3f} "
+              f"(range {min(amp):.3f}-{max(amp):.3f}) over {len(amp)} cells")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     if args.json:
         write_json_atomic(args.json, {"device": args.device, "images": images, "results": results}, indent=1)

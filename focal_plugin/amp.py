@@ -5,11 +5,15 @@ picks the autocast dtype: ``auto`` = bfloat16 on the CPU (fast on CPUs with AVX-
 float16 on CUDA (detectron2's choice); ``bfloat16`` anywhere; ``float16`` on CUDA only (the CPU
 has no fast float16 kernels). float16 scales the loss (``torch.amp.GradScaler``); bfloat16 has
 float32's exponent range and needs no scaling. FocalRetinaNet computes its losses in float32
-whatever the precision (``FocalRetinaNet.losses``). Inference is not autocast.
+whatever the precision (``FocalRetinaNet.losses``).
+
+Inference has its own key, ``TEST.AMP.ENABLED`` / ``TEST.AMP.PRECISION`` (same values): FocalRetinaNet
+runs its backbone and head under autocast and its scores, box decoding and NMS in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Dict, Optional
 
@@ -20,23 +24,38 @@ from detectron2.engine import AMPTrainer
 PRECISIONS = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def amp_dtype(cfg: CfgNode) -> Optional[torch.dtype]:
-    """The autocast dtype of ``cfg`` (None: AMP off). Raises ``ValueError`` naming
-    ``SOLVER.AMP.PRECISION`` for an unknown value, float16 on the CPU, or a precision set while
-    ``SOLVER.AMP.ENABLED`` is False (it would have no effect)."""
-    precision, cuda = cfg.SOLVER.AMP.PRECISION, cfg.MODEL.DEVICE.startswith("cuda")
+def amp_dtype(cfg: CfgNode, node: str = "SOLVER") -> Optional[torch.dtype]:
+    """The autocast dtype of ``cfg.<node>.AMP`` (``SOLVER``: training, ``TEST``: inference; None:
+    AMP off). Raises ``ValueError`` naming ``<node>.AMP.PRECISION`` for an unknown value, float16
+    on the CPU, or a precision set while ``<node>.AMP.ENABLED`` is False (it would have no effect)."""
+    amp, cuda, key = cfg[node].AMP, cfg.MODEL.DEVICE.startswith("cuda"), f"cfg.{node}.AMP"
+    precision = amp.PRECISION
     if precision != "auto" and precision not in PRECISIONS:
-        raise ValueError(f"cfg.SOLVER.AMP.PRECISION = {precision!r}: expected 'auto' or one of "
-                         f"{list(PRECISIONS)}")
-    if not cfg.SOLVER.AMP.ENABLED:
+        raise ValueError(f"{key}.PRECISION = {precision!r}: expected 'auto' or one of {list(PRECISIONS)}")
+    if not amp.ENABLED:
         if precision != "auto":
-            raise ValueError(f"cfg.SOLVER.AMP.PRECISION = {precision!r} has no effect while "
-                             "cfg.SOLVER.AMP.ENABLED is False: enable AMP or leave the precision at 'auto'")
+            raise ValueError(f"{key}.PRECISION = {precision!r} has no effect while {key}.ENABLED is "
+                             "False: enable AMP or leave the precision at 'auto'")
         return None
     if precision == "float16" and not cuda:
-        raise ValueError(f"cfg.SOLVER.AMP.PRECISION = 'float16' needs CUDA (cfg.MODEL.DEVICE = "
+        raise ValueError(f"{key}.PRECISION = 'float16' needs CUDA (cfg.MODEL.DEVICE = "
                          f"{cfg.MODEL.DEVICE!r}): use 'bfloat16' or 'auto' on the CPU")
     return PRECISIONS.get(precision, torch.float16 if cuda else torch.bfloat16)
+
+
+def precision_name(dtype: Optional[torch.dtype]) -> Optional[str]:
+    """The :data:`PRECISIONS` name of ``dtype`` (None for None)."""
+    return None if dtype is None else next(k for k, v in PRECISIONS.items() if v is dtype)
+
+
+def inference_autocast(device: torch.device, precision: Optional[str]):
+    """``torch.autocast`` in ``precision`` (a :data:`PRECISIONS` name) on ``device``'s type, or a
+    no-op context for None (an autocast the caller opened stays in force)."""
+    if precision is None:
+        return contextlib.nullcontext()
+    if precision not in PRECISIONS:
+        raise ValueError(f"test_precision = {precision!r}: expected None or one of {list(PRECISIONS)}")
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
 
 
 class MixedPrecisionTrainer(AMPTrainer):

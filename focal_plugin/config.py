@@ -65,6 +65,12 @@ def add_focal_config(cfg: CN) -> CN:
     # CUDA; "bfloat16"; "float16" (CUDA only). Losses stay float32. See focal_plugin.amp.
     if "PRECISION" not in _C.SOLVER.AMP:
         _C.SOLVER.AMP.PRECISION = "auto"
+    # Inference under autocast (a key detectron2 does not have): backbone and head in
+    # TEST.AMP.PRECISION (as SOLVER.AMP.PRECISION: "auto" = bfloat16 on the CPU, float16 on CUDA),
+    # scores, box decoding and NMS in float32. Read by FocalRetinaNet's forward at inference (so by
+    # evaluation, tools/predict.py and detectron2's DefaultPredictor alike). See focal_plugin.amp.
+    if "AMP" not in _C.TEST:
+        _C.TEST.AMP = CN({"ENABLED": False, "PRECISION": "auto"})
     # MiB of frozen bottom-up features kept per process, so that an input seen before (the same
     # image and flip) is not recomputed: exactly the same tensors, a cheaper step when the whole
     # bottom-up network is frozen (FREEZE_AT covering every stage, FrozenBN); 0 = off. Read by

@@ -119,6 +119,7 @@ def check_config(cfg: CfgNode, written: Iterable[str] = ()) -> None:
     check_focal_config(cfg)
     check_read(cfg, written)
     amp_dtype(cfg)
+    amp_dtype(cfg, "TEST")
     _check_feature_cache(cfg)
     try:
         resolve_eval_backend(cfg.TEST.COCO_EVAL_BACKEND)

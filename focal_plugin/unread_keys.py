@@ -6,7 +6,8 @@ Under FocalRetinaNet and detectron2's RetinaNet nothing reads the two-stage keys
 ``MODEL.ROI_HEADS``, ``MODEL.ROI_BOX_HEAD``, ``MODEL.PROPOSAL_GENERATOR``); FocalRetinaNet takes
 its loss and prior from ``MODEL.FOCAL`` instead of ``MODEL.RETINANET.FOCAL_LOSS_*`` /
 ``PRIOR_PROB``; detectron2's RetinaNet and GeneralizedRCNN read no ``MODEL.FOCAL``;
-GeneralizedRCNN reads no ``MODEL.RETINANET``. Other meta-architectures (a user's own, which may
+GeneralizedRCNN reads no ``MODEL.RETINANET``; only FocalRetinaNet reads ``TEST.AMP`` (inference
+autocast, a key of ours). Other meta-architectures (a user's own, which may
 read ``MODEL.FOCAL`` through our losses) are left alone.
 
 What counts as set: a value that differs from the defaults (detectron2's plus ``MODEL.FOCAL``'s)
@@ -46,10 +47,12 @@ UNREAD: Dict[str, Dict[str, Optional[str]]] = {
         "MODEL.FOCAL.ALPHA": "MODEL.RETINANET.FOCAL_LOSS_ALPHA",
         "MODEL.FOCAL.PRIOR_PROB": "MODEL.RETINANET.PRIOR_PROB",
         "MODEL.FOCAL": "MODEL.META_ARCHITECTURE 'FocalRetinaNet'",
+        "TEST.AMP": "MODEL.META_ARCHITECTURE 'FocalRetinaNet'",
         **_TWO_STAGE,
     },
     "GeneralizedRCNN": {
         "MODEL.FOCAL": None,
+        "TEST.AMP": None,
         "MODEL.RETINANET.NUM_CLASSES": "MODEL.ROI_HEADS.NUM_CLASSES",
         "MODEL.RETINANET.NMS_THRESH_TEST": "MODEL.ROI_HEADS.NMS_THRESH_TEST",
         "MODEL.RETINANET.SCORE_THRESH_TEST": "MODEL.ROI_HEADS.SCORE_THRESH_TEST",

@@ -27,15 +27,53 @@ def test_precision_on_the_cpu(opts, dtype):
     assert amp_dtype(engine.setup_cfg(SMOKE, opts)) is dtype
 
 
+@pytest.mark.parametrize("node", ["SOLVER", "TEST"])
 @pytest.mark.parametrize("opts, words", [
-    (["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "float16"], "'float16' needs CUDA"),
-    (["SOLVER.AMP.PRECISION", "bfloat16"], "has no effect while cfg.SOLVER.AMP.ENABLED is False"),
-    (["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "half"], "expected 'auto' or one of"),
+    (["{n}.AMP.ENABLED", "True", "{n}.AMP.PRECISION", "float16"], "'float16' needs CUDA"),
+    (["{n}.AMP.PRECISION", "bfloat16"], "has no effect while cfg.{n}.AMP.ENABLED is False"),
+    (["{n}.AMP.ENABLED", "True", "{n}.AMP.PRECISION", "half"], "expected 'auto' or one of"),
 ])
-def test_wrong_or_ineffective_precision_is_refused_at_setup(opts, words):
-    with pytest.raises(ValueError, match="cfg.SOLVER.AMP.PRECISION") as info:
-        engine.setup_cfg(SMOKE, opts)
-    assert words in str(info.value)
+def test_wrong_or_ineffective_precision_is_refused_at_setup(node, opts, words):
+    with pytest.raises(ValueError, match=f"cfg.{node}.AMP.PRECISION") as info:
+        engine.setup_cfg(SMOKE, [o.format(n=node) for o in opts])
+    assert words.format(n=node) in str(info.value)
+
+
+def test_inference_amp_is_read_by_focal_retinanet_and_refused_elsewhere():
+    cfg = tiny_cfg()
+    cfg.TEST.AMP.ENABLED = True
+    assert build_model(cfg).test_precision == "bfloat16"
+    assert build_model(tiny_cfg()).test_precision is None
+    for meta in ("RetinaNet", "GeneralizedRCNN"):
+        with pytest.raises(ValueError, match="TEST.AMP.ENABLED"):
+            engine.setup_cfg(SMOKE, ["MODEL.META_ARCHITECTURE", meta, "TEST.AMP.ENABLED", "True"])
+
+
+def test_inference_runs_backbone_and_head_in_bfloat16_and_returns_float32_detections():
+    """TEST.AMP: the head's outputs are bfloat16, the detections float32 and close to the float32
+    model's (the same weights)."""
+    cfg = tiny_cfg()
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0  # every candidate: compare the top scores
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    batch = [{"image": x["image"]} for x in make_batch(2, size=96)]
+    dtypes = []
+    model.head.register_forward_hook(lambda m, i, out: dtypes.append(out[0][0].dtype))
+    with torch.no_grad():
+        ref = model(batch)
+        model.test_precision = "bfloat16"
+        amp = model(batch)
+    assert dtypes == [torch.float32, torch.bfloat16]
+    for r, a in zip(ref, amp):
+        r, a = r["instances"], a["instances"]
+        assert a.scores.dtype == a.pred_boxes.tensor.dtype == torch.float32 and abs(len(a) - len(r)) <= 2
+        # bfloat16 keeps 8 bits of mantissa: top scores agree to a few parts in a hundred (NMS may
+        # keep a box more or less: this random model's boxes overlap)
+        assert torch.allclose(a.scores[:10], r.scores[:10], rtol=0.05, atol=0.01)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the caller's autocast
+        model.test_precision = None
+        model(batch)
+    assert dtypes[-1] == torch.bfloat16  # is left in force when TEST.AMP is off
 
 
 def _model():

@@ -30,6 +30,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from focal_plugin.amp import amp_dtype, inference_autocast, precision_name
 from focal_plugin.losses import ClassificationLoss, build_classification_loss
 from focal_plugin.modeling import fast_ops
 from focal_plugin.modeling.config_keys import build_loss_from_cfg
@@ -79,6 +80,7 @@ class FocalRetinaNet(RetinaNet):
         classification_loss: ClassificationLoss,
         normalizer: str = "num_pos",
         anchor_sampler: Optional[Callable] = None,
+        test_precision: Optional[str] = None,
         **kwargs,
     ):
         """
@@ -90,13 +92,18 @@ class FocalRetinaNet(RetinaNet):
             anchor_sampler: callable(logits (N, R, C), deltas (list of (N, Ri, 4) per level),
                 anchors (list of Boxes per level), gt_labels (N, R)) -> (N, R) bool mask of the
                 anchors entering the classification loss; default: all non-ignored anchors.
+            test_precision: None (float32 inference) or "bfloat16" / "float16": at inference the
+                backbone and head run under ``torch.autocast`` in that dtype, scores, box decoding
+                and NMS in float32 (YAML: ``TEST.AMP``).
             kwargs: everything detectron2's ``RetinaNet`` takes.
         """
         check_normalizer(normalizer)
+        inference_autocast(torch.device("cpu"), test_precision)  # ValueError for an unknown name
         _refuse_unread_focal_args(kwargs)
         super().__init__(**kwargs)
         self.classification_loss = classification_loss
         self.normalizer = normalizer
+        self.test_precision = test_precision
         self.anchor_sampler = anchor_sampler or AllAnchorsSampler()
         self.num_logits = classification_loss.num_logits(self.num_classes)
         self._check_head_matches_loss()
@@ -152,7 +159,14 @@ class FocalRetinaNet(RetinaNet):
             "normalizer": focal.NORMALIZER,
             "anchor_sampler": _ohem_sampler(cfg, classification_loss, box2box_transform)
             if focal.OHEM.ENABLED else None,
+            "test_precision": precision_name(amp_dtype(cfg, "TEST")),
         }
+
+    def forward(self, batched_inputs):
+        # inference AMP: the whole forward is under autocast; forward_inference leaves it at once
+        precision = None if self.training else self.test_precision
+        with inference_autocast(self.device, precision):
+            return super().forward(batched_inputs)
 
     # ----------------------------------------------------------------------------- training
     def forward_training(self, images, features, predictions, gt_instances):
@@ -271,6 +285,13 @@ class FocalRetinaNet(RetinaNet):
 
     # ---------------------------------------------------------------------------- inference
     def forward_inference(self, images: ImageList, features: List[torch.Tensor], predictions):
+        if self.test_precision is not None:  # scores, decoding and NMS in float32 (TEST.AMP)
+            with torch.autocast(self.device.type, enabled=False):
+                predictions = [[x.float() for x in level] for level in predictions]
+                return self._forward_inference(images, features, predictions)
+        return self._forward_inference(images, features, predictions)
+
+    def _forward_inference(self, images: ImageList, features: List[torch.Tensor], predictions):
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
             predictions, [self.num_logits, 4]
         )
