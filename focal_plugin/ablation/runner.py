@@ -25,6 +25,7 @@ from focal_plugin.ablation.cell import (
     CellJob,
     State,
     cell_state,
+    read_status,
     run_cell,
     timing_current,
     train_opts,
@@ -84,6 +85,9 @@ class RunOptions:
     keep_checkpoints: bool = dataclasses.field(default=False, metadata=_opt(
         "keep a finished cell's intermediate checkpoints (default: only model_final.pth stays)"))
     progress: bool = dataclasses.field(default=True, metadata=_opt("no progress bar (one line per cell)"))
+    other_weights: bool = dataclasses.field(default=False, metadata=_opt(
+        "run cells although their MODEL.WEIGHTS have other bytes (sha256) than the finished cells of "
+        "this output folder started from (another build of the backbone: its rows then mix draws)"))
     opts: List[str] = dataclasses.field(default_factory=list, metadata=_opt(
         "KEY VALUE config overrides for every cell (after the flags, as train_net.py takes them)",
         nargs="...", positional=True))
@@ -187,6 +191,45 @@ def check_weights(cells: Sequence[Cell]) -> None:
                             + "\n".join(lines) + hint)
 
 
+class WeightsMismatch(RuntimeError):
+    """Weights a cell would start from differ, by their bytes, from those finished cells recorded."""
+
+
+def check_weight_bytes(cells: Sequence[Cell], cells_root: str) -> None:
+    """Raise :class:`WeightsMismatch` when a ``MODEL.WEIGHTS`` file the cells would start from has
+    other bytes (sha256) than the same URI had for every finished cell under ``cells_root``
+    (``status.json`` ``weights``): a table whose rows started from two builds of one backbone (a
+    ``focal-pretrained://`` recipe trained on another CPU, a file replaced) would compare backbone
+    draws, not its rows. The message names each URI, both digests, cells on each side and the ways
+    on (rebuild and ``tools/pretrain_backbone.py --check``, another ``--output-dir``, or
+    ``--other-weights``). Weights that are not local files (``detectron2://``, URLs) are not checked."""
+    from focal_plugin.pretrain.zoo import PREFIX, file_sha256, resolve
+
+    recorded: Dict[str, Dict[str, List[str]]] = {}
+    for key in sorted(os.listdir(cells_root)) if os.path.isdir(cells_root) else ():
+        status = read_status(os.path.join(cells_root, key))
+        weights = status.get("weights")
+        if weights and State(status.get("state", State.PENDING)).finished:
+            recorded.setdefault(weights["uri"], {}).setdefault(weights["sha256"], []).append(key)
+    bad = []
+    uris = {str(c.definition["identity"].get("MODEL.WEIGHTS") or "") for c in cells}
+    for uri in sorted(uris & set(recorded)):
+        if "://" in uri and not uri.startswith(PREFIX):
+            continue
+        here = file_sha256(resolve(uri) if uri.startswith(PREFIX) else uri)
+        if here not in recorded[uri]:
+            theirs = "; ".join(f"{sha[:16]} ({len(keys)} cell(s): {', '.join(keys[:3])}"
+                               f"{', ...' if len(keys) > 3 else ''})" for sha, keys in recorded[uri].items())
+            bad.append(f"  {uri}: here {here[:16]}, finished cells started from {theirs}")
+    if bad:
+        raise WeightsMismatch(
+            "weights on this machine have other bytes than the finished cells of this output folder "
+            "started from (no cell started):\n" + "\n".join(bad) + "\nA focal-pretrained:// backbone "
+            "built on another CPU differs (tools/pretrain_backbone.py --check <backbones.json> says "
+            "which): bring the recorded file, use another --output-dir, or pass --other-weights to mix "
+            "the two builds in these tables (the report lists every digest).")
+
+
 class Runner:
     """Plans and runs the cells of one spec (see the module docstring)."""
 
@@ -268,7 +311,10 @@ class Runner:
     def _run_locked(self) -> Dict[str, Any]:
         cells = self.cells()
         self.check_definitions(cells)
-        check_weights([c for c in cells if self._needs_run(c)])
+        to_run = [c for c in cells if self._needs_run(c)]
+        check_weights(to_run)
+        if not self.options.other_weights:
+            check_weight_bytes(to_run, os.path.join(self.output_dir, CELLS_DIR))
         for c in cells:
             if not os.path.isfile(os.path.join(c.dir, CELL_FILE)):
                 write_json_atomic(os.path.join(c.dir, CELL_FILE), c.definition)

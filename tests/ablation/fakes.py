@@ -48,7 +48,15 @@ def train(config_file, opts, resume, num_gpus=1):
     return {"metrics": {"fake_val": {"bbox": {"AP": ap, "AP50": ap + 10, "AP75": ap - 1,
                                                "AP-cls0": 1.0}}},
             "iterations": iters - start, "max_iter": iters, "resumed_from_iter": start,
-            "weights": {"uri": "focal-pretrained://fake@%d" % seed, "sha256": "%064d" % seed}}
+            "weights": weights_record(o.get("MODEL.WEIGHTS"), seed)}
+
+
+def weights_record(weights, seed):
+    """The bytes a real cell records: the file given as MODEL.WEIGHTS, else a fake backbone per seed."""
+    if weights and os.path.isfile(weights):
+        import hashlib
+        return {"uri": weights, "sha256": hashlib.sha256(open(weights, "rb").read()).hexdigest()}
+    return {"uri": "focal-pretrained://fake@%d" % seed, "sha256": "%064d" % seed}
 '''
 
 TEST_SPEC = """\

@@ -214,6 +214,37 @@ def test_weights_not_on_this_machine_stop_the_run_before_any_cell(fake_env, monk
     assert set(summary["states"].values()) == {State.DONE}
 
 
+def test_weights_with_other_bytes_than_the_finished_cells_stop_the_run(fake_env):
+    """Another build of the same MODEL.WEIGHTS (a backbone trained on another CPU, a replaced file)
+    is refused before any cell starts, naming the file and both digests; --other-weights runs on
+    and the report then lists both digests; the recorded bytes run as before."""
+    import hashlib
+
+    from focal_plugin.ablation.runner import WeightsMismatch
+
+    weights = fake_env["tmp"] / "backbone.pth"
+    weights.write_bytes(b"build A")
+    opts = ["MODEL.WEIGHTS", str(weights)]
+    first = make_runner(fake_env, seeds=[0], only=["a25"], opts=opts).run()
+    assert set(first["states"].values()) == {State.DONE}
+    weights.write_bytes(b"build B")
+    runner = make_runner(fake_env, seeds=[0, 1], only=["a25"], opts=opts)
+    with pytest.raises(WeightsMismatch) as info:
+        runner.run()
+    digest = {k: hashlib.sha256(v).hexdigest()[:16] for k, v in (("A", b"build A"), ("B", b"build B"))}
+    text = str(info.value)
+    assert f"{weights}: here {digest['B']}, finished cells started from {digest['A']} (1 cell(s)" in text
+    assert "--other-weights" in text and "no cell started" in text
+    assert not os.path.exists(os.path.join(runner.cells()[1].dir, "status.json"))
+
+    summary = make_runner(fake_env, seeds=[0, 1], only=["a25"], opts=opts, other_weights=True).run()
+    assert set(summary["states"].values()) == {State.DONE}
+    md = open(summary["report"]["md"]).read()
+    assert digest["A"] in md and digest["B"] in md  # the mix is in the report
+    weights.write_bytes(b"build A")  # a digest some finished cell recorded: no refusal
+    make_runner(fake_env, seeds=[0, 1, 2], only=["a25"], opts=opts).run()
+
+
 def test_a_timed_table_times_each_cell_once_on_its_final_weights(fake_env, tmp_path, monkeypatch):
     import focal_plugin.analysis.inference_timing as timing
 
