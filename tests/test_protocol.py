@@ -12,6 +12,7 @@ import torch
 
 import focal_plugin  # noqa: F401
 from focal_plugin import pretrain, protocol
+from focal_plugin.collect_env import cpu_name
 from focal_plugin.data import SyntheticConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mini" / "protocol"
@@ -208,6 +209,7 @@ def test_weights_follow_the_run_seed_and_results_record_their_checksum(tiny_reci
     report = json.loads((path.parent / "RECIPE.json").read_text())
     assert report["exports"][path.name]["sha256"] == record["sha256"]
     assert report["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert report["cpu"] == cpu_name()  # AMD and Intel CPUs of one capability give other bytes
     assert weights_record("") is None
 
 
@@ -244,7 +246,10 @@ def test_the_pretrain_tool_records_backbones_and_checks_them(tiny_recipe, tmp_pa
         pretrain.get_recipe("tiny-test@1")))
     assert tool.main(["--check", str(record)]) == 0
     assert capsys.readouterr().out.count("the same bytes") == 2
-    entries["tiny-test@1"]["sha256"] = "0" * 64  # as if recorded on a CPU with other kernels
+    assert entries["tiny-test@1"]["cpu"] == cpu_name()
+    # as if recorded on another CPU model of the same capability (AMD vs Intel AVX-512)
+    entries["tiny-test@1"].update(sha256="0" * 64, cpu="Other CPU")
     record.write_text(json.dumps(entries))
     assert tool.main(["--check", str(record)]) == 1
-    assert "tiny-test@1: other bytes (this CPU:" in capsys.readouterr().out
+    assert f"tiny-test@1: other bytes (this CPU: {cpu_name()}, " in (out := capsys.readouterr().out)
+    assert "recorded: Other CPU, " in out

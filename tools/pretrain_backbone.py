@@ -25,6 +25,7 @@ torch.set_num_threads(1)
 
 import focal_plugin  # noqa: E402,F401  (compat shims, datasets)
 from focal_plugin import pretrain  # noqa: E402
+from focal_plugin.collect_env import cpu_name  # noqa: E402
 from focal_plugin.io import read_json, write_json_atomic  # noqa: E402
 
 
@@ -71,7 +72,8 @@ def describe(name: str, path, report: dict) -> dict:
     export = report.get("exports", {}).get(path.name, {})
     return {"uri": pretrain.PREFIX + name, "sha256": export.get("sha256") or pretrain.file_sha256(path),
             "val_accuracy": report["val_accuracy"], "fingerprint": report["fingerprint"],
-            "cpu_capability": report.get("cpu_capability"), "torch": report.get("torch")}
+            "cpu_capability": report.get("cpu_capability"), "torch": report.get("torch"),
+            "cpu": report.get("cpu") or cpu_name()}
 
 
 def check(record_file: str) -> int:
@@ -81,7 +83,7 @@ def check(record_file: str) -> int:
     if not recorded:
         print(f"error: {record_file} is missing or empty", file=sys.stderr)
         return 2
-    here = torch.backends.cpu.get_cpu_capability()
+    here = f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}"
     for name, entry in sorted(recorded.items()):
         path = pretrain.weights_path(pretrain.get_recipe(name))
         sha = pretrain.file_sha256(path) if path.is_file() else None
@@ -89,7 +91,8 @@ def check(record_file: str) -> int:
         worst = max(worst, 0 if same else 1)
         why = "the same bytes: cells trained on it reproduce bit for bit" if same else (
             "not built here" if sha is None else
-            f"other bytes (this CPU: {here}, recorded: {entry.get('cpu_capability')}): cells trained "
+            f"other bytes (this CPU: {here}; recorded: {entry.get('cpu', 'CPU model not recorded')}, "
+            f"{entry.get('cpu_capability')}): cells trained "
             "here are other draws of the backbone; compare them within the rows' seed spread")
         print(f"{name}: {why}")
     return worst

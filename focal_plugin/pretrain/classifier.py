@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from focal_plugin.collect_env import cpu_name
 from focal_plugin.pretrain.recipe import KEY_PREFIX, PretrainRecipe, build_resnet, source_images
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ def _train_classifier(recipe: PretrainRecipe, log_period: int) -> Tuple[Dict[str
         # the kernels' instruction set: another one rounds differently and, training being
         # chaotic, gives another backbone (the weights' checksum is what identifies it)
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu_name(),  # the model too: one capability rounds differently on AMD and Intel
     }
     return state, report
 
