@@ -64,9 +64,11 @@ class MixedPrecisionTrainer(AMPTrainer):
 
     def __init__(self, model, data_loader, optimizer, precision: torch.dtype):
         self.device_type = next(model.parameters()).device.type
-        self.precision = precision
         scaler = torch.amp.GradScaler(self.device_type, enabled=precision is torch.float16)
         super().__init__(model, data_loader, optimizer, grad_scaler=scaler)
+        # after super().__init__: later detectron2 versions' AMPTrainer sets its own `precision`
+        # (float16 by default), which would replace ours
+        self.precision = precision
 
     def run_step(self) -> None:
         assert self.model.training, "[MixedPrecisionTrainer] model was changed to eval mode!"

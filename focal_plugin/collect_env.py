@@ -11,6 +11,8 @@ from typing import Any, Dict, Optional
 
 from tabulate import tabulate
 
+from focal_plugin.processes import cpu_name
+
 CODE_PATHS = ("focal_plugin", "tools", "train_net.py", "setup.py")
 
 
@@ -26,17 +28,6 @@ def git_commit(repo: Optional[str] = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head + ("+dirty" if dirty else "")) if head else "unknown (not a git checkout)"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def describe_device(num_gpus: int = 1) -> Dict[str, Any]:

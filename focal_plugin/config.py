@@ -54,6 +54,18 @@ def add_focal_config(cfg: CN) -> CN:
     # cap, exact but slow on ~100k anchors). See focal_plugin.modeling.ohem.
     _C.MODEL.FOCAL.OHEM.PRE_NMS_TOPK = DEFAULT_PRE_NMS_TOPK
 
+    # The static-shape training step (focal_plugin.modeling.static_shapes): images padded to the
+    # smallest of IMAGE_SIZES ([H, W] pixels, multiples of the backbone's size divisibility) that
+    # holds the batch, ground truth padded to MAX_GT boxes per image, anchors labelled by masks,
+    # the loss statistics read once per STATS_PERIOD steps, fused SGD with a tensor learning
+    # rate: a step with fixed shapes and no host sync, what capturing it as a CUDA graph needs.
+    # A batch that does not fit runs eagerly (counted). Not with OHEM (data-dependent sizes).
+    _C.MODEL.FOCAL.STATIC_SHAPES = CN()
+    _C.MODEL.FOCAL.STATIC_SHAPES.ENABLED = False
+    _C.MODEL.FOCAL.STATIC_SHAPES.IMAGE_SIZES = [[1344, 1344]]  # detectron2's MAX_SIZE_TRAIN 1333, /32
+    _C.MODEL.FOCAL.STATIC_SHAPES.MAX_GT = 100
+    _C.MODEL.FOCAL.STATIC_SHAPES.STATS_PERIOD = 20  # detectron2's log period
+
     # COCO evaluation backend of Trainer.build_evaluator (a key detectron2 does not have; only
     # added where absent): "faster_coco_eval" (the faster-coco-eval package, ~7x pycocotools'
     # speed, same AP), "pycocotools" (detectron2's own path), or "auto" = the first when installed.

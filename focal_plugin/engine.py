@@ -15,6 +15,7 @@ import re
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
     DatasetCatalog,
@@ -35,6 +36,7 @@ from focal_plugin.config import get_focal_cfg
 from focal_plugin.evaluation import FocalCOCOEvaluator, resolve_eval_backend
 from focal_plugin.io import read_json, write_json_atomic
 from focal_plugin.modeling.config_keys import cfg_value
+from focal_plugin.modeling.static_shapes import capturable_sgd
 from focal_plugin.modeling.validate import check_focal_config
 from focal_plugin.unread_keys import check_read, written_keys
 
@@ -276,6 +278,13 @@ class Trainer(DefaultTrainer):
             super().__init__(cfg)
         use_mixed_precision(self, cfg)  # SOLVER.AMP on the CPU too, in SOLVER.AMP.PRECISION
 
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        optimizer = super().build_optimizer(cfg, model)
+        if cfg.MODEL.FOCAL.STATIC_SHAPES.ENABLED:  # fused SGD, tensor lr: a step without host values
+            return capturable_sgd(optimizer)
+        return optimizer
+
     def build_hooks(self):
         # every checkpoint (periodic, final) finite and written atomically; see SafeCheckpointer
         self.checkpointer = SafeCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
@@ -309,7 +318,10 @@ class Trainer(DefaultTrainer):
                        self.iter + 1)
         if isinstance(self.scheduler, LRMultiplier):  # its lr is a closed form of the iteration
             for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
-                group["lr"] = lr  # the lr of the next iteration, not warmup's start
+                if isinstance(group["lr"], torch.Tensor):  # the static-shape step's, kept in place
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr  # the lr of the next iteration, not warmup's start
 
     @classmethod
     def build_train_loader(cls, cfg):

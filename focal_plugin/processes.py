@@ -9,6 +9,7 @@ thread count. Nothing is re-pinned while a job runs.
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import time
 from typing import List, Optional, Sequence
@@ -65,3 +66,15 @@ def pin_to(cpus: Sequence[int], threads: int) -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(cpus))
     torch.set_num_threads(threads)
+
+
+def cpu_name() -> str:
+    """The CPU model (/proc/cpuinfo's "model name"; else the platform's processor or machine)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -12,8 +12,8 @@ import torch
 
 import focal_plugin  # noqa: F401
 from focal_plugin import pretrain, protocol
-from focal_plugin.collect_env import cpu_name
 from focal_plugin.data import SyntheticConfig
+from focal_plugin.processes import cpu_name
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mini" / "protocol"
 PROTOCOL_CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("Base"))

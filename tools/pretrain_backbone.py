@@ -25,8 +25,8 @@ torch.set_num_threads(1)
 
 import focal_plugin  # noqa: E402,F401  (compat shims, datasets)
 from focal_plugin import pretrain  # noqa: E402
-from focal_plugin.collect_env import cpu_name  # noqa: E402
 from focal_plugin.io import read_json, write_json_atomic  # noqa: E402
+from focal_plugin.processes import cpu_name  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -103,25 +103,50 @@ def label_anchors(anchors: List[Boxes], gt_instances: List[Instances], matcher: 
         per_image = [label_anchors(anchors, [x], matcher, num_classes) for x in gt_instances]
         return [p[0][0] for p in per_image], [p[1][0] for p in per_image]
     anchors_t = Boxes.cat(anchors).tensor  # (R, 4)
-    n, r, k = len(gt_instances), anchors_t.shape[0], num_classes
-    g = max(sizes, default=0)
-    labels = anchors_t.new_full((n, r), k, dtype=torch.int64)
-    if g == 0:  # no ground truth in the batch: all background
+    n, r = len(gt_instances), anchors_t.shape[0]
+    if max(sizes, default=0) == 0:  # no ground truth in the batch: all background
+        labels = anchors_t.new_full((n, r), num_classes, dtype=torch.int64)
         return list(labels.unbind(0)), list(anchors_t.new_zeros((n, r, 4)).unbind(0))
-    boxes = anchors_t.new_zeros((n, g, 4))
-    classes = labels.new_full((n, g), -1)  # -1 marks padding
+    boxes, classes = pad_ground_truth(gt_instances, max(sizes))
+    labels, matched_boxes = label_padded(anchors_t, boxes, classes, matcher, num_classes)
+    return list(labels.unbind(0)), list(matched_boxes.unbind(0))
+
+
+def pad_ground_truth(gt_instances: List[Instances], count: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """N ``Instances`` with at most ``count`` boxes each -> (N, count, 4) boxes (zeros where
+    padded) and (N, count) int64 classes (-1 where padded), on the boxes' device and dtype."""
+    ref = gt_instances[0].gt_boxes.tensor
+    boxes = ref.new_zeros((len(gt_instances), count, 4))
+    classes = torch.full((len(gt_instances), count), -1, dtype=torch.int64, device=ref.device)
     for i, inst in enumerate(gt_instances):
         boxes[i, : len(inst)] = inst.gt_boxes.tensor
         classes[i, : len(inst)] = inst.gt_classes
+    return boxes, classes
+
+
+def label_padded(anchors: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor, matcher: Matcher,
+                 num_classes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`label_anchors` on padded ground truth, with every shape fixed by the inputs' (no
+    host sync, no data-dependent shape: what a captured step needs).
+
+    Args:
+        anchors: (R, 4) XYXY anchors of all levels; boxes: (N, G, 4) ground truth, classes:
+        (N, G) int64 with -1 marking padding (:func:`pad_ground_truth`); matcher, num_classes: as
+        :func:`label_anchors`.
+
+    Returns:
+        (N, R) int64 labels in {-1 ignore, 0..K-1, K background} and (N, R, 4) matched boxes
+        (zeros for an image without ground truth): :func:`label_anchors`'s, whatever G is."""
+    n, r = boxes.shape[0], anchors.shape[0]
     real = classes >= 0
-    iou = batched_pairwise_iou(boxes, anchors_t).masked_fill_(~real[:, :, None], -1.0)  # (N, G, R)
+    iou = batched_pairwise_iou(boxes, anchors).masked_fill_(~real[:, :, None], -1.0)  # (N, G, R)
     matches, match_labels = _match(iou, real, matcher)
     labels = classes.gather(1, matches)
-    labels.masked_fill_(match_labels == 0, k)
+    labels.masked_fill_(match_labels == 0, num_classes)
     labels.masked_fill_(match_labels == -1, -1)
-    labels.masked_fill_(~real.any(dim=1, keepdim=True), k)  # an image without ground truth
+    labels.masked_fill_(~real.any(dim=1, keepdim=True), num_classes)  # an image without ground truth
     matched_boxes = boxes.gather(1, matches[:, :, None].expand(n, r, 4))  # zeros for such images
-    return list(labels.unbind(0)), list(matched_boxes.unbind(0))
+    return labels, matched_boxes
 
 
 def _match(iou: torch.Tensor, real: torch.Tensor, matcher: Matcher) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -37,6 +37,7 @@ from focal_plugin.modeling.config_keys import build_loss_from_cfg
 from focal_plugin.modeling.feature_cache import install_feature_cache
 from focal_plugin.modeling.head import FocalRetinaNetHead
 from focal_plugin.modeling.sampler import AllAnchorsSampler, OhemSampler
+from focal_plugin.modeling.static_shapes import DeviceStats, StaticShapes, pad_images
 from focal_plugin.modeling.validate import check_focal_config, check_normalizer
 from focal_plugin.registry import register
 
@@ -81,6 +82,7 @@ class FocalRetinaNet(RetinaNet):
         normalizer: str = "num_pos",
         anchor_sampler: Optional[Callable] = None,
         test_precision: Optional[str] = None,
+        static_shapes: Optional[StaticShapes] = None,
         **kwargs,
     ):
         """
@@ -95,6 +97,8 @@ class FocalRetinaNet(RetinaNet):
             test_precision: None (float32 inference) or "bfloat16" / "float16": at inference the
                 backbone and head run under ``torch.autocast`` in that dtype, scores, box decoding
                 and NMS in float32 (YAML: ``TEST.AMP``).
+            static_shapes: None (eager shapes) or the static-shape training step's sizes
+                (``focal_plugin.modeling.static_shapes``; YAML: ``MODEL.FOCAL.STATIC_SHAPES``).
             kwargs: everything detectron2's ``RetinaNet`` takes.
         """
         check_normalizer(normalizer)
@@ -104,6 +108,8 @@ class FocalRetinaNet(RetinaNet):
         self.classification_loss = classification_loss
         self.normalizer = normalizer
         self.test_precision = test_precision
+        self.static_shapes = static_shapes
+        self._device_stats = DeviceStats(static_shapes.stats_period) if static_shapes else None
         self.anchor_sampler = anchor_sampler or AllAnchorsSampler()
         self.num_logits = classification_loss.num_logits(self.num_classes)
         self._check_head_matches_loss()
@@ -160,6 +166,7 @@ class FocalRetinaNet(RetinaNet):
             "anchor_sampler": _ohem_sampler(cfg, classification_loss, box2box_transform)
             if focal.OHEM.ENABLED else None,
             "test_precision": precision_name(amp_dtype(cfg, "TEST")),
+            "static_shapes": StaticShapes.from_config(focal.STATIC_SHAPES, backbone.size_divisibility),
         }
 
     def forward(self, batched_inputs):
@@ -169,6 +176,25 @@ class FocalRetinaNet(RetinaNet):
             return super().forward(batched_inputs)
 
     # ----------------------------------------------------------------------------- training
+    def preprocess_image(self, batched_inputs):
+        """detectron2's (normalize, pad to the batch's largest image), then, in the static-shape
+        step, padded to the smallest ``MODEL.FOCAL.STATIC_SHAPES.IMAGE_SIZES`` holding it."""
+        images = super().preprocess_image(batched_inputs)
+        if self.training and self.static_shapes is not None:
+            size = self.static_shapes.size_for(*images.tensor.shape[-2:])
+            if size is None:
+                self._static_fallback()
+                return images
+            images = pad_images(images, size)
+        return images
+
+    def _static_fallback(self) -> None:
+        # a batch that does not fit the static shapes runs eagerly; counted
+        self.static_fallbacks = getattr(self, "static_fallbacks", 0) + 1
+        storage = _storage()
+        if storage is not None:
+            storage.put_scalar("static_shapes_fallbacks", self.static_fallbacks, smoothing_hint=False)
+
     def forward_training(self, images, features, predictions, gt_instances):
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
             predictions, [self.num_logits, 4]
@@ -185,6 +211,14 @@ class FocalRetinaNet(RetinaNet):
     def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
         """``RetinaNet.label_anchors`` (same inputs, same outputs), for the whole batch at once
         (``fast_ops.label_anchors``)."""
+        static = self.static_shapes if self.training else None
+        if static is not None and max((len(x) for x in gt_instances), default=0) <= static.max_gt:
+            boxes, classes = fast_ops.pad_ground_truth(gt_instances, static.max_gt)
+            labels, matched = fast_ops.label_padded(Boxes.cat(anchors).tensor, boxes, classes,
+                                                    self.anchor_matcher, self.num_classes)
+            return list(labels.unbind(0)), list(matched.unbind(0))
+        if static is not None:
+            self._static_fallback()
         return fast_ops.label_anchors(anchors, gt_instances, self.anchor_matcher, self.num_classes)
 
     def _loss_normalizer(self, num_pos: torch.Tensor):
@@ -254,7 +288,8 @@ class FocalRetinaNet(RetinaNet):
         return self.classification_loss(logits.flatten(0, 1)[kept], gt_labels.flatten()[kept]), kept
 
     def _log_and_check(self, losses, num_images, num_pos, normalizer, per_anchor, pos_kept, mask):
-        # One host sync for all statistics and the finiteness check.
+        # One host sync for all statistics and the finiteness check: every step, or once per
+        # MODEL.FOCAL.STATIC_SHAPES.STATS_PERIOD steps in the static-shape step (summed on the device).
         per_anchor = per_anchor.detach()
         stats = torch.stack(
             [
@@ -265,22 +300,34 @@ class FocalRetinaNet(RetinaNet):
                 mask.sum().float(),
                 losses["loss_cls"].detach().float(),
                 losses["loss_box_reg"].detach().float(),
+                torch.full((), float(num_images), device=num_pos.device),
+                torch.ones((), device=num_pos.device),
             ]
-        ).tolist()
-        n_pos, norm, pos_loss, all_loss, n_kept, loss_cls, loss_box = stats
+        )
         storage = _storage()
+        iteration = storage.iter if storage is not None else None
+        where = f"iteration {iteration}" if storage is not None else "this forward pass"
+        if self._device_stats is None or not self.training:
+            values, when = stats.tolist(), "before this iteration's optimizer step"
+        else:
+            period = self._device_stats.add(stats, iteration)
+            if period is None:
+                return
+            values, span = period
+            when = (f"at {where}: the static-shape step reads its statistics every "
+                    f"{self._device_stats.period} steps and saw it in {span}")
+        n_pos, norm, pos_loss, all_loss, n_kept, loss_cls, loss_box, images, steps = values
         for name, value in (("loss_cls", loss_cls), ("loss_box_reg", loss_box)):
             if not math.isfinite(value):
-                where = f"iteration {storage.iter}" if storage is not None else "this forward pass"
                 raise FloatingPointError(
                     f"FocalRetinaNet: {name} = {value} at {where} ({self.classification_loss!r}, "
-                    f"normalizer={norm:g}, positive anchors={int(n_pos)}). Training stopped before "
-                    "this iteration's optimizer step; checkpoints already written are intact."
+                    f"normalizer={norm / steps:g}, positive anchors={int(n_pos)}). Training stopped "
+                    f"{when}; checkpoints already written are intact."
                 )
-        if storage is not None:
-            storage.put_scalar("num_pos_anchors", n_pos / num_images)
-            storage.put_scalar("loss_normalizer", norm)
-            storage.put_scalar("cls_anchors_per_image", n_kept / num_images)
+        if storage is not None:  # per-step means over the period (one step when eager)
+            storage.put_scalar("num_pos_anchors", n_pos / images)
+            storage.put_scalar("loss_normalizer", norm / steps)
+            storage.put_scalar("cls_anchors_per_image", n_kept / images)
             storage.put_scalar("cls_loss_pos_share", pos_loss / all_loss if all_loss > 0 else 0.0)
 
     # ---------------------------------------------------------------------------- inference

@@ -24,7 +24,9 @@ NORMALIZERS = ("num_pos", "ema")
 _OHEM_KEYS = tuple(f"MODEL.FOCAL.OHEM.{k}" for k in
                    ("BATCH_SIZE_PER_IMAGE", "NMS_THRESH", "POSITIVE_FRACTION", "PRE_NMS_TOPK"))
 _LOSS_HYPERPARAMETERS = ("GAMMA", "ALPHA", "BETA")  # MODEL.FOCAL keys a loss may read
-_SWITCHES = ("MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES", "MODEL.FOCAL.OHEM.ENABLED")  # FUSED_LOSS: the loss's
+_SWITCHES = ("MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES", "MODEL.FOCAL.OHEM.ENABLED",
+             "MODEL.FOCAL.STATIC_SHAPES.ENABLED")  # FUSED_LOSS: the loss's
+_STATIC_KEYS = tuple(f"MODEL.FOCAL.STATIC_SHAPES.{k}" for k in ("IMAGE_SIZES", "MAX_GT", "STATS_PERIOD"))
 
 
 def check_normalizer(normalizer: Any) -> None:
@@ -56,6 +58,39 @@ def _check_read(cfg, loss) -> None:
                                  f"or leave {name} at {defaults.OHEM[name]!r}")
 
 
+def _check_static_shapes(cfg) -> None:
+    """``MODEL.FOCAL.STATIC_SHAPES``: sizes a non-empty list of [H, W] positive integers (multiples
+    of the backbone's size divisibility: checked when the model is built), MAX_GT and STATS_PERIOD
+    positive integers; its values refused while it is off (no effect), and with OHEM (whose
+    sampling has data-dependent sizes: it stays eager)."""
+    static, defaults = cfg.MODEL.FOCAL.STATIC_SHAPES, get_focal_cfg().MODEL.FOCAL.STATIC_SHAPES
+    sizes = static.IMAGE_SIZES
+    if not (isinstance(sizes, (list, tuple)) and sizes and all(
+            isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, int) and v > 0 for v in s)
+            for s in sizes)):
+        raise ValueError(f"cfg.MODEL.FOCAL.STATIC_SHAPES.IMAGE_SIZES = {sizes!r}: expected a non-empty "
+                         "list of [H, W] positive integers (pixels), e.g. [[640, 640], [512, 768]]")
+    for key in ("MAX_GT", "STATS_PERIOD"):
+        if not isinstance(static[key], int) or isinstance(static[key], bool) or static[key] < 1:
+            raise ValueError(f"cfg.MODEL.FOCAL.STATIC_SHAPES.{key} = {static[key]!r}: expected an "
+                             "integer >= 1")
+    if not static.ENABLED:
+        for key in _STATIC_KEYS:
+            name = key.rsplit(".", 1)[1]
+            if _plain(static[name]) != _plain(defaults[name]):
+                raise ValueError(f"cfg.{key} = {static[name]!r} has no effect while "
+                                 "cfg.MODEL.FOCAL.STATIC_SHAPES.ENABLED = False: set it True, or leave "
+                                 f"{name} at {defaults[name]!r}")
+    elif cfg.MODEL.FOCAL.OHEM.ENABLED:
+        raise ValueError("cfg.MODEL.FOCAL.STATIC_SHAPES.ENABLED = True with cfg.MODEL.FOCAL.OHEM.ENABLED "
+                         "= True: OHEM's sampling has data-dependent sizes and runs only in the eager "
+                         "step; turn one of them off")
+
+
+def _plain(value):
+    return [list(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def check_focal_config(cfg) -> None:
     """Refuse (``ValueError`` naming the key and value) any value under ``cfg.MODEL.FOCAL`` that the
     model could not use, and ``MODEL.RETINANET.NUM_CLASSES`` unless a positive integer: the loss
@@ -77,6 +112,7 @@ def check_focal_config(cfg) -> None:
         build_initializer(focal.BIAS_INIT, prior_prob=focal.PRIOR_PROB, num_classes=retina.NUM_CLASSES,
                           softmax=loss.is_softmax)
     _check_read(cfg, loss)
+    _check_static_shapes(cfg)
     ohem = focal.OHEM
     with config_keys(cfg, *_OHEM_KEYS):
         check_ohem_args(retina.NUM_CLASSES, ohem.BATCH_SIZE_PER_IMAGE, ohem.NMS_THRESH,

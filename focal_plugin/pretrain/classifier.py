@@ -10,8 +10,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from focal_plugin.collect_env import cpu_name
 from focal_plugin.pretrain.recipe import KEY_PREFIX, PretrainRecipe, build_resnet, source_images
+from focal_plugin.processes import cpu_name
 
 logger = logging.getLogger(__name__)
 

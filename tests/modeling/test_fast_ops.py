@@ -22,6 +22,8 @@ from focal_plugin.modeling.fast_ops import (
     batched_pairwise_iou,
     box_regression_loss,
     label_anchors,
+    label_padded,
+    pad_ground_truth,
 )
 
 from helpers import make_batch, tiny_cfg
@@ -142,6 +144,22 @@ def test_batched_label_anchors_equal_detectron2s(counts, low_quality):
         assert a.dtype == b.dtype and torch.equal(a, b)
     for a, b in zip(ours_boxes, ref_boxes):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("counts", [(3, 5), (0, 4), (0, 0), (60, 1, 2)])
+@pytest.mark.parametrize("extra", [0, 1, 40])
+def test_labelling_padded_ground_truth_equals_detectron2s_at_any_padded_count(counts, extra):
+    """The static-shape step pads every image to a fixed count (more than the batch's largest):
+    the padding (class -1) never matches, whatever its count."""
+    sizes = [(96, 96), (64, 96), (96, 48)][: len(counts)]
+    anchors = _generator()(_features(96, 96))
+    gt = _gt(counts, sizes, seed=7 + sum(counts))
+    boxes, classes = pad_ground_truth(gt, max(counts) + extra or 1)
+    assert boxes.shape == (len(counts), max(counts) + extra or 1, 4)
+    assert [int((c >= 0).sum()) for c in classes] == list(counts)
+    labels, matched = label_padded(Boxes.cat(anchors).tensor, boxes, classes, _matcher(True), NUM_CLASSES)
+    ref_labels, ref_boxes = _reference_labels(anchors, gt, _matcher(True))
+    assert torch.equal(labels, torch.stack(ref_labels)) and torch.equal(matched, torch.stack(ref_boxes))
 
 
 @pytest.mark.parametrize("counts", [(3000, 2, 1, 0), (5, 6, 4, 5), (0, 9, 0, 0)])
