@@ -43,6 +43,12 @@ def add_focal_config(cfg: CN) -> CN:
     # foreground even below the IoU threshold. Exposed because it moves AP.
     _C.MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES = True
 
+    # Classes that never occur, added to the NUM_CLASSES of the data: E more classification
+    # outputs whose every anchor is a negative, dropped at inference (AP over the data's classes).
+    # An imbalance lever that changes nothing else (same images, positives, anchors and AP
+    # classes): binary negatives per positive grow by (K + E) / K. Not with OHEM.
+    _C.MODEL.FOCAL.EMPTY_CLASSES = 0
+
     # Online hard example mining (Table 1d): CE on the B highest-loss anchors after NMS.
     _C.MODEL.FOCAL.OHEM = CN()
     _C.MODEL.FOCAL.OHEM.ENABLED = False

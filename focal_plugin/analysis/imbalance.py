@@ -174,6 +174,7 @@ def imbalance_stats(cfg: CfgNode, dataset_name: str, max_images: Optional[int] =
     dicts = DatasetCatalog.get(dataset_name)
     classes = MetadataCatalog.get(dataset_name).get("thing_classes")
     num_classes = len(classes) if classes is not None else int(cfg.MODEL.RETINANET.NUM_CLASSES)
+    num_classes += int(cfg.MODEL.FOCAL.EMPTY_CLASSES)  # every anchor a negative of each empty class
     if max_images and 0 < max_images < len(dicts):
         idx = np.unique(np.linspace(0, len(dicts) - 1, max_images).round().astype(int))
         dicts = [dicts[i] for i in idx]

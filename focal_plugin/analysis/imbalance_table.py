@@ -46,12 +46,14 @@ def _dataset_identity(name: str) -> Dict[str, Any]:
 def data_key(cfg) -> str:
     """What the imbalance depends on: training data, anchors, test-time size and matching."""
     r, a = cfg.MODEL.RETINANET, cfg.MODEL.ANCHOR_GENERATOR
-    return json.dumps({"dataset": cfg.DATASETS.TRAIN[0], "data": _dataset_identity(cfg.DATASETS.TRAIN[0]),
+    empty = {"empty_classes": cfg.MODEL.FOCAL.EMPTY_CLASSES} if cfg.MODEL.FOCAL.EMPTY_CLASSES else {}
+    return json.dumps({**empty, "dataset": cfg.DATASETS.TRAIN[0],
+                       "data": _dataset_identity(cfg.DATASETS.TRAIN[0]),
                        "backbone": cfg.MODEL.BACKBONE.NAME, "features": list(r.IN_FEATURES), "sizes": a.SIZES,
                        "ratios": a.ASPECT_RATIOS, "offset": a.OFFSET,
                        "input": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST],
                        "match": [r.IOU_THRESHOLDS, r.IOU_LABELS, cfg.MODEL.FOCAL.ALLOW_LOW_QUALITY_MATCHES]},
-                      sort_keys=True, default=list)
+                      sort_keys=True, default=list)  # (keys of settings without empty classes unchanged)
 
 
 def summary(stats: Dict[str, Any]) -> Dict[str, Any]:

@@ -83,6 +83,7 @@ class FocalRetinaNet(RetinaNet):
         anchor_sampler: Optional[Callable] = None,
         test_precision: Optional[str] = None,
         static_shapes: Optional[StaticShapes] = None,
+        empty_classes: int = 0,
         **kwargs,
     ):
         """
@@ -99,6 +100,10 @@ class FocalRetinaNet(RetinaNet):
                 and NMS in float32 (YAML: ``TEST.AMP``).
             static_shapes: None (eager shapes) or the static-shape training step's sizes
                 (``focal_plugin.modeling.static_shapes``; YAML: ``MODEL.FOCAL.STATIC_SHAPES``).
+            empty_classes: E classification outputs after the ``num_classes`` of the data that no
+                anchor is ever labelled with (all their anchors are negatives), dropped at
+                inference: more easy negatives and nothing else changed (YAML:
+                ``MODEL.FOCAL.EMPTY_CLASSES``). The head must predict ``num_classes + E`` classes.
             kwargs: everything detectron2's ``RetinaNet`` takes.
         """
         check_normalizer(normalizer)
@@ -111,7 +116,12 @@ class FocalRetinaNet(RetinaNet):
         self.static_shapes = static_shapes
         self._device_stats = DeviceStats(static_shapes.stats_period) if static_shapes else None
         self.anchor_sampler = anchor_sampler or AllAnchorsSampler()
-        self.num_logits = classification_loss.num_logits(self.num_classes)
+        if not isinstance(empty_classes, int) or isinstance(empty_classes, bool) or empty_classes < 0:
+            raise ValueError(f"empty_classes = {empty_classes!r}: expected an integer >= 0")
+        if empty_classes and anchor_sampler is not None:
+            raise ValueError("empty_classes with an anchor_sampler (OHEM): not supported")
+        self.empty_classes = empty_classes
+        self.num_logits = classification_loss.num_logits(self.num_classes + empty_classes)
         self._check_head_matches_loss()
         self._anchor_cache = fast_ops.AnchorCache()  # see _anchors
 
@@ -125,7 +135,8 @@ class FocalRetinaNet(RetinaNet):
             raise ValueError(
                 f"the head predicts {out} logits per location but the model needs {num_anchors} "
                 f"anchors x {self.num_logits} logits ({type(self.classification_loss).__name__} with "
-                f"num_classes={self.num_classes}{bg}): "
+                f"num_classes={self.num_classes}"
+                + (f" + {self.empty_classes} empty classes" if self.empty_classes else "") + f"{bg}): "
                 "make head.num_classes equal model.num_classes and head.softmax equal "
                 "classification_loss.is_softmax (and head.num_anchors the anchor generator's count)"
             )
@@ -167,6 +178,7 @@ class FocalRetinaNet(RetinaNet):
             if focal.OHEM.ENABLED else None,
             "test_precision": precision_name(amp_dtype(cfg, "TEST")),
             "static_shapes": StaticShapes.from_config(focal.STATIC_SHAPES, backbone.size_divisibility),
+            "empty_classes": focal.EMPTY_CLASSES,
         }
 
     def forward(self, batched_inputs):
@@ -261,7 +273,11 @@ class FocalRetinaNet(RetinaNet):
         mask = self.anchor_sampler(
             logits=logits, deltas=pred_anchor_deltas, anchors=anchors, gt_labels=gt_labels
         )
-        per_anchor, kept = self._cls_loss_per_anchor(logits, gt_labels, mask)
+        cls_labels = gt_labels  # background is the loss's last class: K + E with empty classes
+        if self.empty_classes:
+            cls_labels = torch.where(gt_labels == self.num_classes, self.num_classes + self.empty_classes,
+                                     gt_labels)
+        per_anchor, kept = self._cls_loss_per_anchor(logits, cls_labels, mask)
         cls_sum = per_anchor.sum()
         box_sum = fast_ops.box_regression_loss(  # detectron2's _dense_box_regression_loss
             anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
@@ -280,7 +296,8 @@ class FocalRetinaNet(RetinaNet):
         copy of the logits and its scatter back in backward). A sparse one (OHEM: B per image)
         gets the loss of its anchors only. The terms and gradients are the same either way."""
         if getattr(self.anchor_sampler, "dense", False):
-            labels = torch.where(mask, gt_labels, self.num_classes)  # any valid label where unused
+            # any valid label where unused
+            labels = torch.where(mask, gt_labels, self.num_classes + self.empty_classes)
             per_anchor = self.classification_loss(logits.flatten(0, 1), labels.flatten())
             per_anchor = torch.where(mask.flatten(), per_anchor, per_anchor.new_zeros(()))
             return per_anchor, (slice(None),)
@@ -343,7 +360,8 @@ class FocalRetinaNet(RetinaNet):
             predictions, [self.num_logits, 4]
         )
         anchors = self._anchors(features)
-        scores_all = [self.classification_loss.scores(x) for x in pred_logits]  # whole batch at once
+        # whole batch at once; the empty classes' scores dropped (MODEL.FOCAL.EMPTY_CLASSES)
+        scores_all = [self.classification_loss.scores(x)[..., : self.num_classes] for x in pred_logits]
         results: List[Instances] = []
         for img_idx, image_size in enumerate(images.image_sizes):
             scores = [x[img_idx] for x in scores_all]

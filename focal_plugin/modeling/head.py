@@ -73,7 +73,8 @@ class FocalRetinaNetHead(RetinaNetHead):
         focal = cfg.MODEL.FOCAL
         return {
             "input_shape": input_shape,
-            "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
+            # outputs for the data's classes and the empty ones (MODEL.FOCAL.EMPTY_CLASSES)
+            "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES + focal.EMPTY_CLASSES,
             "conv_dims": [input_shape[0].channels] * cfg.MODEL.RETINANET.NUM_CONVS,
             "norm": cfg.MODEL.RETINANET.NORM,
             "num_anchors": num_anchors[0],

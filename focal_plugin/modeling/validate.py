@@ -113,6 +113,12 @@ def check_focal_config(cfg) -> None:
                           softmax=loss.is_softmax)
     _check_read(cfg, loss)
     _check_static_shapes(cfg)
+    empty = focal.EMPTY_CLASSES
+    if not isinstance(empty, int) or isinstance(empty, bool) or empty < 0:
+        raise ValueError(f"cfg.MODEL.FOCAL.EMPTY_CLASSES = {empty!r}: expected an integer >= 0")
+    if empty and focal.OHEM.ENABLED:
+        raise ValueError(f"cfg.MODEL.FOCAL.EMPTY_CLASSES = {empty} with cfg.MODEL.FOCAL.OHEM.ENABLED = True: "
+                         "OHEM ranks the data's classes only; turn one of them off")
     ohem = focal.OHEM
     with config_keys(cfg, *_OHEM_KEYS):
         check_ohem_args(retina.NUM_CLASSES, ohem.BATCH_SIZE_PER_IMAGE, ohem.NMS_THRESH,
