@@ -5,7 +5,8 @@ Prints s/iter medians and ratios measured in one run (interleaved, so machine no
 models alike) at a small CPU setting and a paper-like one (R50-FPN, 80 classes, 600 px, batch 2).
 Models: detectron2 RetinaNet (fvcore FL, EMA normalizer), FocalRetinaNet with each classification
 loss (fused FL, CE, FL*, softmax FL; paper's normalizer) and with OHEM (B=128, NMS .5; plain and
-1:3); and both detectron2's RetinaNet and FocalRetinaNet FL under mixed precision (``+AMP``:
+1:3), with channels_last weights and with the static-shape step (``MODEL.FOCAL.STATIC_SHAPES``);
+and both detectron2's RetinaNet and FocalRetinaNet FL under mixed precision (``+AMP``:
 autocast in bfloat16 on the CPU, float16 on CUDA, as ``SOLVER.AMP.PRECISION auto`` trains; no loss
 scaling, which does not change the time). Ratios: against detectron2's RetinaNet and against
 FocalRetinaNet FL (for ``FL +AMP``: the mixed-precision step over the float32 one). Peak memory of one
@@ -16,6 +17,7 @@ step (forward, backward, SGD step) above what the models hold, measured after th
     python benchmarks/bench_train_iter.py --quick    # small setting only, fewer iterations
     python benchmarks/bench_train_iter.py --settings paper --variants d2,fl   # the headline ratio
     python benchmarks/bench_train_iter.py --variants d2_amp,fl_amp            # mixed precision
+    python benchmarks/bench_train_iter.py --settings protocol --variants fl_amp,fl_amp_cl,fl_cl,fl_static
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from detectron2.utils.events import EventStorage
 from focal_plugin import compat
 from focal_plugin.engine import get_focal_cfg
 from focal_plugin.io import write_json_atomic
+from focal_plugin.modeling.static_shapes import capturable_sgd
 
 SETTINGS = {
     "small": dict(depth=18, size=(128, 128), batch=4, classes=5, fpn=64, convs=2, norm="BN"),
@@ -87,11 +90,19 @@ def _small_or_paper(cfg, setting: dict) -> None:
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[b * 2 ** (k / 3) for k in range(3)] for b in (32, 64, 128, 256, 512)]
 
 
-#: key -> (label, make_cfg arguments after the setting); labels ending in AMP_SUFFIX step under autocast
+#: key -> (label, make_cfg arguments after the setting); labels ending in AMP_SUFFIX step under
+#: autocast; with CHANNELS_LAST FocalRetinaNet takes MODEL.FOCAL.CHANNELS_LAST (detectron2's
+#: RetinaNet, which has no such key, is converted with model.to(memory_format=...));
+#: with STATIC the model takes MODEL.FOCAL.STATIC_SHAPES (and fused SGD with a tensor lr)
 AMP_SUFFIX = " +AMP"
+CHANNELS_LAST, STATIC = "channels_last", "static shapes"
 VARIANTS = {
     "d2_amp": ("detectron2 RetinaNet" + AMP_SUFFIX, ("d2",)),
+    "d2_amp_cl": ("detectron2 RetinaNet channels_last" + AMP_SUFFIX, ("d2",)),
     "fl_amp": ("FocalRetinaNet (fused FL)" + AMP_SUFFIX, ("focal",)),
+    "fl_amp_cl": ("FocalRetinaNet channels_last" + AMP_SUFFIX, ("focal",)),
+    "fl_cl": ("FocalRetinaNet channels_last", ("focal",)),
+    "fl_static": ("FocalRetinaNet static shapes", ("focal",)),
     "d2": ("detectron2 RetinaNet", ("d2",)),
     "fl": ("FocalRetinaNet (fused FL)", ("focal",)),
     "ce": ("FocalRetinaNet CE", ("focal", None, "sigmoid_ce")),
@@ -154,6 +165,11 @@ def step(model, opt, batch, amp: bool = False) -> float:
 def run(name: str, setting: dict, warmup: int, iters: int, keys=tuple(VARIANTS)) -> dict:
     keys = ["d2", "fl"] + [k for k in keys if k not in ("d2", "fl")]  # the two baselines always
     variants = {VARIANTS[k][0]: make_cfg(setting, *VARIANTS[k][1]) for k in keys}
+    for label, cfg in variants.items():
+        cfg.MODEL.FOCAL.CHANNELS_LAST = CHANNELS_LAST in label and cfg.MODEL.META_ARCHITECTURE != "RetinaNet"
+        if STATIC in label:  # the images' size padded to 32 is the one static size: no extra pixels
+            static = cfg.MODEL.FOCAL.STATIC_SHAPES
+            static.ENABLED, static.IMAGE_SIZES = True, [[-(-v // 32) * 32 for v in setting["size"]]]
     torch.manual_seed(0)
     models = {}
     reference_state = None
@@ -166,7 +182,10 @@ def run(name: str, setting: dict, warmup: int, iters: int, keys=tuple(VARIANTS))
         model.load_state_dict({k: v for k, v in reference_state.items()
                                if k in own and own[k].shape == v.shape}, strict=False)
         model.train()
-        models[label] = (model, torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
+        if CHANNELS_LAST in label and cfg.MODEL.META_ARCHITECTURE == "RetinaNet":  # no key: by hand
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        models[label] = (model, capturable_sgd(optimizer) if STATIC in label else optimizer)
     device = next(iter(models.values()))[0].device.type
     batches = make_batches(setting, warmup + iters, device)
     times = {label: [] for label in models}

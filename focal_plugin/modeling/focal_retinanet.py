@@ -84,6 +84,7 @@ class FocalRetinaNet(RetinaNet):
         test_precision: Optional[str] = None,
         static_shapes: Optional[StaticShapes] = None,
         empty_classes: int = 0,
+        channels_last: bool = False,
         **kwargs,
     ):
         """
@@ -104,6 +105,8 @@ class FocalRetinaNet(RetinaNet):
                 anchor is ever labelled with (all their anchors are negatives), dropped at
                 inference: more easy negatives and nothing else changed (YAML:
                 ``MODEL.FOCAL.EMPTY_CLASSES``). The head must predict ``num_classes + E`` classes.
+            channels_last: the 4-d weights (convolutions) in ``torch.channels_last`` memory format,
+                so are the feature maps they compute (YAML: ``MODEL.FOCAL.CHANNELS_LAST``).
             kwargs: everything detectron2's ``RetinaNet`` takes.
         """
         check_normalizer(normalizer)
@@ -124,6 +127,8 @@ class FocalRetinaNet(RetinaNet):
         self.num_logits = classification_loss.num_logits(self.num_classes + empty_classes)
         self._check_head_matches_loss()
         self._anchor_cache = fast_ops.AnchorCache()  # see _anchors
+        if channels_last:  # 4-d parameters and buffers only; .to(device) keeps the format
+            self.to(memory_format=torch.channels_last)
 
     def _check_head_matches_loss(self) -> None:
         # Coupled fields (LazyConfig users set them separately): the head's logits per anchor
@@ -179,6 +184,7 @@ class FocalRetinaNet(RetinaNet):
             "test_precision": precision_name(amp_dtype(cfg, "TEST")),
             "static_shapes": StaticShapes.from_config(focal.STATIC_SHAPES, backbone.size_divisibility),
             "empty_classes": focal.EMPTY_CLASSES,
+            "channels_last": focal.CHANNELS_LAST,
         }
 
     def forward(self, batched_inputs):
