@@ -50,6 +50,7 @@ SETTINGS = {
     "small": dict(depth=18, size=(128, 128), batch=4, classes=5, fpn=64, convs=2, norm="BN"),
     # BN, not the paper's FrozenBN: without ImageNet weights FrozenBN lets activations overflow
     "paper": dict(depth=50, size=(600, 904), batch=2, classes=80, fpn=256, convs=4, norm="BN"),
+    "paper_b16": dict(depth=50, size=(600, 904), batch=16, classes=80, fpn=256, convs=4, norm="BN"),
     # the mini protocol's model as its config builds it (frozen ResNet-18, GN head), random weights
     "protocol": dict(config="configs/mini/protocol/fl_default.yaml", size=(256, 256), batch=8, classes=80),
 }
@@ -212,16 +213,18 @@ def run(name: str, setting: dict, warmup: int, iters: int, keys=tuple(VARIANTS))
     print(f"\n== {name}: {model_name}, {setting['classes']} classes, "
           f"{setting['size'][0]}x{setting['size'][1]} px, batch {setting['batch']}, device {device}, "
           f"{iters} timed iterations after {warmup} warm-up, load average {os.getloadavg()[0]:.2f} ==")
-    print(f"{'model':34s} {'s/iter (median)':>16s} {'/ d2 RetinaNet':>15s} {'/ FocalRetinaNet FL':>20s} "
-          f"{'peak MiB':>9s} {'mem / FL':>9s}")
+    print(f"{'model':38s} {'s/iter (med)':>12s} {'/ d2 RetinaNet':>15s} {'/ FocalRetinaNet FL':>20s} "
+          f"{'peak MiB':>9s} {'mem / FL':>9s} {'images/s':>9s}")
     out = {}
     for label, ts in times.items():
         med = statistics.median(ts)
         mem = peaks[label]
         mem_s = "n/a" if mem is None else f"{mem:.0f}"
         ratio = "n/a" if mem is None or not fl_mem else f"{mem / fl_mem:.2f}"
-        print(f"{label:34s} {med:16.3f} {med / base:15.3f} {med / fl:20.3f} {mem_s:>9s} {ratio:>9s}")
+        print(f"{label:38s} {med:12.3f} {med / base:15.3f} {med / fl:20.3f} {mem_s:>9s} {ratio:>9s} "
+              f"{setting['batch'] / med:9.1f}")
         out[label] = {"s_per_iter": med, "vs_d2": med / base, "vs_fl": med / fl, "peak_mib": mem,
+                      "images_per_s": setting["batch"] / med,
                       "times_s": [round(t, 4) for t in ts]}
     return out
 

@@ -3,7 +3,8 @@
 #   1. the loss benchmark on the GPU (fused kernels compiled for CUDA; vs fvcore and vs the floor),
 #   2. the paper-like training-iteration comparison (R50-FPN, 80 classes, 600 px, batch 2;
 #      detectron2 RetinaNet vs FocalRetinaNet with every loss and OHEM, peak memory),
-#   3. the inference benchmark (R50/R101-FPN, 400..800 px, batch 1).
+#      with AMP, channels_last and the static-shape step, then the fast path at batch 16,
+#   3. the inference benchmark (R50/R101-FPN, 400..800 px, batch 1; also TEST.AMP).
 # Each part runs under its own time limit (a part over it is reported, the rest still runs).
 # Without a CUDA device it skips these parts with a message, writes the table saying so, exits 0.
 #
@@ -20,10 +21,11 @@ TABLE="$OUT/gpu_check.md"
 start=$(date +%s)
 
 DEV=cuda LOSS_ARGS=(--sizes 200000x80,2000000x80 --reps 20) TRAIN_ARGS=(--settings paper --warmup 5 --iters 20)
-INF_ARGS=(--warmup 5 --images 20)
+INF_ARGS=(--warmup 5 --images 20 --amp) B16_ARGS=(--settings paper_b16 --warmup 3 --iters 10 --variants fl_amp_cl)
 if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
   DEV=cpu LOSS_ARGS=(--sizes 2000x80 --reps 2) TRAIN_ARGS=(--settings small --warmup 1 --iters 1)
-  INF_ARGS=(--depths 50 --scales 320 --warmup 0 --images 1)
+  INF_ARGS=(--depths 50 --scales 320 --warmup 0 --images 1 --amp)
+  B16_ARGS=(--settings small --warmup 0 --iters 1 --variants fl_amp_cl)
   echo "gpu_check: GPU_CHECK_SMOKE=1: the pipeline on the CPU at tiny sizes; the figures mean nothing"
 elif ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   msg="no CUDA device (torch.cuda.is_available() is False): CUDA loss, training-iteration and inference benchmarks"
@@ -49,12 +51,15 @@ skipped=()
 
 part loss 75 "$PY" benchmarks/bench_loss.py --device "$DEV" "${LOSS_ARGS[@]}" --json "$OUT/loss.json"
 part train_iter 120 "$PY" benchmarks/bench_train_iter.py "${TRAIN_ARGS[@]}" --json "$OUT/train_iter.json"
+# batch 16 (images/s against MLPerf's): the fast path (AMP + channels_last) and the two baselines
+part train_b16 90 "$PY" benchmarks/bench_train_iter.py "${B16_ARGS[@]}" --json "$OUT/train_b16.json"
 part inference 75 "$PY" benchmarks/bench_inference.py --device "$DEV" "${INF_ARGS[@]}" \
   --json "$OUT/inference.json"
 
 args=()
-for name in loss train_iter inference; do
-  [ -s "$OUT/$name.json" ] && args+=("--${name%%_iter}" "$OUT/$name.json")
+for name in loss train_iter train_b16 inference; do
+  flag=--${name%%_*}; [ "$name" = inference ] && flag=--inference
+  [ -s "$OUT/$name.json" ] && args+=("$flag" "$OUT/$name.json")
 done
 "$PY" benchmarks/report.py "${args[@]}" "${skipped[@]}" --note "gpu_check.sh, $(( $(date +%s) - start )) s" \
   --out "$TABLE"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from typing import List, Optional
 
@@ -63,17 +64,35 @@ def train_rows(data) -> List[tuple]:
                 continue
             mem_ratio = (f", mem {r['peak_mib'] / fl['peak_mib']:.2f}"
                          if r.get("peak_mib") is not None and fl.get("peak_mib") else "")
+            rate = f", {r['images_per_s']:.1f} img/s" if r.get("images_per_s") else ""
             rows.append((f"train iter {setting}: {label.replace('FocalRetinaNet ', '')} / FL",
-                         f"{fl['s_per_iter']:.3f} s", f"{r['s_per_iter']:.3f} s{_mem(r)}",
-                         f"{r['s_per_iter'] / fl['s_per_iter']:.3f}{mem_ratio}",
+                         f"{fl['s_per_iter']:.3f} s", f"{r['s_per_iter']:.3f} s{_mem(r)}{rate}",
+                         f"{r['s_per_iter'] / fl['s_per_iter']:.3f}{mem_ratio}; / RetinaNet "
+                         f"{r['s_per_iter'] / d2['s_per_iter']:.3f}",
                          "<= 1.3" if "OHEM" in label else ""))
     return rows
 
 
+def _merge_train(files: List[str]) -> dict:
+    """The settings of several bench_train_iter.py files; a setting met again keeps both, the
+    later one named by its file."""
+    out: dict = {}
+    for f in files:
+        for k, v in (_load(f) or {}).items():
+            out[k if k not in out else f"{k} ({os.path.basename(f)})"] = v
+    return out
+
+
 def inference_rows(data) -> List[tuple]:
-    return [(f"inference R{r['depth']}-FPN {r['scale']} px, batch 1 ({data['device']})",
-             f"{r['d2_ms']:.1f} ms", f"{r['focal_ms']:.1f} ms", f"{r['ratio']:.3f}", "<= 1.0")
-            for r in data["results"]]
+    rows = []
+    for r in data["results"]:
+        where = f"R{r['depth']}-FPN {r['scale']} px, batch 1 ({data['device']})"
+        rows.append((f"inference {where}", f"{r['d2_ms']:.1f} ms", f"{r['focal_ms']:.1f} ms",
+                     f"{r['ratio']:.3f}", "<= 1.0"))
+        if "amp_ms" in r:  # bench_inference.py --amp
+            rows.append((f"inference TEST.AMP / float32, {where}", f"{r['focal_ms']:.1f} ms",
+                         f"{r['amp_ms']:.1f} ms", f"{r['amp_ratio']:.3f}", ""))
+    return rows
 
 
 def coco_rows(data) -> List[tuple]:
@@ -87,8 +106,10 @@ def coco_rows(data) -> List[tuple]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("loss", "train", "inference", "coco"):
+    for name in ("loss", "inference", "coco"):
         parser.add_argument(f"--{name}", default=None)
+    parser.add_argument("--train", action="append", default=[],
+                        help="bench_train_iter.py --json output (repeatable: settings are merged)")
     parser.add_argument("--skipped", action="append", default=[],
                         help="a line saying what was skipped and why (repeatable)")
     parser.add_argument("--note", default=None, help="conditions of the measurement (load, device)")
@@ -97,7 +118,7 @@ def main(argv=None) -> None:
     rows = []
     for name, fn in (("loss", loss_rows), ("train", train_rows), ("inference", inference_rows),
                      ("coco", coco_rows)):
-        data = _load(getattr(args, name))
+        data = _merge_train(args.train) if name == "train" else _load(getattr(args, name))
         if data:
             rows += fn(data)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
