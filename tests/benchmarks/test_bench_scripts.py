@@ -14,7 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ["bench_loss.py", "bench_train_iter.py", "bench_inference.py", "bench_coco_eval.py",
-           "profile_train_step.py", "report.py", "bench_memory.py"]
+           "profile_train_step.py", "report.py", "bench_memory.py", "amp_inference_ap.py"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device runs the real check")
