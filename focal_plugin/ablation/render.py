@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 from tabulate import tabulate
 
 from focal_plugin.analysis.imbalance_table import FIGURES
-from focal_plugin.analysis.seed_stats import METRIC_LABELS
+from focal_plugin.analysis.seed_stats import METRIC_LABELS, paired_text
 from focal_plugin.configs import config_name
 
 VERDICT_RULE = ("Verdict: *reproduced* / *not reproduced* when Welch's t-test decides it: the 95 % "
@@ -18,6 +18,9 @@ VERDICT_RULE = ("Verdict: *reproduced* / *not reproduced* when Welch's t-test de
                 "*inconclusive* when the interval does not decide, or with fewer seeds; *no data* while a "
                 "row the claim names has not run (a claim over several rows waits for all of them, unless "
                 "the finished ones already refute it).")
+PAIRED_RULE = ("The paired column is supplementary and decides nothing: the claimed row minus its rival "
+               "seed by seed (a seed fixes the backbone a cell starts from and its data order), by the "
+               "paired t-test over the seeds both rows finished.")
 
 
 def _md(rows: List[List[Any]], header: List[str]) -> List[str]:
@@ -96,9 +99,15 @@ def _results_table(report: Dict[str, Any]) -> List[str]:
 
 
 def _claims(report: Dict[str, Any]) -> List[str]:
-    rows = [[c["claim"], c["paper"], c["ours"], f"**{c['verdict']}**"] for c in report["claims"]]
-    return ["", "## The paper's claims", "", VERDICT_RULE, ""] + \
-        _md(rows or [["(none stated)", "", "", ""]], ["claim", "paper", "ours", "verdict"])
+    rows = [[c["claim"], c["paper"], c["ours"], f"**{c['verdict']}**", _paired(c)] for c in report["claims"]]
+    return ["", "## The paper's claims", "", VERDICT_RULE, PAIRED_RULE, ""] + \
+        _md(rows or [["(none stated)", "", "", "", ""]],
+            ["claim", "paper", "ours", "verdict", "paired by seed (supplementary)"])
+
+
+def _paired(claim: Dict[str, Any]) -> str:
+    p = claim.get("paired")
+    return "—" if not p or "diff" not in p else f"{claim['row']} − {p['vs']}: {paired_text(p)}"
 
 
 def _imbalance(report: Dict[str, Any]) -> List[str]:

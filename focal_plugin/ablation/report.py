@@ -49,6 +49,7 @@ def collect(rows: Sequence[Any], cells: Sequence[Any], metrics: Sequence[str]) -
         for m in metrics:
             if values.get(m) is not None and math.isfinite(values[m]):
                 s.values.setdefault(m, []).append(float(values[m]))
+                s.by_seed.setdefault(m, {})[c.seed] = float(values[m])
     return stats
 
 

@@ -31,6 +31,7 @@ from focal_plugin.analysis.seed_stats import (
     fmt_stat,
     gap_text,
     mean_interval,
+    paired,
 )
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NO_DATA = "reproduced", "not reproduced", "inconclusive", "no data"
@@ -129,6 +130,10 @@ def judge(claim: Claim, stats: Dict[str, RowStats], paper: Dict[str, Dict[str, O
     """``{"claim", "type", "metric", "row", "verdict", "ours", "paper", ...}`` for one claim."""
     out = {"claim": claim.text, "type": claim.type, "metric": claim.metric, "row": claim.row}
     out.update(CLAIM_TYPES[claim.type](Context(stats, paper, scale), **claim.args))
+    # supplementary (the verdict stays Welch's): the claimed row minus its rival seed by seed
+    rival = claim.args.get("than") or claim.args.get("to") or (out.get("margin") or {}).get("rival")
+    if claim.row in stats and rival in stats:
+        out["paired"] = {"vs": rival, **(paired(stats[claim.row], stats[rival], claim.metric) or {})}
     return out
 
 

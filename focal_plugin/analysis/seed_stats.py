@@ -33,6 +33,8 @@ class RowStats:
     seeds: int = 0  # finished seeds (trained or diverged)
     diverged_at: List[int] = dataclasses.field(default_factory=list)
     planned: int = 0
+    #: metric -> seed -> value (the same seed of two rows shares the backbone and data order)
+    by_seed: Dict[str, Dict[int, float]] = dataclasses.field(default_factory=dict)
 
     def n(self, metric: str) -> int:
         return len(self.values.get(metric, []))
@@ -122,6 +124,34 @@ def compare(a: RowStats, b: RowStats, metric: str, sign: int = 1) -> Comparison:
     low, high = ci if sign > 0 else (-ci[1], -ci[0])  # the interval of sign * diff
     relation = "better" if low > 0 else "worse" if high < 0 else "within"
     return Comparison(relation, diff, ci, p, n)
+
+
+def paired(a: RowStats, b: RowStats, metric: str) -> Optional[Dict[str, Any]]:
+    """``a`` minus ``b`` seed by seed (the seeds both have): ``{"diffs", "diff", "ci", "p", "n"}``
+    by the paired t-test (``scipy.stats.ttest_1samp`` of the differences; CONFIDENCE interval),
+    None under two common seeds. Supplementary to :func:`compare`: a seed fixes the backbone a
+    cell starts from and its data order, so pairing removes their spread from the comparison."""
+    from scipy import stats
+
+    va, vb = a.by_seed.get(metric, {}), b.by_seed.get(metric, {})
+    seeds = sorted(set(va) & set(vb))
+    if len(seeds) < 2:
+        return None
+    diffs = [va[s] - vb[s] for s in seeds]
+    mean = statistics.fmean(diffs)
+    if statistics.pvariance(diffs) <= 1e-20 * max(1.0, mean * mean):  # constant up to rounding
+        return {"diffs": diffs, "diff": mean, "ci": (mean, mean), "p": float(mean == 0), "n": len(seeds)}
+    result = stats.ttest_1samp(diffs, 0.0)
+    ci = result.confidence_interval(CONFIDENCE)
+    return {"diffs": diffs, "diff": mean, "ci": (float(ci.low), float(ci.high)), "p": float(result.pvalue),
+            "n": len(seeds)}
+
+
+def paired_text(p: Optional[Dict[str, Any]]) -> str:
+    if p is None:
+        return "—"
+    return (f"Δ {p['diff']:+.2f}, 95% CI [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}], p {p['p']:.2g} "
+            f"({p['n']} seeds: {', '.join(f'{d:+.2f}' for d in p['diffs'])})")
 
 
 def fmt_stat(s: RowStats, metric: str) -> str:

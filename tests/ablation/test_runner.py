@@ -44,6 +44,11 @@ def test_run_report_divergence_and_no_rerun(fake_env):
         "python train_net.py --config-file ")
     # the weights every cell started from, by their bytes (a backbone per seed here)
     assert "- Weights: focal-pretrained://fake@0 sha256 0000000000000000; focal-pretrained://fake@1 " in md
+    # supplementary: the claimed row minus its rival seed by seed (the fake AP differs by 50 at every seed)
+    claims = {c["claim"]: c for c in json.load(open(summary["report"]["json"]))["claims"]}
+    pair = claims["α = .75 beats α = .25"]["paired"]
+    assert pair["vs"] == "a25" and pair["n"] == 3 and pair["diff"] == pytest.approx(50.0)
+    assert "paired by seed (supplementary)" in md and "a75 − a25: Δ +50.00, 95% CI [+50.00, +50.00]" in md
     csv_lines = open(summary["report"]["csv"]).read().splitlines()
     assert csv_lines[0].startswith("row,α,AP_ours,AP_std,AP_n,AP_paper,AP_delta,")
     assert csv_lines[2].startswith("a75,.75,75.200,0.200,3,31.100,44.100,")

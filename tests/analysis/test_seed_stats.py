@@ -90,3 +90,21 @@ def test_fmt_stat_says_what_a_row_has():
     assert fmt_stat(_row("a", [30.0]), "AP") == "30.0"
     assert fmt_stat(_row("n"), "AP") == "pending"
     assert fmt_stat(_row("d", diverged=[3]), "AP") == "diverged"
+
+
+def test_paired_differences_use_the_seeds_both_rows_have():
+    from scipy import stats
+
+    from focal_plugin.analysis.seed_stats import paired
+
+    a = RowStats("a", by_seed={"AP": {0: 10.0, 1: 12.5, 2: 11.0, 3: 9.0}})
+    b = RowStats("b", by_seed={"AP": {0: 9.0, 1: 11.0, 2: 10.8, 5: 1.0}})
+    p = paired(a, b, "AP")
+    ref = stats.ttest_rel([10.0, 12.5, 11.0], [9.0, 11.0, 10.8])
+    assert p["n"] == 3 and p["diffs"] == pytest.approx([1.0, 1.5, 0.2])
+    assert p["p"] == pytest.approx(ref.pvalue) and p["diff"] == pytest.approx(0.9)
+    ci = ref.confidence_interval(0.95)
+    assert p["ci"] == pytest.approx((ci.low, ci.high))
+    assert paired(a, RowStats("c", by_seed={"AP": {0: 1.0, 7: 2.0}}), "AP") is None  # one common seed
+    same = paired(a, RowStats("d", by_seed={"AP": {k: v - 2.0 for k, v in a.by_seed["AP"].items()}}), "AP")
+    assert same["ci"] == pytest.approx((2.0, 2.0)) and same["p"] == 0.0  # a constant shift
