@@ -40,3 +40,41 @@ def test_every_committed_cell_belongs_to_a_spec_and_holds_its_key():
     for key in on_disk:
         cell = json.load(open(os.path.join(RESULTS, "cells", key, "cell.json")))
         assert cell["key"] == key
+
+
+def _two_decimals(md_file):
+    """A report's row means ± sds with two decimals (its report.json), as the READMEs quote them."""
+    data = json.load(open(md_file[:-3] + ".json")) if os.path.isfile(md_file[:-3] + ".json") else {}
+    if not isinstance(data, dict):  # a curve's points
+        return ""
+    out = []
+    for entry in data.get("table", []):
+        for m in entry.get("metrics", {}).values():
+            if m.get("ours") is not None and m.get("std") is not None:
+                out.append(f"{m['ours']:.2f} ± {m['std']:.2f}")
+    return " ".join(out)
+
+
+def test_the_readme_claim_tables_quote_the_committed_reports():
+    """Every "mean ± sd" and every interval in a claim-table row of the README and of
+    results/mini/README.md appears in the committed report (or curve) files the row links."""
+    import re
+
+    for doc in (os.path.join(ROOT, "README.md"), os.path.join(RESULTS, "README.md")):
+        base = os.path.dirname(doc)
+        checked = 0
+        for line in open(doc, encoding="utf-8"):
+            links = re.findall(r"\]\(((?:\.\./)*(?:results/mini/)?[\w./-]+\.md)(?:#[\w-]+)?\)", line)
+            files = [os.path.normpath(os.path.join(base, f)) for f in links]
+            files = [f for f in files if f.startswith(RESULTS) and os.path.basename(f) != "README.md"]
+            if not line.startswith("|") or not files:
+                continue
+            # signs as the reports print them: "-" for "−", intervals with or without "+"
+            text = "".join(open(f, encoding="utf-8").read() + _two_decimals(f) for f in files)
+            text = text.replace("−", "-").replace("+", "")
+            row = line.replace("−", "-").replace("\\*", "*").replace("+", "")
+            for quoted in (re.findall(r"\d+\.\d+ ± \d+\.\d+", row)
+                           + re.findall(r"\[-?\d+\.\d+, -?\d+\.\d+\]", row)):
+                assert quoted in text, (os.path.relpath(doc, ROOT), quoted, [os.path.relpath(f, ROOT) for f in files])
+                checked += 1
+        assert checked > 0, doc
