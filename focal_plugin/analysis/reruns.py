@@ -20,7 +20,7 @@ import os
 import statistics
 from typing import Any, Dict, List, Optional, Sequence
 
-from focal_plugin.analysis.seed_stats import RowStats, compare
+from focal_plugin.analysis.seed_stats import RowStats, compare, paired, paired_text
 from focal_plugin.io import read_json
 
 CELLS_DIR = "cells"
@@ -40,6 +40,12 @@ def _finished(folder: str) -> Dict[str, Dict[str, Any]]:
                     "metrics": status["metrics"], "weights": (status.get("weights") or {}).get("sha256"),
                     "device": device.get("gpu") or device.get("cpu")}
     return out
+
+
+def _by_seed(row: str, members: Sequence[Dict[str, Any]], side: str, metric: str) -> RowStats:
+    values = {c["seed"]: c[side] for c in members if c[side] is not None}
+    return RowStats(row, {metric: list(values.values())}, seeds=len(values), planned=len(values),
+                    by_seed={metric: values})
 
 
 def _row_stats(name: str, cells: Sequence[Dict[str, Any]], metric: str) -> RowStats:
@@ -73,12 +79,14 @@ def compare_folders(a: str, b: str, metric: str = "AP",
     for r1, r2 in itertools.combinations(sorted(by_row), 2):
         side = {}
         for s in ("a", "b"):
-            c = compare(_row_stats(r1, [{"metrics": {metric: v}} for v in out_rows[r1][s]], metric),
-                        _row_stats(r2, [{"metrics": {metric: v}} for v in out_rows[r2][s]], metric), metric)
-            side[s] = {"diff": c.diff, "ci": c.ci, "p": c.p, "relation": c.relation}
+            s1, s2 = (_by_seed(r, by_row[r], s, metric) for r in (r1, r2))
+            c = compare(s1, s2, metric)
+            side[s] = {"diff": c.diff, "ci": c.ci, "p": c.p, "relation": c.relation,
+                       "paired": paired(s1, s2, metric)}
         same = side["a"]["relation"] == side["b"]["relation"]
         pairs.append({"rows": [r1, r2], **side, "same_relation": same})
-    return {"metric": metric, "a": a, "b": b, "cells": cells, "rows": out_rows, "row_pairs": pairs,
+    return {"metric": metric, "a": a, "b": b, "only_rows": list(rows or []), "cells": cells, "rows": out_rows,
+            "row_pairs": pairs,
             "same_bytes": bool(cells) and all(c["same_weights"] for c in cells),
             "bitwise_equal": bool(cells) and all(c["a"] == c["b"] for c in cells)}
 
@@ -113,11 +121,13 @@ def to_markdown(result: Dict[str, Any], title: str) -> str:
                      f"{_ci(r['ci'])} | {_num(r['p'], '{:.2f}')} |")
     if result["row_pairs"]:
         lines += ["", "Row differences on each side (first row − second, Welch):", "",
-                  "| rows | a: diff, 95 % CI | b: diff, 95 % CI | same outcome |", "|---|---|---|---|"]
+                  "| rows | a: diff, 95 % CI | b: diff, 95 % CI | same outcome | a: paired by seed | "
+                  "b: paired by seed |", "|---|---|---|---|---|---|"]
         for p in result["row_pairs"]:
             lines.append(f"| {p['rows'][0]} − {p['rows'][1]} | {_num(p['a']['diff'])}, {_ci(p['a']['ci'])} "
                          f"({p['a']['relation']}) | {_num(p['b']['diff'])}, {_ci(p['b']['ci'])} "
-                         f"({p['b']['relation']}) | {'yes' if p['same_relation'] else 'no'} |")
+                         f"({p['b']['relation']}) | {'yes' if p['same_relation'] else 'no'} | "
+                         f"{paired_text(p['a']['paired'])} | {paired_text(p['b']['paired'])} |")
     spreads = [r["std_a"] for r in result["rows"].values() if r["std_a"] is not None]
     if spreads:
         lines += ["", f"Seed SD on side a, median over rows: {statistics.median(spreads):.2f} {m}."]

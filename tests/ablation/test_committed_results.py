@@ -75,6 +75,7 @@ def test_the_readme_claim_tables_quote_the_committed_reports():
             row = line.replace("−", "-").replace("\\*", "*").replace("+", "")
             for quoted in (re.findall(r"\d+\.\d+ ± \d+\.\d+", row)
                            + re.findall(r"\[-?\d+\.\d+, -?\d+\.\d+\]", row)):
-                assert quoted in text, (os.path.relpath(doc, ROOT), quoted, [os.path.relpath(f, ROOT) for f in files])
+                assert quoted in text, (os.path.relpath(doc, ROOT), quoted,
+                                        [os.path.relpath(f, ROOT) for f in files])
                 checked += 1
         assert checked > 0, doc

@@ -52,6 +52,8 @@ def test_cells_pair_by_key_and_rows_get_welchs_difference(folders):
     assert {c["key"]: c["same_weights"] for c in result["cells"]}["ce0"] is True
     pair = result["row_pairs"][0]
     assert pair["rows"] == ["t/ce", "t/fl"] and pair["a"]["relation"] == "better"  # ce beats fl on a
+    # paired by seed on each side: ce − fl = (2.0, 2.5, 3.0) on a
+    assert pair["a"]["paired"]["diffs"] == pytest.approx([2.0, 2.5, 3.0]) and pair["a"]["paired"]["n"] == 3
     md = to_markdown(result, "T")
     assert "| `fl1` | t/fl | 1 | 10.50 | 12.50 | +2.00 | no | CPU A | CPU B |" in md
     assert "| t/ce | 3 | 12.50 ± 0.50 | 12.50 ± 0.50 | +0.00 |" in md
@@ -78,7 +80,7 @@ COMMITTED = ROOT / "results" / "mini" / "v3_rerun" / "rerun_comparison.json"
 def test_the_committed_rerun_comparison_matches_its_cells():
     committed = json.loads(COMMITTED.read_text())
     rebuilt = compare_folders(os.path.join(ROOT, committed["a"]), os.path.join(ROOT, committed["b"]),
-                              committed["metric"])
+                              committed["metric"], committed.get("only_rows") or None)
     assert [c["key"] for c in rebuilt["cells"]] == [c["key"] for c in committed["cells"]]
     for new, old in zip(rebuilt["cells"], committed["cells"]):
         assert (new["a"], new["b"], new["same_weights"]) == (old["a"], old["b"], old["same_weights"])
