@@ -266,6 +266,15 @@ class NameUnreadableImages:
                           f"{dataset_dict.get('image_id')}): {e}") from e
 
 
+def _lr_tensors_to_device(optimizer) -> None:
+    # a checkpoint is loaded on the CPU; the static-shape step's tensor lr must sit with the
+    # parameters (fused SGD on CUDA would otherwise read it back every step)
+    for group in optimizer.param_groups:
+        lr = group.get("lr")
+        if isinstance(lr, torch.Tensor) and group["params"] and lr.device != group["params"][0].device:
+            group["lr"] = lr.to(group["params"][0].device)
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with COCO evaluation that works without compiled ops, and a log of the
     effective schedule after ``SOLVER.REFERENCE_WORLD_SIZE`` rescaling."""
@@ -310,6 +319,7 @@ class Trainer(DefaultTrainer):
         TrainerBase.load_state_dict(self, state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
+            _lr_tensors_to_device(self.optimizer)
             return
         from detectron2.solver.lr_scheduler import LRMultiplier
 

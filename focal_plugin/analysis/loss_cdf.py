@@ -227,7 +227,10 @@ def image_predictions(model, inputs: Dict[str, Any]) -> Tuple[Tensor, Tensor]:
     logits, _ = model._transpose_dense_predictions(model.head(features), [model.num_logits, 4])
     anchors = model.anchor_generator(features)
     labels, _ = model.label_anchors(anchors, [inputs["instances"].to(model.device)])
-    return cat(logits, dim=1)[0], labels[0]
+    labels, empty = labels[0], getattr(model, "empty_classes", 0)
+    if empty:  # background is the loss's last class, after the empty ones (MODEL.FOCAL.EMPTY_CLASSES)
+        labels = torch.where(labels == model.num_classes, model.num_classes + empty, labels)
+    return cat(logits, dim=1)[0], labels
 
 
 def collect(model, inputs: Iterable[Dict[str, Any]], gammas: Sequence[float] = FIG4_GAMMAS,
@@ -238,7 +241,8 @@ def collect(model, inputs: Iterable[Dict[str, Any]], gammas: Sequence[float] = F
     from tqdm import tqdm
 
     softmax = bool(getattr(getattr(model, "classification_loss", None), "is_softmax", False))
-    acc = LossCDF(gammas, model.num_classes, max_positives, max_negatives, softmax, seed)
+    classes = model.num_classes + getattr(model, "empty_classes", 0)  # background's label
+    acc = LossCDF(gammas, classes, max_positives, max_negatives, softmax, seed)
     was_training = model.training
     model.eval()
     try:

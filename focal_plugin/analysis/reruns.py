@@ -16,6 +16,7 @@ the backbone, whose spread the seeds sample: the stated tolerance is then the se
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import statistics
 from typing import Any, Dict, List, Optional, Sequence
@@ -58,9 +59,14 @@ def compare_folders(a: str, b: str, metric: str = "AP",
     """The cells finished in both folders ``a`` and ``b`` (optionally only ``rows``, as
     ``spec/row``), compared on ``metric``: ``{"cells", "rows", "row_pairs", "same_bytes"}``."""
     cells_a, cells_b = _finished(a), _finished(b)
-    keys = [k for k in cells_a if k in cells_b and (not rows or cells_b[k]["row"] in rows)]
+    def value(cell):  # None for a metric the cell has no finite value of (APs without small objects)
+        v = cell["metrics"].get(metric)
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+    keys = [k for k in cells_a if k in cells_b and (not rows or cells_b[k]["row"] in rows)
+            and value(cells_a[k]) is not None and value(cells_b[k]) is not None]
     cells = [{"key": k, "row": cells_b[k]["row"], "seed": cells_b[k]["seed"],
-              "a": cells_a[k]["metrics"].get(metric), "b": cells_b[k]["metrics"].get(metric),
+              "a": value(cells_a[k]), "b": value(cells_b[k]),
               "same_weights": cells_a[k]["weights"] == cells_b[k]["weights"],
               "device_a": cells_a[k]["device"], "device_b": cells_b[k]["device"]} for k in keys]
     by_row: Dict[str, List[Dict[str, Any]]] = {}

@@ -190,6 +190,7 @@ class FocalRetinaNet(RetinaNet):
     def forward(self, batched_inputs):
         # inference AMP: the whole forward is under autocast; forward_inference leaves it at once
         precision = None if self.training else self.test_precision
+        self._fell_back = False  # _static_fallback counts a batch once
         with inference_autocast(self.device, precision):
             return super().forward(batched_inputs)
 
@@ -207,7 +208,10 @@ class FocalRetinaNet(RetinaNet):
         return images
 
     def _static_fallback(self) -> None:
-        # a batch that does not fit the static shapes runs eagerly; counted
+        # a batch that does not fit the static shapes runs eagerly; counted once per batch
+        if getattr(self, "_fell_back", False):
+            return
+        self._fell_back = True
         self.static_fallbacks = getattr(self, "static_fallbacks", 0) + 1
         storage = _storage()
         if storage is not None:
@@ -348,10 +352,12 @@ class FocalRetinaNet(RetinaNet):
                     f"{when}; checkpoints already written are intact."
                 )
         if storage is not None:  # per-step means over the period (one step when eager)
-            storage.put_scalar("num_pos_anchors", n_pos / images)
-            storage.put_scalar("loss_normalizer", norm / steps)
-            storage.put_scalar("cls_anchors_per_image", n_kept / images)
-            storage.put_scalar("cls_loss_pos_share", pos_loss / all_loss if all_loss > 0 else 0.0)
+            smooth = steps == 1  # a period's mean is smoothed already: no median over periods
+            storage.put_scalar("num_pos_anchors", n_pos / images, smoothing_hint=smooth)
+            storage.put_scalar("loss_normalizer", norm / steps, smoothing_hint=smooth)
+            storage.put_scalar("cls_anchors_per_image", n_kept / images, smoothing_hint=smooth)
+            storage.put_scalar("cls_loss_pos_share", pos_loss / all_loss if all_loss > 0 else 0.0,
+                               smoothing_hint=smooth)
 
     # ---------------------------------------------------------------------------- inference
     def forward_inference(self, images: ImageList, features: List[torch.Tensor], predictions):

@@ -1,5 +1,7 @@
 """The static-shape training step (``MODEL.FOCAL.STATIC_SHAPES``): every tensor of a step has a
-shape fixed by the config, and nothing is read back to the host but every ``STATS_PERIOD`` steps.
+shape fixed by the config, and FocalRetinaNet reads nothing back to the host but its statistics,
+once every ``STATS_PERIOD`` steps. (detectron2's trainer still does, each step: its metric writer
+reads the losses and checks them, its lr hook reads the lr; a captured trainer replaces both.)
 
 What a captured step (one CUDA graph replayed per padded size, as NVIDIA's MLPerf RetinaNet does)
 needs, usable and testable eagerly on any device:
@@ -119,7 +121,12 @@ def capturable_sgd(optimizer: torch.optim.SGD) -> torch.optim.SGD:
         g.update(fused=True, foreach=None)
     defaults = {**optimizer.defaults, "lr": _lr_tensor(optimizer.defaults["lr"], device),
                 "fused": True, "foreach": None}
-    return type(optimizer)(groups, **{k: v for k, v in defaults.items() if k in _SGD_ARGS})
+    fused = type(optimizer)(groups, **{k: v for k, v in defaults.items() if k in _SGD_ARGS})
+    if type(optimizer) is not torch.optim.SGD:
+        # detectron2's gradient-clipping subclass clips in step(): a float16 GradScaler must unscale
+        # the gradients first, not hand the scale to the fused kernel
+        fused._step_supports_amp_scaling = False
+    return fused
 
 
 _SGD_ARGS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach",

@@ -107,15 +107,16 @@ def check_focal_config(cfg) -> None:
     loss = build_loss_from_cfg(cfg)  # MODEL.FOCAL.LOSS and the hyperparameters that loss reads
     with config_keys(cfg, "MODEL.RETINANET.NUM_CLASSES"):
         loss.num_logits(retina.NUM_CLASSES)  # a positive integer
-    with config_keys(cfg, "MODEL.FOCAL.BIAS_INIT", "MODEL.FOCAL.PRIOR_PROB", "MODEL.RETINANET.NUM_CLASSES",
-                     "MODEL.FOCAL.LOSS"):
-        build_initializer(focal.BIAS_INIT, prior_prob=focal.PRIOR_PROB, num_classes=retina.NUM_CLASSES,
-                          softmax=loss.is_softmax)
-    _check_read(cfg, loss)
-    _check_static_shapes(cfg)
     empty = focal.EMPTY_CLASSES
     if not isinstance(empty, int) or isinstance(empty, bool) or empty < 0:
         raise ValueError(f"cfg.MODEL.FOCAL.EMPTY_CLASSES = {empty!r}: expected an integer >= 0")
+    # the head's classes: the data's and the empty ones (the softmax prior spreads over all)
+    with config_keys(cfg, "MODEL.FOCAL.BIAS_INIT", "MODEL.FOCAL.PRIOR_PROB", "MODEL.RETINANET.NUM_CLASSES",
+                     "MODEL.FOCAL.LOSS", *(["MODEL.FOCAL.EMPTY_CLASSES"] if empty else [])):
+        build_initializer(focal.BIAS_INIT, prior_prob=focal.PRIOR_PROB,
+                          num_classes=retina.NUM_CLASSES + empty, softmax=loss.is_softmax)
+    _check_read(cfg, loss)
+    _check_static_shapes(cfg)
     if empty and focal.OHEM.ENABLED:
         raise ValueError(f"cfg.MODEL.FOCAL.EMPTY_CLASSES = {empty} with cfg.MODEL.FOCAL.OHEM.ENABLED = True: "
                          "OHEM ranks the data's classes only; turn one of them off")

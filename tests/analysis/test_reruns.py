@@ -87,3 +87,14 @@ def test_the_committed_rerun_comparison_matches_its_cells():
     for row, r in committed["rows"].items():
         assert rebuilt["rows"][row]["diff"] == pytest.approx(r["diff"], abs=1e-12)
         assert rebuilt["rows"][row]["relation"] == r["relation"]
+
+
+def test_a_metric_a_cell_has_no_value_of_is_left_out(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _cell(a, "k0", "t/fl", 0, 10.0)
+    _cell(b, "k0", "t/fl", 0, 11.0)
+    _cell(a, "k1", "t/fl", 1, None)  # e.g. APs of a test set without small objects
+    _cell(b, "k1", "t/fl", 1, 12.0)
+    result = compare_folders(str(a), str(b))
+    assert [c["key"] for c in result["cells"]] == ["k0"]
+    assert compare_folders(str(a), str(b), metric="ms")["cells"] == []

@@ -108,3 +108,31 @@ def test_bad_or_ineffective_empty_classes_are_refused_at_setup(opts, words):
     with pytest.raises(ValueError, match="EMPTY_CLASSES") as info:
         engine.setup_cfg(smoke, opts)
     assert words in str(info.value)
+
+
+def test_the_prior_is_checked_over_the_data_and_the_empty_classes():
+    """Softmax FL spreads the prior over every class: with K + E classes a prior that fits K alone
+    may not fit; the error names EMPTY_CLASSES at set-up, before anything is built."""
+    smoke = os.path.join(os.path.dirname(engine.__file__), "configs", "mini", "smoke_tiny.yaml")
+    opts = ["MODEL.FOCAL.LOSS", "softmax_focal", "MODEL.FOCAL.ALPHA", "-1.0",
+            "MODEL.FOCAL.PRIOR_PROB", "0.02"]
+    engine.setup_cfg(smoke, opts)  # 6 classes x 0.02: fine
+    with pytest.raises(ValueError, match="EMPTY_CLASSES"):
+        engine.setup_cfg(smoke, [*opts, "MODEL.FOCAL.EMPTY_CLASSES", "60"])  # 66 x 0.02 > 1
+
+
+@pytest.mark.parametrize("loss", ["sigmoid_focal", "softmax_focal"])
+def test_fig4_losses_treat_background_as_background(loss):
+    """tools/loss_cdf.py on a model with empty classes: a negative's loss is the loss of the
+    background label (all K + E targets zero), as the model trained it."""
+    from focal_plugin.analysis.loss_cdf import LossCDF, image_predictions, window_losses
+
+    model = _model(E, LOSS=loss, **({"ALPHA": -1.0} if loss == "softmax_focal" else {})).eval()
+    item = make_batch(1, size=64, num_classes=K)[0]
+    logits, labels = image_predictions(model, item)
+    assert int(labels.max()) == K + E and not bool(((labels >= K) & (labels < K + E)).any())
+    acc = LossCDF((2.0,), K + E, softmax=loss == "softmax_focal")
+    acc.update(logits, labels)
+    neg = labels == K + E
+    expected = window_losses(logits[neg], labels[neg], (2.0,), loss == "softmax_focal")
+    assert torch.allclose(acc.losses("negative").sort(0).values, expected.sort(0).values)

@@ -168,3 +168,44 @@ def test_sizes_are_tried_smallest_first_and_device_stats_sum_a_period():
     assert stats.add(torch.tensor([1.0, 2.0]), 4) is None
     assert stats.add(torch.tensor([3.0, 5.0]), 5) == ([4.0, 7.0], "iterations 4-5")
     assert stats.add(torch.tensor([1.0, 1.0]), 6) is None  # a new period
+
+
+def test_with_gradient_clipping_a_float16_scaler_unscales_before_the_fused_step():
+    """detectron2's clipping subclass clips in step(): the scaled gradients must be unscaled first
+    (else the clipper sees them 65,536 times too large)."""
+    from detectron2.config import get_cfg
+    from detectron2.solver.build import maybe_add_gradient_clipping
+
+    cfg = get_cfg()
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED, cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = True, 1.0
+    clipping_sgd = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
+    updates = []
+    for fused in (False, True):
+        w = torch.nn.Parameter(torch.ones(4, 4))
+        optimizer = clipping_sgd([{"params": [w]}], lr=1.0, momentum=0.0)
+        optimizer = capturable_sgd(optimizer) if fused else optimizer
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+        scaler.scale((w * 0.1).sum()).backward()  # gradient norm 0.4: clipping leaves it alone
+        scaler.step(optimizer)
+        updates.append(float(1 - w[0, 0]))
+    assert updates[1] == pytest.approx(updates[0]) == pytest.approx(0.1)
+
+
+def test_a_batch_that_misses_twice_counts_once():
+    model = build_model(_cfg(**STATIC)).train()
+    with EventStorage(0):
+        model(make_batch(2, size=128, boxes_per_image=9))  # too large and too many boxes
+    assert model.static_fallbacks == 1
+
+
+def test_a_resumed_tensor_lr_stays_a_tensor_on_the_parameters_device(tmp_path):
+    from focal_plugin.engine import _lr_tensors_to_device
+
+    model = build_model(_cfg(**STATIC))
+    optimizer = engine.Trainer.build_optimizer(_cfg(**STATIC), model)
+    state = optimizer.state_dict()
+    torch.save(state, tmp_path / "opt.pth")
+    optimizer.load_state_dict(torch.load(tmp_path / "opt.pth", map_location="cpu"))
+    _lr_tensors_to_device(optimizer)
+    assert all(isinstance(g["lr"], torch.Tensor) and g["lr"].device == g["params"][0].device
+               for g in optimizer.param_groups)
