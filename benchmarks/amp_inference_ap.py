@@ -94,7 +94,8 @@ def main(argv=None) -> int:
                          f"{p['ci'][1]:+.3f}] (p {p['p']:.2f}); Welch CI [{w['ci'][0]:+.3f}, "
                          f"{w['ci'][1]:+.3f}] (p {w['p']:.2f}); {len(rows)} models")
     lines.append(f"- evaluation time, AMP / float32: {time_ratio:.2f} (the whole evaluation: data, "
-                 "model, COCOeval)")
+                 f"model, COCOeval; load average {os.getloadavg()[0]:.1f} at the end: other jobs make "
+                 "it noise; benchmarks/bench_inference.py --amp times the model alone)")
     write_text_atomic(os.path.join(args.out, "report.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
