@@ -187,7 +187,7 @@ def test_with_gradient_clipping_a_float16_scaler_unscales_before_the_fused_step(
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
         scaler.scale((w * 0.1).sum()).backward()  # gradient norm 0.4: clipping leaves it alone
         scaler.step(optimizer)
-        updates.append(float(1 - w[0, 0]))
+        updates.append(float(1 - w.detach()[0, 0]))
     assert updates[1] == pytest.approx(updates[0]) == pytest.approx(0.1)
 
 
