@@ -204,6 +204,12 @@ class FocalRetinaNet(RetinaNet):
             if size is None:
                 self._static_fallback()
                 return images
+            if size[0] * size[1] > 2 * images.tensor.shape[-2] * images.tensor.shape[-1] \
+                    and not getattr(self, "_warned_padding", False):
+                self._warned_padding = True  # once: a config choice, not a per-batch event
+                logger.warning("MODEL.FOCAL.STATIC_SHAPES pads a %s batch to %s, more than twice its "
+                               "area: add an IMAGE_SIZES entry near the input size",
+                               tuple(images.tensor.shape[-2:]), size)
             images = pad_images(images, size)
         return images
 

@@ -209,3 +209,14 @@ def test_a_resumed_tensor_lr_stays_a_tensor_on_the_parameters_device(tmp_path):
     _lr_tensors_to_device(optimizer)
     assert all(isinstance(g["lr"], torch.Tensor) and g["lr"].device == g["params"][0].device
                for g in optimizer.param_groups)
+
+
+def test_padding_far_beyond_the_batch_is_warned_once(caplog):
+    import logging
+
+    model = build_model(_cfg(**{**STATIC, "STATIC_SHAPES.IMAGE_SIZES": [[128, 128]]})).train()
+    with EventStorage(0), caplog.at_level(logging.WARNING, logger="focal_plugin.modeling.focal_retinanet"):
+        model(make_batch(2, size=64))
+        model(make_batch(2, size=64))
+    warned = [r for r in caplog.records if "more than twice its area" in r.getMessage()]
+    assert len(warned) == 1 and "(64, 64)" in warned[0].getMessage()
