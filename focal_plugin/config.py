@@ -51,7 +51,8 @@ def add_focal_config(cfg: CN) -> CN:
 
     # Convolution weights (so their outputs) in channels_last memory format: another conv
     # kernel, faster on CPUs with AVX-512 (measured: benchmarks/bench_train_iter.py --variants
-    # fl_cl,fl_amp_cl) and on tensor cores; the same model up to float rounding.
+    # fl_cl,fl_amp_cl) and on tensor cores; the same model up to float rounding (but torch's CPU
+    # channels_last batch-norm backward is ~1 % off at one thread: warned with trainable BN).
     _C.MODEL.FOCAL.CHANNELS_LAST = False
 
     # Online hard example mining (Table 1d): CE on the B highest-loss anchors after NMS.

@@ -79,7 +79,14 @@ class FeatureCache:
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         rows = [self._entries.get(k) or fresh[k] for k in keys]
-        return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
+        # in the layout the network computes (channels_last convolutions: MODEL.FOCAL.CHANNELS_LAST)
+        fmt = torch.channels_last if self._channels_last() else torch.contiguous_format
+        return {name: torch.stack([r[name] for r in rows]).contiguous(memory_format=fmt) for name in rows[0]}
+
+    def _channels_last(self) -> bool:
+        conv = next((p for p in self.module.parameters() if p.dim() == 4), None)
+        return conv is not None and conv.is_contiguous(memory_format=torch.channels_last) \
+            and not conv.is_contiguous()
 
     def _store(self, key: tuple, features: Dict[str, torch.Tensor]) -> None:
         size = sum(f.numel() * f.element_size() for f in features.values())

@@ -15,11 +15,19 @@ from focal_plugin import engine
 from helpers import make_batch, tiny_cfg
 
 
+def _cfg(**focal):
+    # a frozen-BN backbone, as the protocol's (with trainable BN see the warning test below)
+    cfg = tiny_cfg(**focal)
+    cfg.MODEL.RESNETS.NORM, cfg.MODEL.BACKBONE.FREEZE_AT = "FrozenBN", 2
+    cfg.MODEL.PIXEL_STD = [57.375, 57.12, 58.395]
+    return cfg
+
+
 def _pair():
     torch.manual_seed(0)
-    plain = build_model(tiny_cfg())
+    plain = build_model(_cfg())
     torch.manual_seed(0)
-    fast = build_model(tiny_cfg(CHANNELS_LAST=True))
+    fast = build_model(_cfg(CHANNELS_LAST=True))
     fast.load_state_dict(plain.state_dict())  # the same values (copied into the model's layout)
     return plain, fast
 
@@ -49,8 +57,10 @@ def test_the_same_losses_gradients_and_detections_up_to_rounding():
     for k in l0:
         assert torch.allclose(l0[k], l1[k], rtol=1e-5), k
     assert g0.keys() == g1.keys()
-    for n in g0:
-        torch.testing.assert_close(g1[n], g0[n], rtol=1e-3, atol=1e-6, msg=n)
+    for n in g0:  # relative to the tensor's norm (1e-5 seen at 1 and 2 threads)
+        norm = torch.linalg.vector_norm
+        err = float(norm(g1[n] - g0[n]) / norm(g0[n]).clamp(min=1e-12))
+        assert err < 1e-4, (n, err)
     images = [{"image": x["image"]} for x in batch]
     with torch.no_grad():
         a, b = plain.eval()(images), fast.eval()(images)
@@ -65,3 +75,12 @@ def test_the_key_is_a_switch_and_refused_under_retinanet():
         engine.setup_cfg(smoke, ["MODEL.FOCAL.CHANNELS_LAST", "'yes'"])
     with pytest.raises(ValueError, match="CHANNELS_LAST = True has no effect on RetinaNet"):
         engine.setup_cfg(smoke, ["MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.FOCAL.CHANNELS_LAST", "True"])
+
+
+def test_trainable_batch_norm_is_warned(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="focal_plugin.modeling.focal_retinanet"):
+        build_model(tiny_cfg(CHANNELS_LAST=True))  # NORM "BN", FREEZE_AT 0: trainable BatchNorm
+        build_model(_cfg(CHANNELS_LAST=True))  # FrozenBN: no warning
+    assert sum("channels_last batch-norm backward" in r.getMessage() for r in caplog.records) == 1

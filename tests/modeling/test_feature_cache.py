@@ -4,6 +4,8 @@ would have no effect."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from detectron2.engine import SimpleTrainer
@@ -53,6 +55,15 @@ def _batches():
 _BATCHES = _batches()
 
 
+@pytest.fixture
+def threads_1():
+    """One torch thread for the test (restored after: the thread count changes the kernels)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _train(model, batches, amp: bool):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     trainer = MixedPrecisionTrainer(model, iter(batches), optimizer, torch.bfloat16) if amp else \
@@ -74,8 +85,7 @@ def _recording(fn, out):
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["float32", "bfloat16"])
-def test_training_with_the_cache_is_bitwise_training_without_it(amp):
-    torch.set_num_threads(1)
+def test_training_with_the_cache_is_bitwise_training_without_it(amp, threads_1):
     plain_losses, plain_state = _train(_model(0), _BATCHES, amp)
     model = _model(1024)
     cache = model.backbone.bottom_up.forward.__self__
@@ -134,3 +144,17 @@ def test_bad_or_ineffective_values_are_refused_at_setup(opts, words):
     with pytest.raises(ValueError, match="cfg.MODEL.BACKBONE.FEATURE_CACHE_MB") as info:
         engine.setup_cfg(SMOKE, opts)
     assert words in str(info.value)
+
+
+def test_the_cache_keeps_channels_last_feature_maps():
+    torch.manual_seed(0)
+    cfg = _frozen_cfg(64)
+    cfg.MODEL.FOCAL.CHANNELS_LAST = True
+    model = build_model(cfg).train()
+    seen = []
+    model.backbone.bottom_up.register_forward_hook(lambda m, i, o: seen.append(o))
+    with EventStorage(0):
+        for batch in _BATCHES[:3]:
+            model(copy.deepcopy(batch))
+    assert model.backbone.bottom_up.forward.__self__.hits > 0  # some features came from the cache
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for out in seen for f in out.values())
