@@ -11,6 +11,7 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 from focal_plugin.anchors import anchor_sizes, aspect_ratios
+from focal_plugin.configs import get_config_file
 from focal_plugin.engine import get_focal_cfg
 from focal_plugin.losses import build_classification_loss
 
@@ -28,6 +29,10 @@ GAMMAS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 def paper_loss(name: str, **kw):
     """The registered loss ``name`` with the paper's hyperparameters, ``kw`` replacing some."""
     return build_classification_loss(name, **{**PAPER_LOSSES[name], **kw})
+
+
+#: the smallest shipped config: set-up refusals are tested on it
+SMOKE_CONFIG = get_config_file("mini/smoke_tiny.yaml")
 
 
 def tiny_cfg(meta: str = "FocalRetinaNet", num_classes: int = 3, **focal):

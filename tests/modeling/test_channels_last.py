@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 
 from focal_plugin import engine
 
-from helpers import make_batch, tiny_cfg
+from helpers import SMOKE_CONFIG, make_batch, tiny_cfg
 
 
 def _cfg(**focal):
@@ -70,11 +70,11 @@ def test_the_same_losses_gradients_and_detections_up_to_rounding():
 
 
 def test_the_key_is_a_switch_and_refused_under_retinanet():
-    smoke = engine.__file__.replace("engine.py", "configs/mini/smoke_tiny.yaml")
     with pytest.raises(ValueError, match="CHANNELS_LAST"):
-        engine.setup_cfg(smoke, ["MODEL.FOCAL.CHANNELS_LAST", "'yes'"])
+        engine.setup_cfg(SMOKE_CONFIG, ["MODEL.FOCAL.CHANNELS_LAST", "'yes'"])
     with pytest.raises(ValueError, match="CHANNELS_LAST = True has no effect on RetinaNet"):
-        engine.setup_cfg(smoke, ["MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.FOCAL.CHANNELS_LAST", "True"])
+        engine.setup_cfg(SMOKE_CONFIG, ["MODEL.META_ARCHITECTURE", "RetinaNet",
+                                        "MODEL.FOCAL.CHANNELS_LAST", "True"])
 
 
 def test_trainable_batch_norm_is_warned(caplog):

@@ -4,8 +4,6 @@ targets in the extra ones, inference is the K-class model's, the imbalance grows
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -15,7 +13,7 @@ from torchvision.ops import sigmoid_focal_loss
 from focal_plugin import engine
 from focal_plugin.analysis.imbalance import imbalance_stats
 
-from helpers import make_batch, tiny_cfg
+from helpers import SMOKE_CONFIG, make_batch, tiny_cfg
 
 K, E = 3, 5
 
@@ -104,21 +102,19 @@ def test_the_imbalance_grows_by_the_class_count_and_nothing_else(tmp_path):
      "has no effect on RetinaNet"),
 ])
 def test_bad_or_ineffective_empty_classes_are_refused_at_setup(opts, words):
-    smoke = os.path.join(os.path.dirname(engine.__file__), "configs", "mini", "smoke_tiny.yaml")
     with pytest.raises(ValueError, match="EMPTY_CLASSES") as info:
-        engine.setup_cfg(smoke, opts)
+        engine.setup_cfg(SMOKE_CONFIG, opts)
     assert words in str(info.value)
 
 
 def test_the_prior_is_checked_over_the_data_and_the_empty_classes():
     """Softmax FL spreads the prior over every class: with K + E classes a prior that fits K alone
     may not fit; the error names EMPTY_CLASSES at set-up, before anything is built."""
-    smoke = os.path.join(os.path.dirname(engine.__file__), "configs", "mini", "smoke_tiny.yaml")
     opts = ["MODEL.FOCAL.LOSS", "softmax_focal", "MODEL.FOCAL.ALPHA", "-1.0",
             "MODEL.FOCAL.PRIOR_PROB", "0.02"]
-    engine.setup_cfg(smoke, opts)  # 6 classes x 0.02: fine
+    engine.setup_cfg(SMOKE_CONFIG, opts)  # 6 classes x 0.02: fine
     with pytest.raises(ValueError, match="EMPTY_CLASSES"):
-        engine.setup_cfg(smoke, [*opts, "MODEL.FOCAL.EMPTY_CLASSES", "60"])  # 66 x 0.02 > 1
+        engine.setup_cfg(SMOKE_CONFIG, [*opts, "MODEL.FOCAL.EMPTY_CLASSES", "60"])  # 66 x 0.02 > 1
 
 
 @pytest.mark.parametrize("loss", ["sigmoid_focal", "softmax_focal"])

@@ -5,7 +5,6 @@ that do not fit run eagerly and are counted; its keys are validated."""
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from detectron2.utils.events import EventStorage
 from focal_plugin import engine
 from focal_plugin.modeling.static_shapes import DeviceStats, StaticShapes, capturable_sgd
 
-from helpers import make_batch, tiny_cfg
+from helpers import SMOKE_CONFIG, make_batch, tiny_cfg
 
 STATIC = {"STATIC_SHAPES.ENABLED": True, "STATIC_SHAPES.IMAGE_SIZES": [[64, 64], [96, 96]],
           "STATIC_SHAPES.MAX_GT": 8, "STATIC_SHAPES.STATS_PERIOD": 2}
@@ -149,9 +148,8 @@ def test_the_trainers_optimizer_is_fused_sgd_with_a_tensor_lr_the_scheduler_fill
      "OHEM's sampling has data-dependent sizes"),
 ])
 def test_static_shape_keys_are_refused_at_setup(opts, words):
-    smoke = os.path.join(os.path.dirname(engine.__file__), "configs", "mini", "smoke_tiny.yaml")
     with pytest.raises(ValueError, match="cfg.MODEL.FOCAL.STATIC_SHAPES") as info:
-        engine.setup_cfg(smoke, opts)
+        engine.setup_cfg(SMOKE_CONFIG, opts)
     assert words in str(info.value)
 
 
