@@ -21,7 +21,7 @@ import sys
 import tempfile
 
 import focal_plugin  # noqa: F401
-from focal_plugin.analysis.seed_stats import welch
+from focal_plugin.analysis.seed_stats import RowStats, paired, welch
 from focal_plugin.engine import evaluate, setup_cfg
 from focal_plugin.io import write_json_atomic, write_text_atomic
 
@@ -34,15 +34,6 @@ def _evaluate(cell: str, amp: bool, out_dir: str) -> dict:
     result = evaluate(cfg, os.path.join(cell, "model_final.pth"))
     (bbox,) = [m["bbox"] for m in result["metrics"].values()][:1]
     return {"metrics": {m: bbox[m] for m in METRICS}, "eval_s": result["eval_wall_time_s"]}
-
-
-def paired(diffs):
-    """Mean of paired differences with its 95 % interval (Student's t, n - 1 df) and p."""
-    from scipy import stats
-
-    r = stats.ttest_1samp(diffs, 0.0)
-    ci = r.confidence_interval(0.95)
-    return statistics.fmean(diffs), (float(ci.low), float(ci.high)), float(r.pvalue)
 
 
 def main(argv=None) -> int:
@@ -69,7 +60,9 @@ def main(argv=None) -> int:
         f = [r["fp32"]["metrics"][m] for r in rows]
         entry = {"amp": a, "fp32": f}
         if len(rows) >= 2:
-            entry["paired"] = dict(zip(("diff", "ci", "p"), paired([x - y for x, y in zip(a, f)])))
+            # the same model both ways: paired by model (seed_stats.paired, keyed by position)
+            entry["paired"] = paired(RowStats("amp", by_seed={m: dict(enumerate(a))}),
+                                     RowStats("fp32", by_seed={m: dict(enumerate(f))}), m)
             entry["welch"] = dict(zip(("diff", "ci", "p"), welch(a, f)))
         summary[m] = entry
     time_ratio = statistics.fmean(r["amp"]["eval_s"] / r["fp32"]["eval_s"] for r in rows)
